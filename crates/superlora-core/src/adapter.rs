@@ -1,0 +1,178 @@
+//! The SuperLoRA adapter: trainable tensors plus fixed projections, producing every adapted
+//! layer's ΔW on candle tensors with autograd (spec §3, all steps).
+//!
+//! Per group g: X_g = factorization(params_g) → flatten row-major, keep the first n_g values
+//! (natural fold: crop to rows x cols first) = x_g → v_g = F_g(x_g) (N_g values) → the layer
+//! pieces of v_g at the plan's segments → ΔW_l = α · reshape(concat of its pieces, d_out x d_in).
+//!
+//! No step copies more than it must: a layer that lies inside one group is a view of v_g; only
+//! layers that straddle groups are concatenated.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::config::AdapterConfig;
+use crate::error::{Error, Result};
+use crate::factor::{FactorVars, Init};
+use crate::plan::{GroupPlan, LayerShape, Plan};
+use crate::projection::{self, GroupProjection};
+use crate::rng::{Purpose, stream};
+
+/// One group: its trainable tensors and its fixed projection.
+#[derive(Clone, Debug)]
+struct Group {
+    vars: FactorVars,
+    projection: GroupProjection,
+}
+
+/// A SuperLoRA adapter over a fixed list of weights.
+#[derive(Clone, Debug)]
+pub struct SuperLora {
+    plan: Plan,
+    groups: Vec<Group>,
+    dtype: DType,
+    device: Device,
+}
+
+impl SuperLora {
+    /// Plans `config` over `shapes` and initialises the adapter (ΔW = 0 exactly).
+    pub fn from_shapes(shapes: &[LayerShape], config: &AdapterConfig, dtype: DType, device: &Device) -> Result<Self> {
+        Self::new(Plan::new(shapes, config)?, dtype, device)
+    }
+
+    /// Initialises the adapter of `plan`: trainable tensors by spec §4 from the group's `Init`
+    /// stream, projections regenerated from the seed.
+    pub fn new(plan: Plan, dtype: DType, device: &Device) -> Result<Self> {
+        if !projection::supports(dtype) {
+            return Err(Error::config("dtype", format!("{dtype:?}"), "the adapter runs in f32 or f64"));
+        }
+        let seed = plan.config.seed;
+        let groups = plan
+            .groups
+            .iter()
+            .map(|g| {
+                let mut rng = stream(seed, g.index, Purpose::Init);
+                let vars = FactorVars::init(&g.factor, Init::ZeroUpdate, &mut rng, dtype, device)?;
+                Ok(Group { vars, projection: GroupProjection::new(g, seed) })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SuperLora { plan, groups, dtype, device: device.clone() })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AdapterConfig {
+        &self.plan.config
+    }
+
+    /// dtype of the trainable tensors.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device of the trainable tensors.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every trainable tensor with its stable name `group.<g>.<name>` (names in
+    /// [`crate::plan::FactorPlan::tensor_shapes`]), in group order.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, gr)| gr.vars.named().into_iter().map(move |(n, v)| (format!("group.{g}.{n}"), v)))
+            .collect()
+    }
+
+    /// Every trainable tensor, in [`Self::named_vars`] order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Number of trainable scalars (equals the plan's count).
+    pub fn num_trainable(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// The fixed projection of group `g`.
+    pub fn projection(&self, g: usize) -> Option<&GroupProjection> {
+        self.groups.get(g).map(|gr| &gr.projection)
+    }
+
+    /// x_g: the n_g values the factorization of group `g` produces.
+    pub fn group_values(&self, g: usize) -> Result<Tensor> {
+        let (gp, gr) = self.group(g)?;
+        let x = gr.vars.generate()?;
+        let x = if gp.sides.len() == 2 && self.plan.config.fold == crate::config::Fold::Natural {
+            crop(&x, &gp.sides)?
+        } else {
+            x
+        };
+        let x = x.flatten_all()?;
+        Ok(if x.elem_count() > gp.n { x.narrow(0, 0, gp.n)? } else { x })
+    }
+
+    /// v_g = F_g(x_g): the N_g entries of group `g` (before α).
+    pub fn group_update(&self, g: usize) -> Result<Tensor> {
+        let x = self.group_values(g)?;
+        self.groups[g].projection.apply(&x)
+    }
+
+    /// ΔW_l (d_out x d_in, α applied) for every adapted layer, in plan order.
+    pub fn delta_weights(&self) -> Result<Vec<Tensor>> {
+        let updates = (0..self.groups.len()).map(|g| self.group_update(g)).collect::<Result<Vec<_>>>()?;
+        let scale = self.plan.config.scale;
+        (0..self.plan.layers.len())
+            .map(|l| {
+                let layer = &self.plan.layers[l];
+                let pieces = self
+                    .plan
+                    .layer_segments(l)
+                    .into_iter()
+                    .map(|(g, s)| Ok(updates[g].narrow(0, s.group_offset, s.len)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let flat = if pieces.len() == 1 { pieces[0].clone() } else { Tensor::cat(&pieces, 0)? };
+                let w = flat.reshape((layer.rows, layer.cols))?;
+                Ok(if scale == 1.0 { w } else { w.affine(scale, 0.0)? })
+            })
+            .collect()
+    }
+
+    /// Replaces the value of the trainable tensor `name` (shape and dtype must match).
+    pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
+        let (_, var) = self.named_vars().into_iter().find(|(n, _)| n == name).ok_or_else(|| Error::Tensor {
+            name: name.into(),
+            reason: "no such trainable tensor in this adapter".into(),
+        })?;
+        if var.dims() != value.dims() {
+            return Err(Error::Tensor {
+                name: name.into(),
+                reason: format!("expected shape {:?}, got {:?}", var.dims(), value.dims()),
+            });
+        }
+        var.set(&value.to_dtype(self.dtype)?.to_device(&self.device)?)?;
+        Ok(())
+    }
+
+    fn group(&self, g: usize) -> Result<(&GroupPlan, &Group)> {
+        match (self.plan.groups.get(g), self.groups.get(g)) {
+            (Some(p), Some(gr)) => Ok((p, gr)),
+            _ => Err(Error::Shapes(format!("no group {g}; the adapter has {}", self.groups.len()))),
+        }
+    }
+}
+
+/// Crops a 2-D tensor to `sides` (natural fold with a Kronecker product larger than the matrix).
+fn crop(x: &Tensor, sides: &[usize]) -> Result<Tensor> {
+    let mut x = x.clone();
+    for (m, &s) in sides.iter().enumerate() {
+        if x.dim(m)? > s {
+            x = x.narrow(m, 0, s)?;
+        }
+    }
+    Ok(x)
+}

@@ -1,0 +1,420 @@
+//! Adapter settings in two forms.
+//!
+//! - [`AdapterSpec`]: the flat, all-optional form that users write (CLI flags, a TOML file, a
+//!   sweep grid cell). Two specs merge field by field ([`AdapterSpec::merge`]), so flags override
+//!   a file.
+//! - [`AdapterConfig`]: the resolved, validated form the planner takes. Invalid combinations are
+//!   unrepresentable or rejected by [`AdapterSpec::resolve`] with an error naming the field, the
+//!   value and the rule.
+//!
+//! Defaults (spec symbols in brackets): `fold = natural` with one group per layer [G = L],
+//! `factor = lora`, `rank = 8` [r], `order` = 1 for dense, 2 for lora/kronecker, 3 for tucker [M],
+//! `projection = identity`, `ratio = 1` [ρ], `scale = 1` [α], `seed = 0`. With no settings at all
+//! this is plain weight-wise LoRA of rank 8, the usual baseline.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::math::DecimalRatio;
+
+/// Highest tensor order M the planner accepts.
+pub const MAX_ORDER: usize = 8;
+/// Highest number of Kronecker factors K.
+pub const MAX_KRON: usize = 8;
+
+/// How the concatenated update vector is cut into groups (spec §3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fold {
+    /// Runs of consecutive whole layers with equal `d_in`, stacked along rows. G = L is
+    /// weight-wise LoRA.
+    Natural,
+    /// G contiguous chunks of the whole vector, sizes differing by at most one; chunks may cross
+    /// layer boundaries.
+    Square,
+}
+
+/// The factorization family, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactorKind {
+    /// X_g itself is trainable.
+    Dense,
+    /// X_g = A·Bᵀ (M = 2).
+    Lora,
+    /// X_g = C ×₁ U₁ … ×_M U_M (M ≥ 3).
+    Tucker,
+    /// X_g = X_g1 ⊗ … ⊗ X_gK (K ≥ 2).
+    Kronecker,
+}
+
+/// The fixed projection family, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectionKind {
+    /// F = identity (ρ = 1).
+    Identity,
+    /// F = a fixed random permutation of the group (ρ = 1).
+    Shuffle,
+    /// F = the fastfood transform from n_g = ⌈ρ·N_g⌉ values to N_g (0 < ρ ≤ 1).
+    Fastfood,
+}
+
+/// Flat, optional adapter settings: what a user writes. See the module docs for defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    /// `natural` or `square`.
+    pub fold: Option<Fold>,
+    /// Number of groups G (default: L for natural, 1 for square).
+    pub groups: Option<usize>,
+    /// Tensor order M, 1..=8.
+    pub order: Option<usize>,
+    /// `dense`, `lora`, `tucker` or `kronecker`.
+    pub factor: Option<FactorKind>,
+    /// Rank r of lora / tucker / the Kronecker factors.
+    pub rank: Option<usize>,
+    /// Number of Kronecker factors K (≥ 2 selects `kronecker`; 1 means no Kronecker product).
+    pub kron: Option<usize>,
+    /// `identity`, `shuffle` or `fastfood`.
+    pub projection: Option<ProjectionKind>,
+    /// Projection ratio ρ in (0, 1]; below 1 needs `projection = fastfood` and `fold = square`.
+    pub ratio: Option<f64>,
+    /// Output scale α: ΔW = α · (generated update).
+    pub scale: Option<f64>,
+    /// Seed of every random initial value and fixed projection.
+    pub seed: Option<u64>,
+}
+
+/// The factorization with its parameters, resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Factorization {
+    /// X_g trainable, n_g parameters.
+    Dense,
+    /// A·Bᵀ of rank `rank`.
+    Lora {
+        /// r.
+        rank: usize,
+    },
+    /// Tucker core with every mode of size `rank`.
+    Tucker {
+        /// r.
+        rank: usize,
+    },
+    /// Kronecker product of `factors` order-M tensors, each dense / lora / tucker by the side rule.
+    Kronecker {
+        /// K ≥ 2.
+        factors: usize,
+        /// r of each non-dense factor.
+        rank: usize,
+    },
+}
+
+/// The projection, resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Projection {
+    /// ρ = 1, F = identity.
+    Identity,
+    /// ρ = 1, F = permutation.
+    Shuffle,
+    /// F = fastfood, 0 < ρ ≤ 1.
+    Fastfood {
+        /// ρ.
+        ratio: f64,
+    },
+}
+
+/// Resolved, validated adapter settings (independent of the model's shapes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    /// Grouping mode.
+    pub fold: Fold,
+    /// G, or `None` for "one group per layer" under the natural fold.
+    pub groups: Option<usize>,
+    /// M.
+    pub order: usize,
+    /// How each group's tensor is produced.
+    pub factorization: Factorization,
+    /// The fixed projection F.
+    pub projection: Projection,
+    /// α.
+    pub scale: f64,
+    /// Seed of all randomness.
+    pub seed: u64,
+}
+
+impl Projection {
+    /// ρ (1 for identity and shuffle).
+    pub fn ratio(&self) -> f64 {
+        match self {
+            Projection::Fastfood { ratio } => *ratio,
+            _ => 1.0,
+        }
+    }
+}
+
+impl Factorization {
+    /// The rank, if the family has one.
+    pub fn rank(&self) -> Option<usize> {
+        match self {
+            Factorization::Dense => None,
+            Factorization::Lora { rank } | Factorization::Tucker { rank } => Some(*rank),
+            Factorization::Kronecker { rank, .. } => Some(*rank),
+        }
+    }
+}
+
+impl AdapterSpec {
+    /// `self` with every field that `over` sets replaced by `over`'s value (flags over a file).
+    pub fn merge(&self, over: &AdapterSpec) -> AdapterSpec {
+        AdapterSpec {
+            fold: over.fold.or(self.fold),
+            groups: over.groups.or(self.groups),
+            order: over.order.or(self.order),
+            factor: over.factor.or(self.factor),
+            rank: over.rank.or(self.rank),
+            kron: over.kron.or(self.kron),
+            projection: over.projection.or(self.projection),
+            ratio: over.ratio.or(self.ratio),
+            scale: over.scale.or(self.scale),
+            seed: over.seed.or(self.seed),
+        }
+    }
+
+    /// Fills defaults and checks every rule that does not depend on the model's shapes.
+    pub fn resolve(&self) -> Result<AdapterConfig> {
+        let fold = self.fold.unwrap_or(Fold::Natural);
+        let factor = match (self.factor, self.kron) {
+            (Some(f), _) => f,
+            (None, Some(k)) if k >= 2 => FactorKind::Kronecker,
+            (None, _) => FactorKind::Lora,
+        };
+        let default_order = match factor {
+            FactorKind::Dense => 1,
+            FactorKind::Lora | FactorKind::Kronecker => 2,
+            FactorKind::Tucker => 3,
+        };
+        let order = self.order.unwrap_or(default_order);
+        if !(1..=MAX_ORDER).contains(&order) {
+            return Err(Error::config("order", order, format!("must be between 1 and {MAX_ORDER}")));
+        }
+        let rank = self.rank.unwrap_or(8);
+        if rank == 0 {
+            return Err(Error::config("rank", rank, "must be at least 1"));
+        }
+        if let Some(k) = self.kron {
+            if k == 0 {
+                return Err(Error::config("kron", k, "must be at least 1 (1 means no Kronecker product)"));
+            }
+            if k >= 2 && factor != FactorKind::Kronecker {
+                return Err(Error::config(
+                    "kron",
+                    k,
+                    format!("K >= 2 needs `factor = kronecker`, but factor is {factor:?}"),
+                ));
+            }
+        }
+        let factorization = match factor {
+            FactorKind::Dense => {
+                if let Some(r) = self.rank {
+                    return Err(Error::config(
+                        "rank",
+                        r,
+                        "a dense factor has no rank; drop `rank` or choose lora/tucker/kronecker",
+                    ));
+                }
+                Factorization::Dense
+            }
+            FactorKind::Lora => {
+                if order != 2 {
+                    return Err(Error::config(
+                        "order",
+                        order,
+                        "`factor = lora` needs order 2 (a matrix); use tucker for order >= 3 or dense for 1",
+                    ));
+                }
+                Factorization::Lora { rank }
+            }
+            FactorKind::Tucker => {
+                if order < 3 {
+                    return Err(Error::config(
+                        "order",
+                        order,
+                        "`factor = tucker` needs order >= 3; use lora for order 2",
+                    ));
+                }
+                Factorization::Tucker { rank }
+            }
+            FactorKind::Kronecker => {
+                let k = self.kron.unwrap_or(2);
+                if !(2..=MAX_KRON).contains(&k) {
+                    return Err(Error::config(
+                        "kron",
+                        k,
+                        format!("`factor = kronecker` needs between 2 and {MAX_KRON} factors"),
+                    ));
+                }
+                Factorization::Kronecker { factors: k, rank }
+            }
+        };
+
+        let ratio = self.ratio.unwrap_or(1.0);
+        let exact = DecimalRatio::from_f64(ratio)?;
+        let projection_kind = match self.projection {
+            Some(p) => p,
+            None if !exact.is_one() => ProjectionKind::Fastfood,
+            None => ProjectionKind::Identity,
+        };
+        let projection = match projection_kind {
+            ProjectionKind::Identity | ProjectionKind::Shuffle if !exact.is_one() => {
+                return Err(Error::config(
+                    "ratio",
+                    ratio,
+                    format!(
+                        "ratio < 1 needs `projection = fastfood` (a {} projection cannot expand values)",
+                        if projection_kind == ProjectionKind::Shuffle { "shuffle" } else { "identity" }
+                    ),
+                ));
+            }
+            ProjectionKind::Identity => Projection::Identity,
+            ProjectionKind::Shuffle => Projection::Shuffle,
+            ProjectionKind::Fastfood => Projection::Fastfood { ratio },
+        };
+
+        if fold == Fold::Natural {
+            if !exact.is_one() {
+                return Err(Error::config(
+                    "ratio",
+                    ratio,
+                    "ratio < 1 needs `fold = square`: a natural (rows x cols) matrix cannot shrink",
+                ));
+            }
+            if order != 2 && factor != FactorKind::Dense {
+                return Err(Error::config(
+                    "order",
+                    order,
+                    "`fold = natural` keeps each group's (rows x cols) matrix, so order must be 2; use `fold = square` for other orders",
+                ));
+            }
+        }
+        if let Some(g) = self.groups
+            && g == 0
+        {
+            return Err(Error::config("groups", g, "must be at least 1"));
+        }
+        let groups = match (fold, self.groups) {
+            (_, Some(g)) => Some(g),
+            (Fold::Natural, None) => None,
+            (Fold::Square, None) => Some(1),
+        };
+        let scale = self.scale.unwrap_or(1.0);
+        if !scale.is_finite() {
+            return Err(Error::config("scale", scale, "must be a finite number"));
+        }
+        Ok(AdapterConfig { fold, groups, order, factorization, projection, scale, seed: self.seed.unwrap_or(0) })
+    }
+}
+
+impl AdapterConfig {
+    /// The flat spec that resolves to this config (for writing it back to TOML/JSON).
+    pub fn to_spec(&self) -> AdapterSpec {
+        let (factor, rank, kron) = match self.factorization {
+            Factorization::Dense => (FactorKind::Dense, None, None),
+            Factorization::Lora { rank } => (FactorKind::Lora, Some(rank), None),
+            Factorization::Tucker { rank } => (FactorKind::Tucker, Some(rank), None),
+            Factorization::Kronecker { factors, rank } => (FactorKind::Kronecker, Some(rank), Some(factors)),
+        };
+        let (projection, ratio) = match self.projection {
+            Projection::Identity => (ProjectionKind::Identity, None),
+            Projection::Shuffle => (ProjectionKind::Shuffle, None),
+            Projection::Fastfood { ratio } => (ProjectionKind::Fastfood, Some(ratio)),
+        };
+        AdapterSpec {
+            fold: Some(self.fold),
+            groups: self.groups,
+            order: Some(self.order),
+            factor: Some(factor),
+            rank,
+            kron,
+            projection: Some(projection),
+            ratio,
+            scale: Some(self.scale),
+            seed: Some(self.seed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AdapterSpec {
+        AdapterSpec::default()
+    }
+
+    #[test]
+    fn defaults_are_weight_wise_lora_rank_8() {
+        let c = spec().resolve().unwrap();
+        assert_eq!(c.fold, Fold::Natural);
+        assert_eq!(c.groups, None);
+        assert_eq!(c.order, 2);
+        assert_eq!(c.factorization, Factorization::Lora { rank: 8 });
+        assert_eq!(c.projection, Projection::Identity);
+    }
+
+    #[test]
+    fn ratio_below_one_implies_fastfood_and_needs_square() {
+        let s = AdapterSpec { ratio: Some(0.01), fold: Some(Fold::Square), ..spec() };
+        assert_eq!(s.resolve().unwrap().projection, Projection::Fastfood { ratio: 0.01 });
+        let s = AdapterSpec { ratio: Some(0.01), ..spec() };
+        let e = s.resolve().unwrap_err().to_string();
+        assert!(e.contains("`ratio` = 0.01") && e.contains("fold = square"), "{e}");
+    }
+
+    #[test]
+    fn contradictions_name_field_value_rule() {
+        let cases: Vec<(AdapterSpec, &str)> = vec![
+            (
+                AdapterSpec { factor: Some(FactorKind::Lora), order: Some(3), fold: Some(Fold::Square), ..spec() },
+                "`order` = 3",
+            ),
+            (AdapterSpec { factor: Some(FactorKind::Tucker), order: Some(2), ..spec() }, "`order` = 2"),
+            (AdapterSpec { factor: Some(FactorKind::Dense), rank: Some(4), ..spec() }, "`rank` = 4"),
+            (AdapterSpec { factor: Some(FactorKind::Lora), kron: Some(2), ..spec() }, "`kron` = 2"),
+            (AdapterSpec { factor: Some(FactorKind::Kronecker), kron: Some(9), ..spec() }, "`kron` = 9"),
+            (AdapterSpec { order: Some(9), factor: Some(FactorKind::Dense), ..spec() }, "`order` = 9"),
+            (AdapterSpec { rank: Some(0), ..spec() }, "`rank` = 0"),
+            (AdapterSpec { groups: Some(0), ..spec() }, "`groups` = 0"),
+            (AdapterSpec { ratio: Some(0.0), ..spec() }, "`ratio` = 0"),
+            (
+                AdapterSpec {
+                    ratio: Some(0.5),
+                    projection: Some(ProjectionKind::Shuffle),
+                    fold: Some(Fold::Square),
+                    ..spec()
+                },
+                "`ratio` = 0.5",
+            ),
+            (AdapterSpec { scale: Some(f64::INFINITY), ..spec() }, "`scale` = inf"),
+            (AdapterSpec { factor: Some(FactorKind::Tucker), fold: Some(Fold::Natural), ..spec() }, "`order` = 3"),
+        ];
+        for (s, want) in cases {
+            let e = s.resolve().unwrap_err().to_string();
+            assert!(e.contains(want), "{s:?}: got `{e}`, want `{want}`");
+        }
+    }
+
+    #[test]
+    fn merge_prefers_the_override_and_round_trips() {
+        let file = AdapterSpec { rank: Some(4), fold: Some(Fold::Square), ..spec() };
+        let flags = AdapterSpec { rank: Some(2), ..spec() };
+        let m = file.merge(&flags);
+        assert_eq!(m.rank, Some(2));
+        assert_eq!(m.fold, Some(Fold::Square));
+        let c = m.resolve().unwrap();
+        assert_eq!(c.to_spec().resolve().unwrap(), c);
+    }
+}

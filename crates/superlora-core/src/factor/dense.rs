@@ -1,0 +1,27 @@
+//! Dense factor: the tensor is itself trainable.
+//!
+//! Equation: X = P, P trainable with the shape the plan fixed ([n_g] for a whole group, the
+//! factor's sides inside a Kronecker product). With M = 1 and a fastfood projection this is
+//! intrinsic-dimension fine-tuning of the adapted layers; with the identity it is full
+//! fine-tuning of them.
+//!
+//! Symbol → variable: X → the `Var` of [`super::FactorVars::Dense`].
+//!
+//! Init (spec §4): zeros; as a non-last Kronecker factor, Kaiming-uniform U(±1/√(last side)).
+
+use candle_core::{DType, Device, Var};
+
+use super::{Init, filled};
+use crate::error::Result;
+use crate::rng::Rng;
+
+/// The dense tensor of `shape`.
+pub fn init(shape: &[usize], init: Init, rng: &mut Rng, dtype: DType, device: &Device) -> Result<Var> {
+    match init {
+        Init::ZeroUpdate => filled(shape, dtype, device, || 0.0),
+        Init::Random => {
+            let bound = 1.0 / (*shape.last().unwrap_or(&1) as f64).sqrt();
+            filled(shape, dtype, device, || rng.uniform_sym(bound))
+        }
+    }
+}

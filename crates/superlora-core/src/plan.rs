@@ -1,0 +1,578 @@
+//! The plan: plain integers, no tensors (spec §3 steps 1–3 and 5, and the parameter count).
+//!
+//! Given the ordered adapted weights (d_out x d_in each) and an [`AdapterConfig`], the plan fixes
+//! the groups (their ranges in the concatenated update vector of length N), n_g = ⌈ρ·N_g⌉, the
+//! fold sides, the factor shapes, where each group's values land in each layer, and the trainable
+//! parameter count. Tensor code ([`crate::SuperLora`]) and the dense oracle ([`crate::oracle`])
+//! both follow the plan, so they cannot disagree on shapes.
+//!
+//! Symbol → field: N → [`Plan::total_entries`]; G → `groups.len()`; N_g → [`GroupPlan::len`];
+//! n_g → [`GroupPlan::n`]; s / (rows, cols) → [`GroupPlan::sides`]; M → `sides.len()`.
+
+use serde::Serialize;
+
+use crate::config::{AdapterConfig, Factorization, Fold, Projection};
+use crate::error::{Error, Result};
+use crate::math::{DecimalRatio, ceil_div, ceil_root, checked_pow};
+
+/// Largest group the fixed projections index (their permutations are stored as `u32`).
+pub const MAX_GROUP_LEN: usize = 1 << 31;
+
+/// One adapted weight: W_l with `rows = d_out`, `cols = d_in`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerShape {
+    /// The weight's name (tensor name in the model file, or `layer<i>` for `--shapes`).
+    pub name: String,
+    /// d_out.
+    pub rows: usize,
+    /// d_in.
+    pub cols: usize,
+}
+
+impl LayerShape {
+    /// A weight named `name` of shape `rows x cols`.
+    pub fn new(name: impl Into<String>, rows: usize, cols: usize) -> Self {
+        LayerShape { name: name.into(), rows, cols }
+    }
+    /// d_out · d_in.
+    pub fn numel(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A layer placed in the concatenated update vector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerPlan {
+    /// The weight's name.
+    pub name: String,
+    /// d_out.
+    pub rows: usize,
+    /// d_in.
+    pub cols: usize,
+    /// Offset of this layer's first entry in the vector of length N.
+    pub offset: usize,
+}
+
+/// A contiguous piece shared by one group and one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Segment {
+    /// Index of the layer.
+    pub layer: usize,
+    /// Offset inside the layer's flattened (row-major) update.
+    pub layer_offset: usize,
+    /// Offset inside the group's projected vector v_g.
+    pub group_offset: usize,
+    /// Number of entries.
+    pub len: usize,
+}
+
+/// How one tensor X (a group's, or one Kronecker factor's) is produced from trainable numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FactorPlan {
+    /// X itself is trainable, of shape `shape`.
+    Dense {
+        /// Shape of the trainable tensor.
+        shape: Vec<usize>,
+    },
+    /// X = A·Bᵀ, A: rows x rank, B: cols x rank.
+    Lora {
+        /// Rows of X (and of A).
+        rows: usize,
+        /// Columns of X (rows of B).
+        cols: usize,
+        /// r.
+        rank: usize,
+    },
+    /// X = C ×₁ U₁ … ×_M U_M; C: rank^M, U_m: sides[m] x rank.
+    Tucker {
+        /// Side of X in each mode.
+        sides: Vec<usize>,
+        /// r.
+        rank: usize,
+    },
+    /// X = X₁ ⊗ … ⊗ X_K; mode m of X has size Π_k (side of X_k in mode m).
+    Kronecker {
+        /// The K factors, in product order.
+        factors: Vec<FactorPlan>,
+    },
+}
+
+impl FactorPlan {
+    /// Shape of the produced tensor X.
+    pub fn output_shape(&self) -> Vec<usize> {
+        match self {
+            FactorPlan::Dense { shape } => shape.clone(),
+            FactorPlan::Lora { rows, cols, .. } => vec![*rows, *cols],
+            FactorPlan::Tucker { sides, .. } => sides.clone(),
+            FactorPlan::Kronecker { factors } => {
+                let mut out: Vec<usize> = vec![1; factors.first().map_or(0, |f| f.output_shape().len())];
+                for f in factors {
+                    for (o, s) in out.iter_mut().zip(f.output_shape()) {
+                        *o *= s;
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Trainable parameters of this factor.
+    pub fn params(&self) -> usize {
+        match self {
+            FactorPlan::Dense { shape } => shape.iter().product(),
+            FactorPlan::Lora { rows, cols, rank } => (rows + cols) * rank,
+            FactorPlan::Tucker { sides, rank } => rank.pow(sides.len() as u32) + rank * sides.iter().sum::<usize>(),
+            FactorPlan::Kronecker { factors } => factors.iter().map(FactorPlan::params).sum(),
+        }
+    }
+
+    /// The trainable tensors' shapes, with their names relative to the factor
+    /// (`dense`, `lora_a`, `lora_b`, `tucker_core`, `tucker_u.<m>`, `kron.<k>.<...>`).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            FactorPlan::Dense { shape } => vec![("dense".into(), shape.clone())],
+            FactorPlan::Lora { rows, cols, rank } => {
+                vec![("lora_a".into(), vec![*rows, *rank]), ("lora_b".into(), vec![*cols, *rank])]
+            }
+            FactorPlan::Tucker { sides, rank } => {
+                let mut v = vec![("tucker_core".into(), vec![*rank; sides.len()])];
+                v.extend(sides.iter().enumerate().map(|(m, s)| (format!("tucker_u.{m}"), vec![*s, *rank])));
+                v
+            }
+            FactorPlan::Kronecker { factors } => factors
+                .iter()
+                .enumerate()
+                .flat_map(|(k, f)| f.tensor_shapes().into_iter().map(move |(n, s)| (format!("kron.{k}.{n}"), s)))
+                .collect(),
+        }
+    }
+
+    /// A one-line human description of the factor shapes (`A 768x7, B 768x7`).
+    pub fn describe(&self) -> String {
+        let dims = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+        match self {
+            FactorPlan::Dense { shape } => format!("dense {}", dims(shape)),
+            FactorPlan::Lora { rows, cols, rank } => format!("A {rows}x{rank}, B {cols}x{rank}"),
+            FactorPlan::Tucker { sides, rank } => {
+                let us = if sides.iter().all(|s| *s == sides[0]) {
+                    format!("{}x U {}x{rank}", sides.len(), sides[0])
+                } else {
+                    sides.iter().map(|s| format!("U {s}x{rank}")).collect::<Vec<_>>().join(", ")
+                };
+                format!("core {}, {us}", dims(&vec![*rank; sides.len()]))
+            }
+            FactorPlan::Kronecker { factors } => {
+                factors.iter().map(|f| format!("[{}]", f.describe())).collect::<Vec<_>>().join(" ⊗ ")
+            }
+        }
+    }
+}
+
+/// The fixed projection of one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProjectionPlan {
+    /// v_g = x_g.
+    Identity,
+    /// v_g[π(i)] = x_g[i].
+    Shuffle,
+    /// v_g = F(x_g), padded to `padded` = 2^⌈log2 N_g⌉ inside.
+    Fastfood {
+        /// Lh.
+        padded: usize,
+    },
+}
+
+/// Everything fixed about one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupPlan {
+    /// g.
+    pub index: usize,
+    /// Offset of the group's first entry in the vector of length N.
+    pub start: usize,
+    /// N_g.
+    pub len: usize,
+    /// n_g = ⌈ρ·N_g⌉: values produced by the factorization.
+    pub n: usize,
+    /// Fold sides: M times s (square fold) or (rows, cols) (natural fold).
+    pub sides: Vec<usize>,
+    /// How X_g is produced.
+    pub factor: FactorPlan,
+    /// F_g.
+    pub projection: ProjectionPlan,
+    /// Trainable parameters of this group.
+    pub params: usize,
+    /// Where v_g lands, in order.
+    pub segments: Vec<Segment>,
+}
+
+impl GroupPlan {
+    /// Indices of the first and last layer this group touches.
+    pub fn layer_range(&self) -> (usize, usize) {
+        let first = self.segments.first().map_or(0, |s| s.layer);
+        let last = self.segments.last().map_or(0, |s| s.layer);
+        (first, last)
+    }
+}
+
+/// The resolved plan of an adapter over an ordered list of weights.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// The settings it was built from.
+    pub config: AdapterConfig,
+    /// The adapted weights in model order, with their offsets.
+    pub layers: Vec<LayerPlan>,
+    /// The groups, in vector order.
+    pub groups: Vec<GroupPlan>,
+    /// N = Σ d_out·d_in.
+    pub total_entries: usize,
+    /// Σ over groups of the factorization counts. The head, if any, is counted elsewhere.
+    pub trainable_params: usize,
+}
+
+impl Plan {
+    /// Plans `config` over `shapes` (in model order).
+    pub fn new(shapes: &[LayerShape], config: &AdapterConfig) -> Result<Plan> {
+        if shapes.is_empty() {
+            return Err(Error::Shapes("no weights to adapt".into()));
+        }
+        let mut layers = Vec::with_capacity(shapes.len());
+        let mut offset = 0usize;
+        for s in shapes {
+            if s.rows == 0 || s.cols == 0 {
+                return Err(Error::Shapes(format!("`{}` has an empty shape {}x{}", s.name, s.rows, s.cols)));
+            }
+            let numel =
+                s.rows.checked_mul(s.cols).ok_or_else(|| Error::Shapes(format!("`{}` is too large", s.name)))?;
+            layers.push(LayerPlan { name: s.name.clone(), rows: s.rows, cols: s.cols, offset });
+            offset = offset.checked_add(numel).ok_or_else(|| Error::Shapes("total size overflows".into()))?;
+        }
+        let total = offset;
+        let ranges = match config.fold {
+            Fold::Natural => natural_ranges(shapes, config.groups)?,
+            Fold::Square => square_ranges(total, config.groups.unwrap_or(1))?,
+        };
+        let ratio = DecimalRatio::from_f64(config.projection.ratio())?;
+        let mut groups = Vec::with_capacity(ranges.len());
+        for (index, (start, len, natural_shape)) in ranges.into_iter().enumerate() {
+            if len > MAX_GROUP_LEN {
+                return Err(Error::config(
+                    "groups",
+                    ranges_len_hint(config),
+                    format!(
+                        "group {index} would hold {len} entries; at most {MAX_GROUP_LEN} per group — use more groups"
+                    ),
+                ));
+            }
+            let n = ratio.ceil_mul(len as u64) as usize;
+            let sides = match natural_shape {
+                Some((rows, cols)) => vec![rows, cols],
+                None => {
+                    let s = ceil_root(n as u64, config.order as u32) as usize;
+                    vec![s; config.order]
+                }
+            };
+            let factor = plan_factor(&config.factorization, &sides, n, index)?;
+            let projection = match config.projection {
+                Projection::Identity => ProjectionPlan::Identity,
+                Projection::Shuffle => ProjectionPlan::Shuffle,
+                Projection::Fastfood { .. } => ProjectionPlan::Fastfood { padded: len.next_power_of_two() },
+            };
+            let params = factor.params();
+            let segments = segments_of(&layers, start, len);
+            groups.push(GroupPlan { index, start, len, n, sides, factor, projection, params, segments });
+        }
+        let trainable_params = groups.iter().map(|g| g.params).sum();
+        Ok(Plan { config: config.clone(), layers, groups, total_entries: total, trainable_params })
+    }
+
+    /// Parameters weight-wise LoRA of rank 1 would train on the same weights: Σ (d_in + d_out).
+    pub fn lora_rank1_params(&self) -> usize {
+        self.layers.iter().map(|l| l.rows + l.cols).sum()
+    }
+
+    /// Segments of layer `l`, in order of their offset inside the layer, as (group, segment).
+    pub fn layer_segments(&self, l: usize) -> Vec<(usize, Segment)> {
+        let mut v: Vec<(usize, Segment)> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.segments.iter().filter(|s| s.layer == l).map(move |s| (g.index, *s)))
+            .collect();
+        v.sort_by_key(|(_, s)| s.layer_offset);
+        v
+    }
+}
+
+fn ranges_len_hint(config: &AdapterConfig) -> String {
+    config.groups.map_or_else(|| "one per layer".to_string(), |g| g.to_string())
+}
+
+/// Natural fold: G runs of consecutive whole layers (run lengths differ by at most one), each
+/// stacked along rows; all layers of a run must share d_in.
+type Range = (usize, usize, Option<(usize, usize)>);
+
+fn natural_ranges(shapes: &[LayerShape], groups: Option<usize>) -> Result<Vec<Range>> {
+    let l = shapes.len();
+    let g = groups.unwrap_or(l);
+    if g > l {
+        return Err(Error::config(
+            "groups",
+            g,
+            format!(
+                "`fold = natural` groups whole layers, so G can be at most the number of layers ({l}); use `fold = square` to cut inside layers"
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(g);
+    let (base, extra) = (l / g, l % g);
+    let mut first = 0usize;
+    let mut start = 0usize;
+    for gi in 0..g {
+        let count = base + usize::from(gi < extra);
+        let run = &shapes[first..first + count];
+        let cols = run[0].cols;
+        if let Some(bad) = run.iter().find(|s| s.cols != cols) {
+            return Err(Error::config(
+                "groups",
+                g,
+                format!(
+                    "`fold = natural` stacks a group's layers along rows, so they must share d_in, but group {gi} holds `{}` ({}x{}) and `{}` ({}x{}); choose G so each run has one d_in (G = {l}, one group per layer, always works) or use `fold = square`",
+                    run[0].name, run[0].rows, run[0].cols, bad.name, bad.rows, bad.cols
+                ),
+            ));
+        }
+        let rows: usize = run.iter().map(|s| s.rows).sum();
+        let len = rows * cols;
+        out.push((start, len, Some((rows, cols))));
+        start += len;
+        first += count;
+    }
+    Ok(out)
+}
+
+/// Square fold: G contiguous chunks of N whose sizes differ by at most one (the first N mod G are
+/// one longer).
+fn square_ranges(total: usize, g: usize) -> Result<Vec<Range>> {
+    if g > total {
+        return Err(Error::config("groups", g, format!("G cannot exceed the number of update entries N = {total}")));
+    }
+    let (base, extra) = (total / g, total % g);
+    let mut start = 0;
+    Ok((0..g)
+        .map(|gi| {
+            let len = base + usize::from(gi < extra);
+            let r = (start, len, None);
+            start += len;
+            r
+        })
+        .collect())
+}
+
+/// The pieces where group `[start, start+len)` meets each layer.
+fn segments_of(layers: &[LayerPlan], start: usize, len: usize) -> Vec<Segment> {
+    let end = start + len;
+    layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let (ls, le) = (l.offset, l.offset + l.rows * l.cols);
+            let (s, e) = (start.max(ls), end.min(le));
+            (s < e).then(|| Segment { layer: i, layer_offset: s - ls, group_offset: s - start, len: e - s })
+        })
+        .collect()
+}
+
+/// Factor shapes of one group with fold sides `sides` producing `n` values.
+fn plan_factor(f: &Factorization, sides: &[usize], n: usize, group: usize) -> Result<FactorPlan> {
+    let order = sides.len() as u32;
+    Ok(match *f {
+        Factorization::Dense => FactorPlan::Dense { shape: vec![n] },
+        Factorization::Lora { rank } => {
+            let (rows, cols) = (sides[0], sides[1]);
+            if rank > rows.min(cols) {
+                return Err(Error::config(
+                    "rank",
+                    rank,
+                    format!(
+                        "group {group} folds to {rows}x{cols}; a lora rank cannot exceed its smaller side {}",
+                        rows.min(cols)
+                    ),
+                ));
+            }
+            FactorPlan::Lora { rows, cols, rank }
+        }
+        Factorization::Tucker { rank } => {
+            let s = sides[0];
+            if rank > s {
+                return Err(Error::config(
+                    "rank",
+                    rank,
+                    format!("group {group} folds to side {s} (order {order}); a tucker rank cannot exceed the side"),
+                ));
+            }
+            if checked_pow(rank as u64, order).is_none_or(|p| p > 1 << 40) {
+                return Err(Error::config(
+                    "rank",
+                    rank,
+                    format!("a tucker core of {rank}^{order} entries is too large"),
+                ));
+            }
+            FactorPlan::Tucker { sides: sides.to_vec(), rank }
+        }
+        Factorization::Kronecker { factors: k, rank } => {
+            // Side split [decided, spec §3]: s_km = ⌈s^(1/K)⌉ for k < K, the last takes
+            // ⌈s / Π_{k<K} s_km⌉ — per mode, so a natural (rows, cols) fold splits each side.
+            let mut factor_sides = vec![vec![0usize; sides.len()]; k];
+            for (m, &side) in sides.iter().enumerate() {
+                let p = ceil_root(side as u64, k as u32) as usize;
+                for fs in factor_sides.iter_mut().take(k - 1) {
+                    fs[m] = p;
+                }
+                let head = p.pow(k as u32 - 1);
+                factor_sides[k - 1][m] = ceil_div(side as u64, head as u64) as usize;
+            }
+            let factors = factor_sides.into_iter().map(|fs| kron_factor_kind(fs, rank)).collect::<Vec<_>>();
+            FactorPlan::Kronecker { factors }
+        }
+    })
+}
+
+/// The kind of one Kronecker factor [decided, spec §3]: dense when r ≥ its smallest side,
+/// else lora (M = 2) or tucker (M ≥ 3); order-1 factors are always dense (there is no low-rank
+/// vector).
+fn kron_factor_kind(sides: Vec<usize>, rank: usize) -> FactorPlan {
+    let smallest = sides.iter().copied().min().unwrap_or(1);
+    if rank >= smallest || sides.len() == 1 {
+        FactorPlan::Dense { shape: sides }
+    } else if sides.len() == 2 {
+        FactorPlan::Lora { rows: sides[0], cols: sides[1], rank }
+    } else {
+        FactorPlan::Tucker { sides, rank }
+    }
+}
+
+/// The Kronecker side-split rule, in words, for recording in adapter files.
+pub const KRONECKER_SIDE_RULE: &str = "per mode m with side s: s_km = ceil(s^(1/K)) for k < K, s_Km = ceil(s / prod_{k<K} s_km); factor k is dense if rank >= min_m s_km or M = 1, else lora (M = 2) or tucker (M >= 3) of the rank; natural fold crops the product to (rows, cols), square fold keeps the first n_g entries of its row-major flattening";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AdapterSpec, FactorKind, ProjectionKind};
+
+    fn plan(shapes: &[LayerShape], spec: AdapterSpec) -> Result<Plan> {
+        Plan::new(shapes, &spec.resolve()?)
+    }
+
+    fn square(groups: usize, order: usize, factor: FactorKind, rank: Option<usize>, ratio: Option<f64>) -> AdapterSpec {
+        AdapterSpec {
+            fold: Some(Fold::Square),
+            groups: Some(groups),
+            order: Some(order),
+            factor: Some(factor),
+            rank,
+            ratio,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn worked_table_square_rows() {
+        let s = vec![LayerShape::new("w", 768, 768)];
+        let rows = [
+            (square(1, 2, FactorKind::Lora, Some(7), None), 10_752),
+            (square(4, 2, FactorKind::Lora, Some(24), None), 73_728),
+            (square(12, 3, FactorKind::Tucker, Some(5), None), 8_160),
+            (square(12, 4, FactorKind::Tucker, Some(5), None), 11_100),
+            (square(1, 5, FactorKind::Tucker, Some(1), None), 76),
+            (square(4, 3, FactorKind::Tucker, Some(4), Some(0.01)), 832),
+            (square(1, 5, FactorKind::Tucker, Some(1), Some(0.01)), 31),
+        ];
+        for (spec, want) in rows {
+            let p = plan(&s, spec.clone()).unwrap();
+            assert_eq!(p.trainable_params, want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn weight_wise_lora_vit_b() {
+        let s: Vec<_> = (0..24).map(|i| LayerShape::new(format!("l{i}"), 768, 768)).collect();
+        let spec = AdapterSpec { rank: Some(1), ..Default::default() };
+        let p = plan(&s, spec).unwrap();
+        assert_eq!(p.groups.len(), 24);
+        assert_eq!(p.trainable_params, 36_864);
+        assert_eq!(p.lora_rank1_params(), 36_864);
+        assert_eq!(p.total_entries, 14_155_776);
+    }
+
+    #[test]
+    fn square_groups_cross_layers_and_differ_by_at_most_one() {
+        let s = vec![LayerShape::new("a", 3, 5), LayerShape::new("b", 2, 7)];
+        let p = plan(&s, square(4, 1, FactorKind::Dense, None, None)).unwrap();
+        let lens: Vec<_> = p.groups.iter().map(|g| g.len).collect();
+        assert_eq!(lens, vec![8, 7, 7, 7]);
+        assert_eq!(p.groups[1].segments.len(), 1, "group 1 ends exactly where layer a ends");
+        let p = plan(&s, square(3, 1, FactorKind::Dense, None, None)).unwrap();
+        let lens: Vec<_> = p.groups.iter().map(|g| g.len).collect();
+        assert_eq!(lens, vec![10, 10, 9]);
+        assert_eq!(p.groups[1].segments.len(), 2, "group 1 spans both layers");
+        assert_eq!(p.trainable_params, 29);
+    }
+
+    #[test]
+    fn natural_fold_rejects_mixed_d_in() {
+        let s = vec![LayerShape::new("q", 4, 8), LayerShape::new("fc2", 8, 16)];
+        let e = plan(&s, AdapterSpec { groups: Some(1), rank: Some(1), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("`groups` = 1") && e.contains("d_in"), "{e}");
+        assert!(plan(&s, AdapterSpec { rank: Some(1), ..Default::default() }).is_ok());
+    }
+
+    #[test]
+    fn rank_larger_than_side_is_rejected() {
+        let s = vec![LayerShape::new("w", 4, 4)];
+        let e = plan(&s, AdapterSpec { rank: Some(5), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("`rank` = 5"), "{e}");
+        let e = plan(&s, square(1, 3, FactorKind::Tucker, Some(4), None)).unwrap_err().to_string();
+        assert!(e.contains("`rank` = 4") && e.contains("side 3"), "{e}");
+    }
+
+    #[test]
+    fn too_many_groups_is_rejected() {
+        let s = vec![LayerShape::new("w", 2, 2)];
+        let e = plan(&s, square(5, 1, FactorKind::Dense, None, None)).unwrap_err().to_string();
+        assert!(e.contains("`groups` = 5") && e.contains("N = 4"), "{e}");
+        let e = plan(&s, AdapterSpec { groups: Some(2), rank: Some(1), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("`groups` = 2"), "{e}");
+    }
+
+    #[test]
+    fn kronecker_side_split() {
+        let s = vec![LayerShape::new("w", 768, 768)];
+        let spec = AdapterSpec { kron: Some(2), rank: Some(4), ..square(1, 2, FactorKind::Kronecker, Some(4), None) };
+        let p = plan(&s, spec).unwrap();
+        let FactorPlan::Kronecker { factors } = &p.groups[0].factor else { panic!() };
+        assert_eq!(factors[0], FactorPlan::Lora { rows: 28, cols: 28, rank: 4 });
+        assert_eq!(factors[1], FactorPlan::Lora { rows: 28, cols: 28, rank: 4 });
+        assert_eq!(p.groups[0].factor.output_shape(), vec![784, 784]);
+        // K = 3 at side 384: 8, 8, then ceil(384 / 64) = 6; rank 6 >= 6 makes the last one dense.
+        let s = vec![LayerShape::new("w", 384, 384)];
+        let spec = AdapterSpec { kron: Some(3), ..square(1, 2, FactorKind::Kronecker, Some(6), None) };
+        let p = plan(&s, spec).unwrap();
+        let FactorPlan::Kronecker { factors } = &p.groups[0].factor else { panic!() };
+        assert_eq!(factors[2], FactorPlan::Dense { shape: vec![6, 6] });
+        assert_eq!(p.trainable_params, 2 * (16 * 6) + 36);
+    }
+
+    #[test]
+    fn fastfood_pads_to_a_power_of_two() {
+        let s = vec![LayerShape::new("w", 768, 768)];
+        let spec = AdapterSpec {
+            projection: Some(ProjectionKind::Fastfood),
+            ..square(4, 3, FactorKind::Tucker, Some(4), Some(0.01))
+        };
+        let p = plan(&s, spec).unwrap();
+        assert_eq!(p.groups[0].projection, ProjectionPlan::Fastfood { padded: 262_144 });
+        assert_eq!(p.groups[0].n, 1475);
+        assert_eq!(p.groups[0].sides, vec![12, 12, 12]);
+    }
+}

@@ -1,0 +1,160 @@
+//! The fixed projections F_g: R^{n_g} → R^{N_g} (spec §3 step 4). Never trained, regenerated
+//! from the seed, one independent instance per group.
+//!
+//! - identity (ρ = 1): v = x;
+//! - [`shuffle`] (ρ = 1): v[π(i)] = x[i];
+//! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix.
+//!
+//! Both non-trivial projections are candle custom ops with their own backward (the transpose).
+
+pub mod fastfood;
+pub mod shuffle;
+pub mod wht;
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, DType, Layout, Tensor};
+
+use crate::error::Result;
+use crate::plan::{GroupPlan, ProjectionPlan};
+use fastfood::Fastfood;
+use shuffle::Shuffle;
+
+/// Float types the projection kernels run on.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialEq
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + 'static
+{
+    /// 0.
+    fn zero() -> Self;
+    /// Nearest value to `v`.
+    fn from_f64(v: f64) -> Self;
+    /// Exact widening.
+    fn to_f64(self) -> f64;
+    /// Fastfood's diagonal G·scale in this precision: the f32 kernel borrows the precomputed
+    /// `scaled_f32`, the f64 kernel recomputes G_i·scale in f64.
+    fn scaled_diag<'a>(gauss: &'a [f32], scaled_f32: &'a [f32], scale: f64) -> std::borrow::Cow<'a, [Self]>;
+}
+
+impl Real for f32 {
+    fn zero() -> Self {
+        0.0
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn scaled_diag<'a>(_: &'a [f32], scaled_f32: &'a [f32], _: f64) -> std::borrow::Cow<'a, [Self]> {
+        std::borrow::Cow::Borrowed(scaled_f32)
+    }
+}
+
+impl Real for f64 {
+    fn zero() -> Self {
+        0.0
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn scaled_diag<'a>(gauss: &'a [f32], _: &'a [f32], scale: f64) -> std::borrow::Cow<'a, [Self]> {
+        std::borrow::Cow::Owned(gauss.iter().map(|&g| f64::from(g) * scale).collect())
+    }
+}
+
+/// The projection of one group, ready to apply.
+#[derive(Clone, Debug)]
+pub enum GroupProjection {
+    /// v = x.
+    Identity,
+    /// v[π(i)] = x[i].
+    Shuffle(Arc<Shuffle>),
+    /// v = F x.
+    Fastfood(Arc<Fastfood>),
+}
+
+impl GroupProjection {
+    /// Regenerates the projection of `group` from `seed`.
+    pub fn new(group: &GroupPlan, seed: u64) -> Self {
+        match group.projection {
+            ProjectionPlan::Identity => GroupProjection::Identity,
+            ProjectionPlan::Shuffle => {
+                GroupProjection::Shuffle(Arc::new(Shuffle::generate(group.len, seed, group.index)))
+            }
+            ProjectionPlan::Fastfood { .. } => {
+                GroupProjection::Fastfood(Arc::new(Fastfood::generate(group.n, group.len, seed, group.index)))
+            }
+        }
+    }
+
+    /// Applies F to a 1-D tensor of length n_g, with autograd.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            GroupProjection::Identity => x.clone(),
+            GroupProjection::Shuffle(s) => x.contiguous()?.apply_op1(shuffle::ShuffleOp(s.clone()))?,
+            GroupProjection::Fastfood(f) => x.contiguous()?.apply_op1(fastfood::FastfoodOp(f.clone()))?,
+        })
+    }
+
+    /// Applies Fᵀ to a 1-D tensor of length N_g, with autograd.
+    pub fn apply_transpose(&self, g: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            GroupProjection::Identity => g.clone(),
+            GroupProjection::Shuffle(s) => g.contiguous()?.apply_op1(shuffle::ShuffleTransposeOp(s.clone()))?,
+            GroupProjection::Fastfood(f) => g.contiguous()?.apply_op1(fastfood::FastfoodTransposeOp(f.clone()))?,
+        })
+    }
+}
+
+/// Runs `f32`/`f64` kernel `f` on a contiguous 1-D CPU storage of `expect` elements.
+pub(crate) fn run_1d(
+    op: &str,
+    storage: &CpuStorage,
+    layout: &Layout,
+    expect: usize,
+    f32_kernel: impl FnOnce(&[f32]) -> Vec<f32>,
+    f64_kernel: impl FnOnce(&[f64]) -> Vec<f64>,
+) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+    let n = layout.shape().elem_count();
+    if layout.shape().rank() != 1 || n != expect {
+        candle_core::bail!("{op}: expected a 1-D tensor of {expect} values, got shape {:?}", layout.shape());
+    }
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: input must be contiguous");
+    };
+    let (out, len) = match storage {
+        CpuStorage::F32(v) => {
+            let o = f32_kernel(&v[start..end]);
+            let l = o.len();
+            (CpuStorage::F32(o), l)
+        }
+        CpuStorage::F64(v) => {
+            let o = f64_kernel(&v[start..end]);
+            let l = o.len();
+            (CpuStorage::F64(o), l)
+        }
+        other => candle_core::bail!(
+            "{op}: supports f32 and f64, got {:?}",
+            candle_core::backend::BackendStorage::dtype(other)
+        ),
+    };
+    Ok((out, candle_core::Shape::from(len)))
+}
+
+/// True for the dtypes the projections support.
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64)
+}

@@ -1,0 +1,213 @@
+//! The unnormalised Walsh–Hadamard transform, in place, O(n log n), never a matrix.
+//!
+//! Equation: y = H_n x with H_n[i][j] = (−1)^popcount(i & j), n = 2^k (natural "Hadamard" order,
+//! no 1/√n). H_n is symmetric, so the transform is its own transpose.
+//!
+//! Symbol → variable: n → `x.len()`; the butterfly stage of span h pairs x[i] and x[i + h].
+//!
+//! Fast path ([`wht`]): the stages h = 1, 2, 4, …, n/2 in that order, exactly the butterflies of
+//! the textbook loop ([`wht_reference`]), so the two agree bit for bit; only the memory order
+//! changes:
+//! - stages with h < 2^11 run on 2^11-element blocks that stay in L1;
+//! - for n > 2^14 the vector is viewed as an n1 x n2 matrix (n2 = 2^14): H_n = H_n1 ⊗ H_n2, so
+//!   H_n2 runs on every row (rows in parallel) and then H_n1 runs down the columns in panels of
+//!   w columns that stay in L2 (panels in parallel, each panel does all log2(n1) stages);
+//! - two stages at a time (radix 4) where possible, to halve loads and stores.
+
+use rayon::prelude::*;
+
+use super::Real;
+
+/// Elements per L1-resident block.
+const L1_BLOCK: usize = 1 << 11;
+/// Row length of the two-level split.
+const ROW: usize = 1 << 14;
+/// Elements of one column panel (stays in a 1 MiB L2 with room to spare).
+const PANEL: usize = 1 << 16;
+
+/// In-place unnormalised Walsh–Hadamard transform of a power-of-two-length slice.
+///
+/// # Panics
+/// If `x.len()` is not a power of two (callers pad first; this is an internal invariant).
+pub fn wht<T: Real>(x: &mut [T]) {
+    let n = x.len();
+    assert!(n.is_power_of_two(), "wht needs a power-of-two length, got {n}");
+    if n <= ROW {
+        row(x);
+        return;
+    }
+    x.par_chunks_mut(ROW).for_each(row);
+    columns(x, n / ROW, ROW);
+}
+
+/// The textbook radix-2 loop: the obviously correct twin of [`wht`].
+pub fn wht_reference<T: Real>(x: &mut [T]) {
+    let n = x.len();
+    assert!(n.is_power_of_two(), "wht needs a power-of-two length, got {n}");
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (x[j], x[j + h]);
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
+}
+
+/// All stages of a contiguous block of length ≤ ROW.
+fn row<T: Real>(x: &mut [T]) {
+    let n = x.len();
+    let b = n.min(L1_BLOCK);
+    for blk in x.chunks_exact_mut(b) {
+        stages(blk, 1);
+    }
+    stages(x, b);
+}
+
+/// Stages h = `h_from`, 2·h_from, …, len/2 on a contiguous slice.
+fn stages<T: Real>(x: &mut [T], h_from: usize) {
+    let n = x.len();
+    let mut h = h_from;
+    if h == 1 && n >= 8 {
+        for c in x.chunks_exact_mut(8) {
+            radix8(c);
+        }
+        h = 8;
+    }
+    while h < n {
+        if 4 * h <= n {
+            for c in x.chunks_exact_mut(4 * h) {
+                let (a, rest) = c.split_at_mut(h);
+                let (b, rest) = rest.split_at_mut(h);
+                let (cc, d) = rest.split_at_mut(h);
+                butterfly4(a, b, cc, d);
+            }
+            h *= 4;
+        } else {
+            for c in x.chunks_exact_mut(2 * h) {
+                let (a, b) = c.split_at_mut(h);
+                butterfly2(a, b);
+            }
+            h *= 2;
+        }
+    }
+}
+
+/// Stages 1, 2, 4 of an 8-element chunk.
+#[inline(always)]
+fn radix8<T: Real>(c: &mut [T]) {
+    let mut v = [T::zero(); 8];
+    v.copy_from_slice(&c[..8]);
+    for h in [1usize, 2, 4] {
+        for i in (0..8).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (v[j], v[j + h]);
+                v[j] = a + b;
+                v[j + h] = a - b;
+            }
+        }
+    }
+    c[..8].copy_from_slice(&v);
+}
+
+/// One stage of span h on rows a (first half) and b (second half).
+#[inline(always)]
+fn butterfly2<T: Real>(a: &mut [T], b: &mut [T]) {
+    for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+        let (p, q) = (*u, *v);
+        *u = p + q;
+        *v = p - q;
+    }
+}
+
+/// Stages h then 2h on quarters a, b, c, d (same operations, same order as two radix-2 stages).
+#[inline(always)]
+fn butterfly4<T: Real>(a: &mut [T], b: &mut [T], c: &mut [T], d: &mut [T]) {
+    let n = a.len().min(b.len()).min(c.len()).min(d.len());
+    for i in 0..n {
+        let (p, q, r, s) = (a[i], b[i], c[i], d[i]);
+        let (p1, q1, r1, s1) = (p + q, p - q, r + s, r - s);
+        a[i] = p1 + r1;
+        c[i] = p1 - r1;
+        b[i] = q1 + s1;
+        d[i] = q1 - s1;
+    }
+}
+
+/// Raw pointer that may cross threads: each panel task touches a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+impl<T> SyncPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: used only by `columns`, whose tasks access pairwise disjoint elements.
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+/// H_n1 down the columns of the n1 x n2 row-major matrix `x`, panel by panel.
+fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize) {
+    let w = (PANEL / n1).clamp(8, n2);
+    let base = SyncPtr(x.as_mut_ptr());
+    (0..n2 / w).into_par_iter().for_each(move |p| {
+        let c0 = p * w;
+        // A (row, width) view into panel p. SAFETY: rows are < n1 and columns c0..c0+w < n2, so
+        // the slice lies inside `x`; distinct rows give disjoint slices; distinct panels touch
+        // disjoint columns, so no two live slices (in this task or another) overlap.
+        let at = |r: usize| unsafe { std::slice::from_raw_parts_mut(base.get().add(r * n2 + c0), w) };
+        let mut h = 1;
+        while h < n1 {
+            if 4 * h <= n1 {
+                for i0 in (0..n1).step_by(4 * h) {
+                    for i in i0..i0 + h {
+                        butterfly4(at(i), at(i + h), at(i + 2 * h), at(i + 3 * h));
+                    }
+                }
+                h *= 4;
+            } else {
+                for i0 in (0..n1).step_by(2 * h) {
+                    for i in i0..i0 + h {
+                        butterfly2(at(i), at(i + h));
+                    }
+                }
+                h *= 2;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_equals_reference_bit_for_bit() {
+        let mut r = crate::rng::stream(3, 0, crate::rng::Purpose::Init);
+        for k in 0..=17 {
+            let n = 1usize << k;
+            let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+            let (mut a, mut b) = (x.clone(), x);
+            wht(&mut a);
+            wht_reference(&mut b);
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn twice_is_n_times_identity() {
+        let mut r = crate::rng::stream(4, 0, crate::rng::Purpose::Init);
+        let n = 1 << 16;
+        let x: Vec<f64> = (0..n).map(|_| r.normal()).collect();
+        let mut y = x.clone();
+        wht(&mut y);
+        wht(&mut y);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a * n as f64 - b).abs() < 1e-9 * n as f64);
+        }
+    }
+}
