@@ -107,7 +107,7 @@ impl SuperLora {
     pub fn group_values(&self, g: usize) -> Result<Tensor> {
         let (gp, gr) = self.group(g)?;
         let x = gr.vars.generate()?;
-        let x = if gp.sides.len() == 2 && self.plan.config.fold == crate::config::Fold::Natural {
+        let x = if x.rank() == 2 && self.plan.config.fold == crate::config::Fold::Natural {
             crop(&x, &gp.sides)?
         } else {
             x

@@ -200,7 +200,7 @@ pub fn reference_delta(adapter: &SuperLora) -> Result<Vec<Vec<f64>>> {
         let prefix = format!("group.{}.", g.index);
         let vars = rebuild(&g.factor, &named, &prefix)?;
         let x = factor(&vars)?;
-        let values: Vec<f64> = if plan.config.fold == Fold::Natural && g.sides.len() == 2 {
+        let values: Vec<f64> = if plan.config.fold == Fold::Natural && x.shape.len() == 2 {
             let (rows, cols) = (g.sides[0], g.sides[1]);
             (0..rows * cols).map(|k| x.at(&[k / cols, k % cols])).collect()
         } else {
