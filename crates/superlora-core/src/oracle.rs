@@ -13,6 +13,7 @@ use crate::factor::FactorVars;
 use crate::projection::GroupProjection;
 use crate::projection::fastfood::Fastfood;
 use crate::projection::shuffle::Shuffle;
+use crate::projection::wht::wht_reference;
 
 /// A dense row-major f64 tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,6 +168,32 @@ pub fn fastfood_matrix(f: &Fastfood) -> Vec<f64> {
         }
     }
     out
+}
+
+/// F(x) straight from the equation, O(Lh log Lh) but with none of the fast path's tricks: pad,
+/// signs, the textbook Hadamard loop, the plain gather (Πy)[i] = y[perm[i]], G, Hadamard again,
+/// truncate, scale — all in f64. The bridge from the explicit matrix (small sizes) to the fast
+/// path at sizes whose matrix would not fit.
+pub fn fastfood_apply(f: &Fastfood, x: &[f64]) -> Vec<f64> {
+    let mut y: Vec<f64> =
+        (0..f.padded).map(|i| if i < f.d { if f.signs[i] { -x[i] } else { x[i] } } else { 0.0 }).collect();
+    wht_reference(&mut y);
+    let mut z: Vec<f64> = (0..f.padded).map(|i| y[f.perm[i] as usize] * f64::from(f.gauss[i])).collect();
+    wht_reference(&mut z);
+    z.truncate(f.big_d);
+    z.iter().map(|v| v * f.scale).collect()
+}
+
+/// Fᵀ(g) straight from the equation (see [`fastfood_apply`]): the scatter z[perm[i]] = G_i·y[i].
+pub fn fastfood_apply_transpose(f: &Fastfood, g: &[f64]) -> Vec<f64> {
+    let mut y: Vec<f64> = (0..f.padded).map(|i| if i < f.big_d { g[i] } else { 0.0 }).collect();
+    wht_reference(&mut y);
+    let mut z = vec![0.0; f.padded];
+    for (i, &p) in f.perm.iter().enumerate() {
+        z[p as usize] = f64::from(f.gauss[i]) * y[i];
+    }
+    wht_reference(&mut z);
+    (0..f.d).map(|i| if f.signs[i] { -z[i] } else { z[i] } * f.scale).collect()
 }
 
 /// The explicit N x N permutation matrix P with (P x)[π(i)] = x[i].

@@ -50,6 +50,47 @@ fn fastfood_equals_explicit_matrix_and_its_transpose() {
 }
 
 #[test]
+fn fastfood_reference_equals_explicit_matrix() {
+    for (i, &(d, big_d)) in FASTFOOD_SIZES.iter().enumerate() {
+        let f = Fastfood::generate(d, big_d, 12, i);
+        let m = oracle::fastfood_matrix(&f);
+        let x = randn(d, 300 + i as u64);
+        assert_close(&oracle::fastfood_apply(&f, &x), &oracle::matvec(&m, big_d, d, &x), 1e-12, "reference F");
+        let g = randn(big_d, 400 + i as u64);
+        let mt: Vec<f64> = (0..d * big_d).map(|k| m[(k % big_d) * d + k / big_d]).collect();
+        assert_close(
+            &oracle::fastfood_apply_transpose(&f, &g),
+            &oracle::matvec(&mt, d, big_d, &g),
+            1e-12,
+            "reference Fᵀ",
+        );
+    }
+}
+
+/// Sizes past one Hadamard row (2^14), where the fast path stages Π in two blocked passes.
+#[test]
+fn fastfood_fast_path_equals_reference_at_blocked_sizes() {
+    for (i, &(d, big_d)) in
+        [(1000usize, 20_000usize), (30_000, 65_536), (7, 70_001), (131_072, 131_072)].iter().enumerate()
+    {
+        let f = Fastfood::generate(d, big_d, 13, i);
+        let x = randn(d, 500 + i as u64);
+        assert_close(&f.forward(&x), &oracle::fastfood_apply(&f, &x), 1e-12, &format!("F d={d} D={big_d}"));
+        let g = randn(big_d, 600 + i as u64);
+        assert_close(
+            &f.transpose(&g),
+            &oracle::fastfood_apply_transpose(&f, &g),
+            1e-12,
+            &format!("Fᵀ d={d} D={big_d}"),
+        );
+        let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+        let y32: Vec<f64> = f.forward(&x32).iter().map(|v| f64::from(*v)).collect();
+        let xr: Vec<f64> = x32.iter().map(|v| f64::from(*v)).collect();
+        assert_close(&y32, &oracle::fastfood_apply(&f, &xr), 1e-5, "F f32 blocked");
+    }
+}
+
+#[test]
 fn fastfood_columns_have_about_unit_norm() {
     // The normalisation 1/sqrt(D ΣG²) makes E‖F e_j‖² = 1 (spec §3.4).
     // (Columns computed with the fast path, which the test above pins to the explicit matrix.)

@@ -7,6 +7,7 @@
 //!
 //! Both non-trivial projections are candle custom ops with their own backward (the transpose).
 
+pub(crate) mod buffers;
 pub mod fastfood;
 pub mod shuffle;
 pub mod wht;
@@ -40,10 +41,17 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     /// Exact widening.
     fn to_f64(self) -> f64;
-    /// Fastfood's diagonal G·scale in this precision: the f32 kernel borrows the precomputed
-    /// `scaled_f32`, the f64 kernel recomputes G_i·scale in f64.
-    fn scaled_diag<'a>(gauss: &'a [f32], scaled_f32: &'a [f32], scale: f64) -> std::borrow::Cow<'a, [Self]>;
+    /// Fastfood's diagonal entry G_i·scale for staged value `k` landing at destination `i`:
+    /// f32 reads the precomputed staged table, f64 recomputes G_i·scale in f64.
+    fn fastfood_diag(ff: &Fastfood, k: usize, i: usize) -> Self;
+    /// `self`, negated where `negative` (branch-free: flips the sign bit).
+    fn signed(self, negative: bool) -> Self;
+    /// The pool of reusable work buffers of this type.
+    fn pool() -> &'static buffers::Pool<Self>;
 }
+
+static POOL_F32: buffers::Pool<f32> = buffers::Pool::new();
+static POOL_F64: buffers::Pool<f64> = buffers::Pool::new();
 
 impl Real for f32 {
     fn zero() -> Self {
@@ -55,8 +63,16 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
-    fn scaled_diag<'a>(_: &'a [f32], scaled_f32: &'a [f32], _: f64) -> std::borrow::Cow<'a, [Self]> {
-        std::borrow::Cow::Borrowed(scaled_f32)
+    #[inline(always)]
+    fn fastfood_diag(ff: &Fastfood, k: usize, _: usize) -> Self {
+        ff.staged_diag_f32(k)
+    }
+    #[inline(always)]
+    fn signed(self, negative: bool) -> Self {
+        f32::from_bits(self.to_bits() ^ (u32::from(negative) << 31))
+    }
+    fn pool() -> &'static buffers::Pool<Self> {
+        &POOL_F32
     }
 }
 
@@ -70,8 +86,16 @@ impl Real for f64 {
     fn to_f64(self) -> f64 {
         self
     }
-    fn scaled_diag<'a>(gauss: &'a [f32], _: &'a [f32], scale: f64) -> std::borrow::Cow<'a, [Self]> {
-        std::borrow::Cow::Owned(gauss.iter().map(|&g| f64::from(g) * scale).collect())
+    #[inline(always)]
+    fn fastfood_diag(ff: &Fastfood, _: usize, i: usize) -> Self {
+        f64::from(ff.gauss[i]) * ff.scale
+    }
+    #[inline(always)]
+    fn signed(self, negative: bool) -> Self {
+        f64::from_bits(self.to_bits() ^ (u64::from(negative) << 63))
+    }
+    fn pool() -> &'static buffers::Pool<Self> {
+        &POOL_F64
     }
 }
 

@@ -21,7 +21,7 @@ use super::Real;
 /// Elements per L1-resident block.
 const L1_BLOCK: usize = 1 << 11;
 /// Row length of the two-level split.
-const ROW: usize = 1 << 14;
+pub(crate) const ROW: usize = 1 << 14;
 /// Elements of one column panel (stays in a 1 MiB L2 with room to spare).
 const PANEL: usize = 1 << 16;
 
@@ -30,13 +30,28 @@ const PANEL: usize = 1 << 16;
 /// # Panics
 /// If `x.len()` is not a power of two (callers pad first; this is an internal invariant).
 pub fn wht<T: Real>(x: &mut [T]) {
+    wht_fill(x, |_, _| {});
+}
+
+/// [`wht`] of the vector that `fill` writes: `fill(offset, chunk)` must write every entry of
+/// `chunk` = x[offset..offset + chunk.len()]; each chunk is filled right before its first stages
+/// run, while it is in cache, which saves a pass over memory (and lets a fresh, untouched
+/// allocation be first touched by a write).
+///
+/// # Panics
+/// If `x.len()` is not a power of two.
+pub fn wht_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
     let n = x.len();
     assert!(n.is_power_of_two(), "wht needs a power-of-two length, got {n}");
     if n <= ROW {
+        fill(0, x);
         row(x);
         return;
     }
-    x.par_chunks_mut(ROW).for_each(row);
+    x.par_chunks_mut(ROW).enumerate().for_each(|(r, c)| {
+        fill(r * ROW, c);
+        row(c);
+    });
     columns(x, n / ROW, ROW);
 }
 
