@@ -213,7 +213,10 @@ impl AdapterSpec {
                 return Err(Error::config(
                     "kron",
                     k,
-                    format!("K >= 2 needs `factor = kronecker`, but factor is {factor:?}"),
+                    format!(
+                        "K >= 2 needs `factor = kronecker`, but factor is {}",
+                        format!("{factor:?}").to_lowercase()
+                    ),
                 ));
             }
         }

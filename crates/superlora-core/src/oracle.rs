@@ -121,7 +121,7 @@ pub fn factor(vars: &FactorVars) -> Result<Dense> {
 
 /// The n x n Hadamard matrix H[i][j] = (−1)^popcount(i & j), row-major.
 pub fn hadamard(n: usize) -> Vec<f64> {
-    (0..n * n).map(|k| if ((k / n) & (k % n)).count_ones() % 2 == 0 { 1.0 } else { -1.0 }).collect()
+    (0..n * n).map(|k| if ((k / n) & (k % n)).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 }).collect()
 }
 
 /// y = A x for a row-major `rows x cols` matrix A.

@@ -183,9 +183,10 @@ impl Fastfood {
         let staged_ref = &staged;
         wht_fill(&mut out, |off, chunk| {
             debug_assert_eq!(chunk.len(), block);
-            for k in off..off + chunk.len() {
-                let dst = self.local[k] as usize;
-                chunk[dst] = staged_ref[k] * self.diag::<T>(k, off + dst);
+            let end = off + chunk.len();
+            for (k, (&v, &dst)) in staged_ref[off..end].iter().zip(&self.local[off..end]).enumerate() {
+                let dst = dst as usize;
+                chunk[dst] = v * self.diag::<T>(off + k, off + dst);
             }
         });
         buffers::give(staged);
@@ -217,7 +218,7 @@ impl Fastfood {
         });
         buffers::give(a);
         // With a single block pass 1 is the identity and `staged` already is z's input.
-        let mut z = if self.padded == block {
+        let z = if self.padded == block {
             wht_fill(&mut staged, |_, _| {});
             staged
         } else {

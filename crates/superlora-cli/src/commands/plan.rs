@@ -1,0 +1,213 @@
+//! `superlora plan`: the resolved plan as a table or JSON.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use serde::Serialize;
+use superlora_core::{Factorization, Plan, Projection};
+
+use crate::args::PlanArgs;
+use crate::settings::{resolve_adapter, resolve_shapes};
+
+/// Groups printed in full before the table is cut short (JSON always has all).
+const MAX_ROWS: usize = 48;
+
+/// Runs the command.
+pub fn run(args: &PlanArgs) -> Result<()> {
+    let shapes = resolve_shapes(&args.source, args.targets.as_deref(), args.targets_regex.as_deref())?;
+    let config = resolve_adapter(&args.adapter)?;
+    let plan = Plan::new(&shapes, &config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&PlanJson::new(&plan))?);
+    } else {
+        print!("{}", table(&plan));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    trainable_params: usize,
+    total_entries: usize,
+    lora_rank1_params: usize,
+    config: &'a superlora_core::AdapterConfig,
+    layers: &'a [superlora_core::LayerPlan],
+    groups: Vec<GroupJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    #[serde(flatten)]
+    group: &'a superlora_core::GroupPlan,
+    first_layer: usize,
+    last_layer: usize,
+}
+
+impl<'a> PlanJson<'a> {
+    fn new(plan: &'a Plan) -> Self {
+        PlanJson {
+            trainable_params: plan.trainable_params,
+            total_entries: plan.total_entries,
+            lora_rank1_params: plan.lora_rank1_params(),
+            config: &plan.config,
+            layers: &plan.layers,
+            groups: plan
+                .groups
+                .iter()
+                .map(|g| {
+                    let (first_layer, last_layer) = g.layer_range();
+                    GroupJson { group: g, first_layer, last_layer }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn describe_config(plan: &Plan) -> String {
+    let c = &plan.config;
+    let factor = match c.factorization {
+        Factorization::Dense => "dense".to_string(),
+        Factorization::Lora { rank } => format!("lora rank={rank}"),
+        Factorization::Tucker { rank } => format!("tucker rank={rank}"),
+        Factorization::Kronecker { factors, rank } => format!("kronecker K={factors} rank={rank}"),
+    };
+    let projection = match c.projection {
+        Projection::Identity => "identity".to_string(),
+        Projection::Shuffle => "shuffle".to_string(),
+        Projection::Fastfood { ratio } => format!("fastfood ratio={ratio}"),
+    };
+    format!(
+        "fold={} groups={} order={} factor={factor} projection={projection} scale={} seed={}",
+        format!("{:?}", c.fold).to_lowercase(),
+        plan.groups.len(),
+        c.order,
+        c.scale,
+        c.seed
+    )
+}
+
+fn layers_cell(plan: &Plan, g: &superlora_core::GroupPlan) -> String {
+    let mark = |seg: &superlora_core::Segment| {
+        let l = &plan.layers[seg.layer];
+        if seg.len < l.rows * l.cols { "*" } else { "" }
+    };
+    match (g.segments.first(), g.segments.last()) {
+        (Some(a), Some(b)) if a.layer == b.layer => format!("{}{}", a.layer, mark(a)),
+        (Some(a), Some(b)) => format!("{}{}-{}{}", a.layer, mark(a), b.layer, mark(b)),
+        _ => "-".into(),
+    }
+}
+
+fn sides_cell(g: &superlora_core::GroupPlan, natural: bool) -> String {
+    if natural || g.sides.iter().any(|s| *s != g.sides[0]) {
+        g.sides.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+    } else if g.sides.len() == 1 {
+        g.sides[0].to_string()
+    } else {
+        format!("{}^{}", g.sides[0], g.sides.len())
+    }
+}
+
+/// The human-readable plan.
+pub fn table(plan: &Plan) -> String {
+    let mut s = String::new();
+    let natural = plan.config.fold == superlora_core::Fold::Natural;
+    let _ = writeln!(
+        s,
+        "SuperLoRA plan: {} adapted weight{}, N = {} update entries",
+        plan.layers.len(),
+        if plan.layers.len() == 1 { "" } else { "s" },
+        thousands(plan.total_entries)
+    );
+    let _ = writeln!(s, "config: {}\n", describe_config(plan));
+    let rows: Vec<[String; 7]> = plan
+        .groups
+        .iter()
+        .map(|g| {
+            [
+                g.index.to_string(),
+                layers_cell(plan, g),
+                thousands(g.len),
+                thousands(g.n),
+                sides_cell(g, natural),
+                g.factor.describe(),
+                thousands(g.params),
+            ]
+        })
+        .collect();
+    let header = ["group", "layers", "N_g", "n_g", "fold", "factors", "params"];
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 7]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            let pad = w.saturating_sub(c.chars().count());
+            // Numbers right-aligned, text left-aligned.
+            if matches!(i, 0 | 2 | 3 | 6) {
+                l.push_str(&" ".repeat(pad));
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad));
+            }
+            if i < 6 {
+                l.push_str("  ");
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(s, "{}", line(header));
+    let shown = if rows.len() > MAX_ROWS { MAX_ROWS - 4 } else { rows.len() };
+    for r in rows.iter().take(shown) {
+        let _ = writeln!(s, "{}", line(r.each_ref().map(String::as_str)));
+    }
+    if shown < rows.len() {
+        let _ = writeln!(s, "… {} more groups (use --json to see all) …", rows.len() - shown - 2);
+        for r in &rows[rows.len() - 2..] {
+            let _ = writeln!(s, "{}", line(r.each_ref().map(String::as_str)));
+        }
+    }
+    if plan.groups.iter().any(|g| layers_cell(plan, g).contains('*')) {
+        let _ = writeln!(s, "(* = a layer shared with a neighbouring group)");
+    }
+    let _ = writeln!(s, "\ntrainable parameters: {}", thousands(plan.trainable_params));
+    let r1 = plan.lora_rank1_params();
+    let p = plan.trainable_params;
+    let relation = match p.cmp(&r1) {
+        std::cmp::Ordering::Equal => "the same count".to_string(),
+        std::cmp::Ordering::Less => format!("{:.2}x fewer here", r1 as f64 / p as f64),
+        std::cmp::Ordering::Greater => format!("{:.2}x more here", p as f64 / r1 as f64),
+    };
+    let _ = writeln!(s, "weight-wise LoRA rank 1 on the same weights: {} ({relation})", thousands(r1));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(36_864), "36,864");
+        assert_eq!(thousands(14_155_776), "14,155,776");
+    }
+}

@@ -1,0 +1,37 @@
+//! `superlora`: plan, train, evaluate and ship SuperLoRA adapters.
+//!
+//! Exit codes: 0 success; 2 bad input (arguments, settings, files); 1 anything else.
+
+mod args;
+mod commands;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let result = match &cli.command {
+        args::Command::Plan(a) => commands::plan::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// 2 for errors caused by the user's input, 1 otherwise.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let input = e.chain().any(|c| {
+        c.downcast_ref::<settings::InputError>().is_some()
+            || c.downcast_ref::<superlora_core::Error>().is_some_and(|e| !matches!(e, superlora_core::Error::Candle(_)))
+            || c.downcast_ref::<superlora_io::Error>().is_some()
+            || c.downcast_ref::<toml::de::Error>().is_some()
+            || c.downcast_ref::<std::io::Error>().is_some()
+    });
+    if input { 2 } else { 1 }
+}
