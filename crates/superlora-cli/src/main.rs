@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    superlora_core::sys::ensure_malloc_tunables();
     let cli = args::Cli::parse();
     let result = match &cli.command {
         args::Command::Plan(a) => commands::plan::run(a),

@@ -2,11 +2,14 @@
 //! N = 14,155,776), f32 on CPU. The loss is Σ_l ⟨C_l, ΔW_l⟩ with fixed C_l, so backward reaches
 //! every trainable tensor through the whole map.
 //!
+//! Two paths: `tape` (what training uses: ΔW as leaves, then `DeltaTape::backward`) and
+//! `autograd` (`delta_weights()` differentiated end to end).
+//!
 //! Configs: weight-wise LoRA r=1; square 2D G=4 lora r=24; Tucker M=3 G=12 r=5; Kronecker K=2
 //! (square G=1, M=2, r=4); dense M=1 + fastfood ρ=0.001 (G=1).
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use std::hint::black_box;
 use superlora_core::{AdapterSpec, FactorKind, Fold, LayerShape, ProjectionKind, SuperLora};
 
@@ -48,19 +51,34 @@ fn bench(c: &mut Criterion) {
             a.set(&name, &Tensor::randn(0f32, 0.1, v.dims(), &dev).unwrap()).unwrap();
         }
         eprintln!("{label}: {} trainable params", a.num_trainable());
-        group.bench_function(label, |b| {
+        let loss = |deltas: &[Tensor]| {
+            let mut loss = Tensor::zeros((), DType::F32, &dev).unwrap();
+            for (d, w) in deltas.iter().zip(&weights) {
+                loss = (loss + d.mul(w).unwrap().sum_all().unwrap()).unwrap();
+            }
+            loss
+        };
+        // The training path: ΔW leaves, the model's backward, then the tape.
+        group.bench_function(format!("tape/{label}"), |b| {
             b.iter(|| {
-                let deltas = a.delta_weights().unwrap();
-                let mut loss = Tensor::zeros((), DType::F32, &dev).unwrap();
-                for (d, w) in deltas.iter().zip(&weights) {
-                    loss = (loss + d.mul(w).unwrap().sum_all().unwrap()).unwrap();
-                }
-                black_box(loss.backward().unwrap())
+                let tape = a.forward_tape().unwrap();
+                let grads = loss(&tape.deltas()).backward().unwrap();
+                black_box(tape.backward(&grads).unwrap())
             })
+        });
+        // Plain autograd through the whole map.
+        group.bench_function(format!("autograd/{label}"), |b| {
+            b.iter(|| black_box(loss(&a.delta_weights().unwrap()).backward().unwrap()))
         });
     }
     group.finish();
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    // As the `superlora` binary does: keep freed memory for reuse (see superlora_core::sys).
+    superlora_core::sys::ensure_malloc_tunables();
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}

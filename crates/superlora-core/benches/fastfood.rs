@@ -5,7 +5,7 @@
 //! Shapes: x [d = D/2] → F(x) [D]; g [D] → Fᵀ(g) [d]; elementwise a[D] ⊙ b[D].
 
 use candle_core::{Device, Tensor};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use std::hint::black_box;
 use std::sync::Arc;
 use superlora_core::projection::GroupProjection;
@@ -36,4 +36,10 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    // As the `superlora` binary does: keep freed memory for reuse (see superlora_core::sys).
+    superlora_core::sys::ensure_malloc_tunables();
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}

@@ -8,6 +8,7 @@
 //! No step copies more than it must: a layer that lies inside one group is a view of v_g; only
 //! layers that straddle groups are concatenated.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::AdapterConfig;
@@ -122,24 +123,43 @@ impl SuperLora {
         self.groups[g].projection.apply(&x)
     }
 
-    /// ΔW_l (d_out x d_in, α applied) for every adapted layer, in plan order.
+    /// ΔW_l (d_out x d_in, α applied) for every adapted layer, in plan order, differentiable
+    /// end to end: `loss.backward()` reaches every trainable tensor.
+    ///
+    /// Simple, but each layer cut out of a group costs its backward a zero-padded copy of the whole
+    /// group (candle's `narrow` backward), O(L·N) per step when many layers share a group; training
+    /// loops use [`Self::forward_tape`], which costs O(N).
     pub fn delta_weights(&self) -> Result<Vec<Tensor>> {
         let updates = (0..self.groups.len()).map(|g| self.group_update(g)).collect::<Result<Vec<_>>>()?;
+        (0..self.plan.layers.len()).map(|l| self.assemble_layer(l, &updates)).collect()
+    }
+
+    /// ΔW_l as *leaf* tensors plus the tape that carries their gradients back to the trainable
+    /// tensors (a two-stage backward): run the model with [`DeltaTape::deltas`], call
+    /// `loss.backward()`, then [`DeltaTape::backward`] with the resulting gradients. Gives the same
+    /// gradients as [`Self::delta_weights`] (tested) in O(N) instead of O(L·N).
+    pub fn forward_tape(&self) -> Result<DeltaTape> {
+        let updates = (0..self.groups.len()).map(|g| self.group_update(g)).collect::<Result<Vec<_>>>()?;
+        let detached: Vec<Tensor> = updates.iter().map(Tensor::detach).collect();
+        let deltas = (0..self.plan.layers.len())
+            .map(|l| Ok(Var::from_tensor(&self.assemble_layer(l, &detached)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeltaTape { plan: self.plan.clone(), updates, deltas })
+    }
+
+    /// α · reshape(concatenation of layer `l`'s pieces of the group updates).
+    fn assemble_layer(&self, l: usize, updates: &[Tensor]) -> Result<Tensor> {
+        let layer = &self.plan.layers[l];
+        let pieces = self
+            .plan
+            .layer_segments(l)
+            .into_iter()
+            .map(|(g, s)| Ok(updates[g].narrow(0, s.group_offset, s.len)?))
+            .collect::<Result<Vec<_>>>()?;
+        let flat = if pieces.len() == 1 { pieces[0].clone() } else { Tensor::cat(&pieces, 0)? };
+        let w = flat.reshape((layer.rows, layer.cols))?;
         let scale = self.plan.config.scale;
-        (0..self.plan.layers.len())
-            .map(|l| {
-                let layer = &self.plan.layers[l];
-                let pieces = self
-                    .plan
-                    .layer_segments(l)
-                    .into_iter()
-                    .map(|(g, s)| Ok(updates[g].narrow(0, s.group_offset, s.len)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let flat = if pieces.len() == 1 { pieces[0].clone() } else { Tensor::cat(&pieces, 0)? };
-                let w = flat.reshape((layer.rows, layer.cols))?;
-                Ok(if scale == 1.0 { w } else { w.affine(scale, 0.0)? })
-            })
-            .collect()
+        Ok(if scale == 1.0 { w } else { w.affine(scale, 0.0)? })
     }
 
     /// Replaces the value of the trainable tensor `name` (shape and dtype must match).
@@ -175,4 +195,50 @@ fn crop(x: &Tensor, sides: &[usize]) -> Result<Tensor> {
         }
     }
     Ok(x)
+}
+
+/// The per-layer ΔW of one forward pass as leaves, and the group updates (with their graph) they
+/// were cut from. See [`SuperLora::forward_tape`].
+pub struct DeltaTape {
+    plan: Plan,
+    updates: Vec<Tensor>,
+    deltas: Vec<Var>,
+}
+
+impl DeltaTape {
+    /// ΔW_l for every adapted layer (leaf tensors: gradients w.r.t. them are kept by backward).
+    pub fn deltas(&self) -> Vec<Tensor> {
+        self.deltas.iter().map(|v| v.as_tensor().clone()).collect()
+    }
+
+    /// Pushes the gradients of the ΔW leaves (from `grads`, the model's `loss.backward()`) back to
+    /// the adapter's trainable tensors: per group, the layer gradients are cut to the group's
+    /// segments and concatenated into ∂L/∂v_g (times α), then one backward of
+    /// Σ_g ⟨v_g, ∂L/∂v_g⟩ yields ∂L/∂θ. Layers without a gradient count as zero.
+    pub fn backward(&self, grads: &GradStore) -> Result<GradStore> {
+        let scale = self.plan.config.scale;
+        let mut surrogate: Option<Tensor> = None;
+        for (g, group) in self.plan.groups.iter().enumerate() {
+            let update = &self.updates[g];
+            let mut pieces = Vec::with_capacity(group.segments.len());
+            for s in &group.segments {
+                let piece = match grads.get(self.deltas[s.layer].as_tensor()) {
+                    Some(dw) => dw.flatten_all()?.narrow(0, s.layer_offset, s.len)?,
+                    None => Tensor::zeros(s.len, update.dtype(), update.device())?,
+                };
+                pieces.push(piece);
+            }
+            let gv = if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces, 0)? };
+            let gv = if scale == 1.0 { gv } else { gv.affine(scale, 0.0)? };
+            let term = update.mul(&gv.detach())?.sum_all()?;
+            surrogate = Some(match surrogate {
+                None => term,
+                Some(acc) => (acc + term)?,
+            });
+        }
+        match surrogate {
+            Some(s) => Ok(s.backward()?),
+            None => Err(Error::Shapes("the adapter has no groups".into())),
+        }
+    }
 }

@@ -36,8 +36,9 @@ pub mod oracle;
 pub mod plan;
 pub mod projection;
 pub mod rng;
+pub mod sys;
 
-pub use adapter::SuperLora;
+pub use adapter::{DeltaTape, SuperLora};
 pub use config::{AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, Projection, ProjectionKind};
 pub use error::{Error, Result};
 pub use plan::{FactorPlan, GroupPlan, LayerPlan, LayerShape, Plan, ProjectionPlan, Segment};

@@ -6,9 +6,8 @@
 //!
 //! Symbol → variable: X_k → `factors[k]`, K → `factors.len()`.
 //!
-//! Computed pairwise left to right, each product as one broadcast multiply of A reshaped to
-//! [a₁,1,a₂,1,…] with B reshaped to [1,b₁,1,b₂,…], then merged to [a₁b₁, a₂b₂, …]: no
-//! intermediate is larger than the final result.
+//! Computed pairwise left to right, each product as an outer product (one matmul) permuted into
+//! Kronecker order ([`kron2`]): no intermediate is larger than the final result.
 //!
 //! Init (spec §4): the last factor as its own kind would be (zero update), the others random.
 
@@ -32,18 +31,19 @@ pub fn init(plans: &[FactorPlan], init: Init, rng: &mut Rng, dtype: DType, devic
         .collect()
 }
 
-/// A ⊗ B for tensors of equal order.
+/// A ⊗ B for tensors of equal order M: the outer product vec(A)·vec(B)ᵀ as one matmul
+/// ([ΠA, 1] x [1, ΠB]), viewed as [a₁…a_M, b₁…b_M], permuted to [a₁, b₁, …, a_M, b_M] and merged
+/// to [a₁b₁, …, a_M b_M]. Its backward is two matrix-vector products and one permutation, where a
+/// broadcast multiply would need strided reductions over the whole product.
 pub fn kron2(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (ad, bd) = (a.dims(), b.dims());
-    let mut a_shape = Vec::with_capacity(2 * ad.len());
-    let mut b_shape = Vec::with_capacity(2 * ad.len());
-    let mut out = Vec::with_capacity(ad.len());
-    for (&x, &y) in ad.iter().zip(bd) {
-        a_shape.extend([x, 1]);
-        b_shape.extend([1, y]);
-        out.push(x * y);
-    }
-    Ok(a.reshape(a_shape)?.broadcast_mul(&b.reshape(b_shape)?)?.reshape(out)?)
+    let (ad, bd) = (a.dims().to_vec(), b.dims().to_vec());
+    let m = ad.len();
+    let outer = a.reshape((a.elem_count(), 1))?.matmul(&b.reshape((1, b.elem_count()))?)?;
+    let mut split = ad.clone();
+    split.extend_from_slice(&bd);
+    let order: Vec<usize> = (0..m).flat_map(|i| [i, m + i]).collect();
+    let merged: Vec<usize> = ad.iter().zip(&bd).map(|(x, y)| x * y).collect();
+    Ok(outer.reshape(split)?.permute(order)?.contiguous()?.reshape(merged)?)
 }
 
 /// X₁ ⊗ … ⊗ X_K.

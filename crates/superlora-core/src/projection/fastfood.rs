@@ -23,8 +23,8 @@
 //! Π is a uniformly random permutation of Lh, and a plain gather y[perm[i]] over tens of MiB is a
 //! cache and TLB miss per element (measured ~10 ns each here, 5x the rest of the transform). So
 //! Π is applied in two cache-friendly passes precomputed once (the permutation itself is
-//! unchanged): with the output cut into blocks of b = min(Lh, 2^14) entries (the Hadamard row
-//! length), pass 1 reads the source in order and appends each value to its destination block's
+//! unchanged): with the output cut into blocks of b = min(Lh, 2^16) entries (the Hadamard fill
+//! chunk), pass 1 reads the source in order and appends each value to its destination block's
 //! staging area (≤ Lh/b concurrent sequential write streams); pass 2 scatters each block's
 //! values to their place inside the block (an L2-resident window), fused with the fill of the
 //! second Hadamard transform. `slot[j]` is where source j is staged, `local[k]` where staged
@@ -35,12 +35,14 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::wht::{ROW, wht_fill};
+use super::wht::{FILL, wht_fill};
 use super::{Real, buffers, run_1d};
 use crate::rng::{Purpose, stream};
 
 /// Sources per parallel task of the staging scatter.
 const SCATTER_CHUNK: usize = 1 << 14;
+/// Elements between staging blocks (one 64-byte line of f32).
+const STAGING_PAD: usize = 16;
 
 /// The fixed data of one group's fastfood transform.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +63,9 @@ pub struct Fastfood {
     pub scale: f64,
     /// Block length b of the two-pass permutation.
     block: usize,
+    /// Distance between blocks in the staging buffer: b plus one cache line when there are several
+    /// blocks, so the write streams of pass 1 do not all map to the same cache sets.
+    stride: usize,
     /// slot[j]: staging position of source j.
     slot: Vec<u32>,
     /// local[k]: offset inside its block where staged value k lands.
@@ -123,26 +128,29 @@ impl Fastfood {
         let padded = big_d.next_power_of_two();
         let sum_sq: f64 = gauss.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
         let scale = 1.0 / (big_d as f64 * sum_sq).sqrt();
-        let block = padded.min(ROW);
+        let block = padded.min(FILL);
+        let blocks = padded / block;
+        let stride = if blocks > 1 { block + STAGING_PAD } else { block };
+        let staged_len = blocks * stride;
         let mut inv = vec![0u32; padded];
         for (i, &p) in perm.iter().enumerate() {
             inv[p as usize] = i as u32;
         }
         // Each block receives exactly `block` values (Π is a bijection); stage them in source order.
-        let mut cursor = vec![0usize; padded / block];
+        let mut cursor = vec![0usize; blocks];
         let mut slot = vec![0u32; padded];
-        let mut local = vec![0u16; padded];
-        let mut staged_gauss_scaled = vec![0f32; padded];
+        let mut local = vec![0u16; staged_len];
+        let mut staged_gauss_scaled = vec![0f32; staged_len];
         for (j, &i) in inv.iter().enumerate() {
             let i = i as usize;
             let b = i / block;
-            let k = b * block + cursor[b];
+            let k = b * stride + cursor[b];
             cursor[b] += 1;
             slot[j] = k as u32;
             local[k] = (i % block) as u16;
             staged_gauss_scaled[k] = (f64::from(gauss[i]) * scale) as f32;
         }
-        Fastfood { d, big_d, padded, signs, perm, gauss, scale, block, slot, local, staged_gauss_scaled }
+        Fastfood { d, big_d, padded, signs, perm, gauss, scale, block, stride, slot, local, staged_gauss_scaled }
     }
 
     /// G_i·scale in the kernel's precision, for staged value k landing at destination i.
@@ -174,19 +182,21 @@ impl Fastfood {
         let staged = if self.padded == block {
             a
         } else {
-            let mut staged = buffers::take::<T>(self.padded);
+            let mut staged = buffers::take::<T>(self.staged_len());
             self.stage(&a, &mut staged);
             buffers::give(a);
             staged
         };
         let mut out = buffers::fresh::<T>(self.padded);
         let staged_ref = &staged;
+        let stride = self.stride;
         wht_fill(&mut out, |off, chunk| {
             debug_assert_eq!(chunk.len(), block);
-            let end = off + chunk.len();
-            for (k, (&v, &dst)) in staged_ref[off..end].iter().zip(&self.local[off..end]).enumerate() {
+            let s0 = off / block * stride;
+            let s1 = s0 + chunk.len();
+            for (k, (&v, &dst)) in staged_ref[s0..s1].iter().zip(&self.local[s0..s1]).enumerate() {
                 let dst = dst as usize;
-                chunk[dst] = v * self.diag::<T>(off + k, off + dst);
+                chunk[dst] = v * self.diag::<T>(s0 + k, off + dst);
             }
         });
         buffers::give(staged);
@@ -208,12 +218,13 @@ impl Fastfood {
                 *o = if i < big_d { g[i] } else { T::zero() };
             }
         });
-        let mut staged = buffers::take::<T>(self.padded);
-        staged.par_chunks_mut(block).enumerate().for_each(|(b, chunk)| {
-            let off = b * block;
-            for (k, o) in chunk.iter_mut().enumerate() {
-                let src = off + self.local[off + k] as usize;
-                *o = a[src] * self.diag::<T>(off + k, src);
+        let mut staged = buffers::take::<T>(self.staged_len());
+        let stride = self.stride;
+        staged.par_chunks_mut(stride).enumerate().for_each(|(b, chunk)| {
+            let (off, s0) = (b * block, b * stride);
+            for (k, o) in chunk[..block].iter_mut().enumerate() {
+                let src = off + self.local[s0 + k] as usize;
+                *o = a[src] * self.diag::<T>(s0 + k, src);
             }
         });
         buffers::give(a);
@@ -242,18 +253,23 @@ impl Fastfood {
         out
     }
 
+    /// Length of the staging buffer (blocks x stride).
+    fn staged_len(&self) -> usize {
+        self.padded / self.block * self.stride
+    }
+
     /// Pass 1 of Π: staged[slot[j]] = a[j], reading `a` in order.
     fn stage<T: Real>(&self, a: &[T], staged: &mut [T]) {
-        assert_eq!(staged.len(), self.padded, "staging buffer length");
+        assert_eq!(staged.len(), self.staged_len(), "staging buffer length");
         let dst = SyncPtr(staged.as_mut_ptr());
         a.par_chunks(SCATTER_CHUNK).enumerate().for_each(move |(c, src)| {
             let base = c * SCATTER_CHUNK;
             for (k, &v) in src.iter().enumerate() {
                 let s = self.slot[base + k] as usize;
-                // SAFETY: `slot` is a bijection onto 0..padded (built in `assemble` from a checked
-                // permutation, one distinct staging position per source), and `staged` has
-                // `padded` entries, so every write is in bounds and no two writes (in this task or
-                // another) touch the same element.
+                // SAFETY: `slot` is injective into 0..staged_len (built in `assemble` from a checked
+                // permutation: one distinct staging position per source, each < blocks x stride),
+                // and `staged` has staged_len entries, so every write is in bounds and no two
+                // writes (in this task or another) touch the same element.
                 unsafe { *dst.get().add(s) = v };
             }
         });

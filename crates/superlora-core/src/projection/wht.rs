@@ -11,7 +11,8 @@
 //! - stages with h < 2^11 run on 2^11-element blocks that stay in L1;
 //! - for n > 2^14 the vector is viewed as an n1 x n2 matrix (n2 = 2^14): H_n = H_n1 ⊗ H_n2, so
 //!   H_n2 runs on every row (rows in parallel) and then H_n1 runs down the columns in panels of
-//!   w columns that stay in L2 (panels in parallel, each panel does all log2(n1) stages);
+//!   w columns, each copied to a contiguous scratch that stays in L2 (panels in parallel, each
+//!   panel does all log2(n1) stages, then is copied back);
 //! - two stages at a time (radix 4) where possible, to halve loads and stores.
 
 use rayon::prelude::*;
@@ -22,6 +23,8 @@ use super::Real;
 const L1_BLOCK: usize = 1 << 11;
 /// Row length of the two-level split.
 pub(crate) const ROW: usize = 1 << 14;
+/// Elements per `fill` call of [`wht_fill`] (a multiple of ROW; 256 KiB of f32 stays in L2).
+pub(crate) const FILL: usize = 1 << 16;
 /// Elements of one column panel (stays in a 1 MiB L2 with room to spare).
 const PANEL: usize = 1 << 16;
 
@@ -34,9 +37,9 @@ pub fn wht<T: Real>(x: &mut [T]) {
 }
 
 /// [`wht`] of the vector that `fill` writes: `fill(offset, chunk)` must write every entry of
-/// `chunk` = x[offset..offset + chunk.len()]; each chunk is filled right before its first stages
-/// run, while it is in cache, which saves a pass over memory (and lets a fresh, untouched
-/// allocation be first touched by a write).
+/// `chunk` = x[offset..offset + chunk.len()], for chunks of [`FILL`] entries (or all of `x` if
+/// shorter); each chunk is filled right before its row stages run, while it is in cache, which
+/// saves a pass over memory (and lets a fresh allocation be first touched by a write).
 ///
 /// # Panics
 /// If `x.len()` is not a power of two.
@@ -48,9 +51,11 @@ pub fn wht_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
         row(x);
         return;
     }
-    x.par_chunks_mut(ROW).enumerate().for_each(|(r, c)| {
-        fill(r * ROW, c);
-        row(c);
+    x.par_chunks_mut(FILL.min(n)).enumerate().for_each(|(c, chunk)| {
+        fill(c * FILL, chunk);
+        for r in chunk.chunks_exact_mut(ROW) {
+            row(r);
+        }
     });
     columns(x, n / ROW, ROW);
 }
@@ -152,6 +157,37 @@ fn butterfly4<T: Real>(a: &mut [T], b: &mut [T], c: &mut [T], d: &mut [T]) {
     }
 }
 
+/// H_n1 down the columns of the n1 x n2 row-major matrix `x`, panel by panel: each panel of w
+/// columns is copied to a contiguous n1 x w scratch (rows w apart instead of n2 — a power-of-two
+/// stride of 64 KiB would map every row to the same cache sets and thrash L1 and L2), transformed
+/// there (the column stages are the flat stages h = w, 2w, …), and copied back.
+fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize) {
+    let w = (PANEL / n1).clamp(8, n2);
+    let panels = n2 / w;
+    // Split the rows into `panels` interleaved column ranges without aliasing: hand each task
+    // the panel index and let it read/write through `x` as disjoint column slices.
+    let base = SyncPtr(x.as_mut_ptr());
+    (0..panels).into_par_iter().for_each_init(
+        || vec![T::zero(); n1 * w],
+        move |scratch, p| {
+            let c0 = p * w;
+            for (r, dst) in scratch.chunks_exact_mut(w).enumerate() {
+                // SAFETY: row r < n1 and columns c0..c0+w ≤ n2 lie inside `x` (n1·n2 elements);
+                // panels own disjoint column ranges, so no other task touches these elements, and
+                // no other reference into `x` is live during `columns`.
+                let src = unsafe { std::slice::from_raw_parts(base.get().add(r * n2 + c0), w) };
+                dst.copy_from_slice(src);
+            }
+            stages(scratch, w);
+            for (r, src) in scratch.chunks_exact(w).enumerate() {
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(base.get().add(r * n2 + c0), w) };
+                dst.copy_from_slice(src);
+            }
+        },
+    );
+}
+
 /// Raw pointer that may cross threads: each panel task touches a disjoint set of columns.
 #[derive(Clone, Copy)]
 struct SyncPtr<T>(*mut T);
@@ -165,37 +201,6 @@ unsafe impl<T: Send> Send for SyncPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
-/// H_n1 down the columns of the n1 x n2 row-major matrix `x`, panel by panel.
-fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize) {
-    let w = (PANEL / n1).clamp(8, n2);
-    let base = SyncPtr(x.as_mut_ptr());
-    (0..n2 / w).into_par_iter().for_each(move |p| {
-        let c0 = p * w;
-        // A (row, width) view into panel p. SAFETY: rows are < n1 and columns c0..c0+w < n2, so
-        // the slice lies inside `x`; distinct rows give disjoint slices; distinct panels touch
-        // disjoint columns, so no two live slices (in this task or another) overlap.
-        let at = |r: usize| unsafe { std::slice::from_raw_parts_mut(base.get().add(r * n2 + c0), w) };
-        let mut h = 1;
-        while h < n1 {
-            if 4 * h <= n1 {
-                for i0 in (0..n1).step_by(4 * h) {
-                    for i in i0..i0 + h {
-                        butterfly4(at(i), at(i + h), at(i + 2 * h), at(i + 3 * h));
-                    }
-                }
-                h *= 4;
-            } else {
-                for i0 in (0..n1).step_by(2 * h) {
-                    for i in i0..i0 + h {
-                        butterfly2(at(i), at(i + h));
-                    }
-                }
-                h *= 2;
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +208,7 @@ mod tests {
     #[test]
     fn fast_equals_reference_bit_for_bit() {
         let mut r = crate::rng::stream(3, 0, crate::rng::Purpose::Init);
-        for k in 0..=17 {
+        for k in (0..=17).chain([20]) {
             let n = 1usize << k;
             let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
             let (mut a, mut b) = (x.clone(), x);
