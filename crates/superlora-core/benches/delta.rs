@@ -62,8 +62,8 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("tape/{label}"), |b| {
             b.iter(|| {
                 let tape = a.forward_tape().unwrap();
-                let grads = loss(&tape.deltas()).backward().unwrap();
-                black_box(tape.backward(&grads).unwrap())
+                let grads = loss(tape.deltas()).backward().unwrap();
+                black_box(tape.backward(grads).unwrap())
             })
         });
         // Plain autograd through the whole map.

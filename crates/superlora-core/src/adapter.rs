@@ -134,17 +134,34 @@ impl SuperLora {
         (0..self.plan.layers.len()).map(|l| self.assemble_layer(l, &updates)).collect()
     }
 
-    /// ΔW_l as *leaf* tensors plus the tape that carries their gradients back to the trainable
-    /// tensors (a two-stage backward): run the model with [`DeltaTape::deltas`], call
-    /// `loss.backward()`, then [`DeltaTape::backward`] with the resulting gradients. Gives the same
-    /// gradients as [`Self::delta_weights`] (tested) in O(N) instead of O(L·N).
+    /// ΔW_l plus the tape that carries their gradients back to the trainable tensors, for
+    /// training loops: run the model with [`DeltaTape::deltas`], call `loss.backward()`, then pass
+    /// the gradients through [`DeltaTape::backward`]. Gives the same gradients as
+    /// [`Self::delta_weights`] (tested) in O(N) instead of O(L·N).
+    ///
+    /// When every group is exactly one layer (weight-wise LoRA, per-layer full fine-tuning), no
+    /// layer is cut out of a shared group, so the ΔW stay attached to the graph and `backward` has
+    /// nothing left to do. Otherwise the ΔW are detached leaves (a two-stage backward).
     pub fn forward_tape(&self) -> Result<DeltaTape> {
         let updates = (0..self.groups.len()).map(|g| self.group_update(g)).collect::<Result<Vec<_>>>()?;
+        let one_to_one = self.plan.groups.len() == self.plan.layers.len()
+            && self.plan.groups.iter().all(|g| g.segments.len() == 1 && g.segments[0].len == g.len);
+        if one_to_one {
+            let deltas =
+                (0..self.plan.layers.len()).map(|l| self.assemble_layer(l, &updates)).collect::<Result<_>>()?;
+            return Ok(DeltaTape {
+                plan: self.plan.clone(),
+                vars: Vec::new(),
+                updates: Vec::new(),
+                deltas,
+                leaves: false,
+            });
+        }
         let detached: Vec<Tensor> = updates.iter().map(Tensor::detach).collect();
         let deltas = (0..self.plan.layers.len())
-            .map(|l| Ok(Var::from_tensor(&self.assemble_layer(l, &detached)?)?))
+            .map(|l| Ok(Var::from_tensor(&self.assemble_layer(l, &detached)?)?.as_tensor().clone()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(DeltaTape { plan: self.plan.clone(), updates, deltas })
+        Ok(DeltaTape { plan: self.plan.clone(), vars: self.vars(), updates, deltas, leaves: true })
     }
 
     /// α · reshape(concatenation of layer `l`'s pieces of the group updates).
@@ -197,32 +214,37 @@ fn crop(x: &Tensor, sides: &[usize]) -> Result<Tensor> {
     Ok(x)
 }
 
-/// The per-layer ΔW of one forward pass as leaves, and the group updates (with their graph) they
-/// were cut from. See [`SuperLora::forward_tape`].
+/// The per-layer ΔW of one forward pass, and the group updates (with their graph) they were cut
+/// from. See [`SuperLora::forward_tape`].
 pub struct DeltaTape {
     plan: Plan,
+    vars: Vec<Var>,
     updates: Vec<Tensor>,
-    deltas: Vec<Var>,
+    deltas: Vec<Tensor>,
+    leaves: bool,
 }
 
 impl DeltaTape {
-    /// ΔW_l for every adapted layer (leaf tensors: gradients w.r.t. them are kept by backward).
-    pub fn deltas(&self) -> Vec<Tensor> {
-        self.deltas.iter().map(|v| v.as_tensor().clone()).collect()
+    /// ΔW_l for every adapted layer, in plan order.
+    pub fn deltas(&self) -> &[Tensor] {
+        &self.deltas
     }
 
-    /// Pushes the gradients of the ΔW leaves (from `grads`, the model's `loss.backward()`) back to
-    /// the adapter's trainable tensors: per group, the layer gradients are cut to the group's
-    /// segments and concatenated into ∂L/∂v_g (times α), then one backward of
-    /// Σ_g ⟨v_g, ∂L/∂v_g⟩ yields ∂L/∂θ. Layers without a gradient count as zero.
-    pub fn backward(&self, grads: &GradStore) -> Result<GradStore> {
+    /// Completes the backward pass: `grads` (from the model's `loss.backward()`) comes back with
+    /// the adapter's trainable tensors' gradients in it. For detached ΔW, per group the layer
+    /// gradients are cut to the group's segments and concatenated into ∂L/∂v_g (times α), and one
+    /// backward of Σ_g ⟨v_g, ∂L/∂v_g⟩ yields ∂L/∂θ. Layers without a gradient count as zero.
+    pub fn backward(&self, mut grads: GradStore) -> Result<GradStore> {
+        if !self.leaves {
+            return Ok(grads);
+        }
         let scale = self.plan.config.scale;
         let mut surrogate: Option<Tensor> = None;
         for (g, group) in self.plan.groups.iter().enumerate() {
             let update = &self.updates[g];
             let mut pieces = Vec::with_capacity(group.segments.len());
             for s in &group.segments {
-                let piece = match grads.get(self.deltas[s.layer].as_tensor()) {
+                let piece = match grads.get(&self.deltas[s.layer]) {
                     Some(dw) => dw.flatten_all()?.narrow(0, s.layer_offset, s.len)?,
                     None => Tensor::zeros(s.len, update.dtype(), update.device())?,
                 };
@@ -236,9 +258,19 @@ impl DeltaTape {
                 Some(acc) => (acc + term)?,
             });
         }
-        match surrogate {
-            Some(s) => Ok(s.backward()?),
-            None => Err(Error::Shapes("the adapter has no groups".into())),
+        let Some(s) = surrogate else {
+            return Err(Error::Shapes("the adapter has no groups".into()));
+        };
+        let adapter_grads = s.backward()?;
+        for var in &self.vars {
+            if let Some(g) = adapter_grads.get(var.as_tensor()) {
+                let merged = match grads.remove(var.as_tensor()) {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                };
+                grads.insert(var.as_tensor(), merged);
+            }
         }
+        Ok(grads)
     }
 }

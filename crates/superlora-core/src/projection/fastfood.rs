@@ -23,8 +23,8 @@
 //! Π is a uniformly random permutation of Lh, and a plain gather y[perm[i]] over tens of MiB is a
 //! cache and TLB miss per element (measured ~10 ns each here, 5x the rest of the transform). So
 //! Π is applied in two cache-friendly passes precomputed once (the permutation itself is
-//! unchanged): with the output cut into blocks of b = min(Lh, 2^16) entries (the Hadamard fill
-//! chunk), pass 1 reads the source in order and appends each value to its destination block's
+//! unchanged): with the output cut into blocks of b entries (the Hadamard fill chunk, 2^14..2^16),
+//! pass 1 reads the source in order and appends each value to its destination block's
 //! staging area (≤ Lh/b concurrent sequential write streams); pass 2 scatters each block's
 //! values to their place inside the block (an L2-resident window), fused with the fill of the
 //! second Hadamard transform. `slot[j]` is where source j is staged, `local[k]` where staged
@@ -35,8 +35,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::wht::{FILL, wht_fill};
-use super::{Real, buffers, run_1d};
+use super::wht::{fill_len, wht_fill};
+use super::{Real, SyncPtr, buffers, run_1d};
 use crate::rng::{Purpose, stream};
 
 /// Sources per parallel task of the staging scatter.
@@ -128,7 +128,7 @@ impl Fastfood {
         let padded = big_d.next_power_of_two();
         let sum_sq: f64 = gauss.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
         let scale = 1.0 / (big_d as f64 * sum_sq).sqrt();
-        let block = padded.min(FILL);
+        let block = fill_len(padded);
         let blocks = padded / block;
         let stride = if blocks > 1 { block + STAGING_PAD } else { block };
         let staged_len = blocks * stride;
@@ -275,18 +275,6 @@ impl Fastfood {
         });
     }
 }
-
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-impl<T> SyncPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-// SAFETY: only used by `stage`, whose writes are pairwise disjoint.
-unsafe impl<T: Send> Send for SyncPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 /// Candle op: v = F(x); backward applies Fᵀ.
 pub struct FastfoodOp(pub Arc<Fastfood>);

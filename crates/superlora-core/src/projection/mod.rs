@@ -178,6 +178,24 @@ pub(crate) fn run_1d(
     Ok((out, candle_core::Shape::from(len)))
 }
 
+/// A raw pointer that may cross threads, for the two kernels whose parallel tasks write pairwise
+/// disjoint elements of one buffer (the Hadamard column panels, the fastfood staging scatter);
+/// each use states why its writes are disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+
+impl<T> SyncPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: only handed to tasks that access pairwise disjoint elements (see each use).
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
 /// True for the dtypes the projections support.
 pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F64)

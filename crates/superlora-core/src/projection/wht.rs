@@ -17,14 +17,14 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{Real, SyncPtr};
 
 /// Elements per L1-resident block.
 const L1_BLOCK: usize = 1 << 11;
 /// Row length of the two-level split.
 pub(crate) const ROW: usize = 1 << 14;
 /// Elements per `fill` call of [`wht_fill`] (a multiple of ROW; 256 KiB of f32 stays in L2).
-pub(crate) const FILL: usize = 1 << 16;
+const FILL: usize = 1 << 16;
 /// Elements of one column panel (stays in a 1 MiB L2 with room to spare).
 const PANEL: usize = 1 << 16;
 
@@ -36,9 +36,15 @@ pub fn wht<T: Real>(x: &mut [T]) {
     wht_fill(x, |_, _| {});
 }
 
+/// Length of the chunks [`wht_fill`] hands to its `fill` for a vector of length `n`: n/4 kept
+/// between one Hadamard row (2^14) and [`FILL`], so small vectors still give each thread work,
+/// and at most n.
+pub fn fill_len(n: usize) -> usize {
+    (n / 4).clamp(ROW, FILL).min(n)
+}
+
 /// [`wht`] of the vector that `fill` writes: `fill(offset, chunk)` must write every entry of
-/// `chunk` = x[offset..offset + chunk.len()], for chunks of [`FILL`] entries (or all of `x` if
-/// shorter); each chunk is filled right before its row stages run, while it is in cache, which
+/// `chunk` = x[offset..offset + chunk.len()], for chunks of [`fill_len`]`(x.len())` entries; each chunk is filled right before its row stages run, while it is in cache, which
 /// saves a pass over memory (and lets a fresh allocation be first touched by a write).
 ///
 /// # Panics
@@ -51,8 +57,9 @@ pub fn wht_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
         row(x);
         return;
     }
-    x.par_chunks_mut(FILL.min(n)).enumerate().for_each(|(c, chunk)| {
-        fill(c * FILL, chunk);
+    let len = fill_len(n);
+    x.par_chunks_mut(len).enumerate().for_each(|(c, chunk)| {
+        fill(c * len, chunk);
         for r in chunk.chunks_exact_mut(ROW) {
             row(r);
         }
@@ -187,19 +194,6 @@ fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize) {
         },
     );
 }
-
-/// Raw pointer that may cross threads: each panel task touches a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-impl<T> SyncPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-// SAFETY: used only by `columns`, whose tasks access pairwise disjoint elements.
-unsafe impl<T: Send> Send for SyncPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
 
 #[cfg(test)]
 mod tests {
