@@ -4,11 +4,13 @@
 //! the weights ([`header`]), and decide which weights an adapter targets ([`targets`]).
 //! Every reader treats its input as untrusted: malformed files give an [`Error`], never a panic.
 
+pub mod dinov2;
 pub mod header;
+pub mod onnx;
 pub mod targets;
 
 pub use header::{TensorInfo, read_header, read_model_headers};
-pub use targets::{TargetPattern, select_targets};
+pub use targets::{TargetPattern, select_linears, select_targets};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,14 @@ pub enum Error {
     /// A file is not a valid safetensors file.
     #[error("{path}: not a valid safetensors file: {reason}")]
     Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An ONNX file is malformed, or cannot be converted.
+    #[error("{path}: {reason}")]
+    Onnx {
         /// The file.
         path: String,
         /// What is wrong.

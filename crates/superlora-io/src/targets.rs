@@ -1,9 +1,9 @@
 //! Which weights an adapter targets.
 //!
 //! Candidates are the 2-D tensors named `<module path>.weight`. A name pattern matches a
-//! candidate whose module path (or full tensor name) equals it or ends with `.` + pattern, so
-//! `query` matches `encoder.layer.0.attention.self.query.weight`. A regex pattern must match the
-//! whole module path (or the whole tensor name). A pattern that matches nothing is an error that
+//! candidate whose module path equals it or ends with `.` + pattern (a trailing `.weight` on the
+//! pattern is ignored), so `query` matches `encoder.layer.0.attention.self.query.weight`. A regex
+//! pattern must match the whole module path. A pattern that matches nothing is an error that
 //! lists the closest candidate names. Matches come back in model order: names sorted with their
 //! numeric parts compared as numbers (`layer.2` before `layer.10`), so files whose headers are
 //! alphabetical still give the module-tree order of numbered blocks.
@@ -48,6 +48,8 @@ fn module_path(name: &str) -> Option<&str> {
 }
 
 fn name_matches(candidate: &str, pattern: &str) -> bool {
+    // A pattern may name the tensor (`….query.weight`) instead of the module.
+    let pattern = pattern.strip_suffix(".weight").unwrap_or(pattern);
     candidate == pattern || candidate.strip_suffix(pattern).is_some_and(|head| head.ends_with('.'))
 }
 
@@ -83,53 +85,70 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// The targeted weights as plan shapes (`rows = d_out`, `cols = d_in`), in model order.
+/// The targeted weights of a safetensors model as plan shapes (`rows = d_out`, `cols = d_in`), in
+/// model order (natural name order; see the module docs).
 pub fn select_targets(tensors: &[TensorInfo], pattern: &TargetPattern) -> Result<Vec<LayerShape>> {
-    let candidates: Vec<&TensorInfo> =
-        tensors.iter().filter(|t| t.shape.len() == 2 && module_path(&t.name).is_some()).collect();
-    let hit = |t: &TensorInfo, f: &dyn Fn(&str) -> bool| f(&t.name) || module_path(&t.name).is_some_and(f);
-    let mut chosen: Vec<&TensorInfo> = match pattern {
+    let mut candidates: Vec<LayerShape> = tensors
+        .iter()
+        .filter(|t| t.shape.len() == 2)
+        .filter_map(|t| module_path(&t.name).map(|m| LayerShape::new(m, t.shape[0], t.shape[1])))
+        .collect();
+    candidates.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    select_linears(&candidates, pattern).map_err(|e| match e {
+        Error::Targets(_) => non_matrix_hint(pattern, tensors).unwrap_or(e),
+        other => other,
+    })
+}
+
+/// The candidates (module paths of linear layers, in model order) that `pattern` selects, in the
+/// same order. Every name in a [`TargetPattern::Names`] must match at least one candidate.
+pub fn select_linears(candidates: &[LayerShape], pattern: &TargetPattern) -> Result<Vec<LayerShape>> {
+    let chosen: Vec<LayerShape> = match pattern {
         TargetPattern::Names(names) => {
             for p in names {
-                if !candidates.iter().any(|t| hit(t, &|c| name_matches(c, p))) {
-                    return Err(unmatched(p, tensors, &candidates));
+                if !candidates.iter().any(|c| name_matches(&c.name, p)) {
+                    return Err(unmatched(p, candidates));
                 }
             }
-            candidates.iter().copied().filter(|t| names.iter().any(|p| hit(t, &|c| name_matches(c, p)))).collect()
+            candidates.iter().filter(|c| names.iter().any(|p| name_matches(&c.name, p))).cloned().collect()
         }
         TargetPattern::Regex(re) => {
-            let v: Vec<&TensorInfo> = candidates.iter().copied().filter(|t| hit(t, &|c| re.is_match(c))).collect();
+            let v: Vec<LayerShape> = candidates.iter().filter(|c| re.is_match(&c.name)).cloned().collect();
             if v.is_empty() {
-                return Err(unmatched(re.as_str(), tensors, &candidates));
+                return Err(unmatched(re.as_str(), candidates));
             }
             v
         }
     };
-    chosen.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    Ok(chosen
-        .into_iter()
-        .map(|t| LayerShape::new(module_path(&t.name).unwrap_or(&t.name), t.shape[0], t.shape[1]))
-        .collect())
+    Ok(chosen)
 }
 
-fn unmatched(pattern: &str, all: &[TensorInfo], candidates: &[&TensorInfo]) -> Error {
-    // A pattern naming a tensor that exists but is not a 2-D weight gets its own message.
-    if let Some(t) = all
-        .iter()
-        .find(|t| name_matches(&t.name, pattern) || module_path(&t.name).is_some_and(|m| name_matches(m, pattern)))
-    {
-        return Error::Targets(format!(
-            "target `{pattern}` matches `{}` with shape {:?}, which is not a 2-D `.weight` matrix; only linear weights can be adapted",
-            t.name, t.shape
-        ));
-    }
+/// A pattern naming a tensor that exists but is not a 2-D weight gets its own message.
+fn non_matrix_hint(pattern: &TargetPattern, all: &[TensorInfo]) -> Option<Error> {
+    let TargetPattern::Names(names) = pattern else { return None };
+    names.iter().find_map(|p| {
+        all.iter()
+            .find(|t| {
+                (t.shape.len() != 2 || module_path(&t.name).is_none())
+                    && (name_matches(&t.name, p) || module_path(&t.name).is_some_and(|m| name_matches(m, p)))
+            })
+            .map(|t| {
+                Error::Targets(format!(
+                    "target `{p}` matches `{}` with shape {:?}, which is not a 2-D `.weight` matrix; only linear weights can be adapted",
+                    t.name, t.shape
+                ))
+            })
+    })
+}
+
+fn unmatched(pattern: &str, candidates: &[LayerShape]) -> Error {
     let mut scored: Vec<(f64, &str)> = candidates
         .iter()
-        .filter_map(|t| module_path(&t.name))
-        .map(|m| {
+        .map(|c| {
+            let m = c.name.as_str();
             let last = m.rsplit('.').next().unwrap_or(m);
             let tail_len = pattern.len().min(m.len());
-            let tail = &m[m.len() - tail_len..];
+            let tail = m.get(m.len() - tail_len..).unwrap_or(m);
             let score = strsim::normalized_levenshtein(pattern, last)
                 .max(strsim::normalized_levenshtein(pattern, tail))
                 .max(strsim::normalized_levenshtein(pattern, m));
@@ -137,19 +156,11 @@ fn unmatched(pattern: &str, all: &[TensorInfo], candidates: &[&TensorInfo]) -> E
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| natural_cmp(a.1, b.1)));
-    let mut seen = Vec::new();
-    for (_, m) in scored {
-        if !seen.contains(&m) {
-            seen.push(m);
-        }
-        if seen.len() == 5 {
-            break;
-        }
-    }
+    let closest: Vec<&str> = scored.iter().take(5).map(|(_, m)| *m).collect();
     Error::Targets(format!(
         "target `{pattern}` matched no 2-D weight among {} candidates; closest: {}",
         candidates.len(),
-        if seen.is_empty() { "(the model has no 2-D `.weight` tensors)".to_string() } else { seen.join(", ") }
+        if closest.is_empty() { "(the model has no 2-D `.weight` tensors)".to_string() } else { closest.join(", ") }
     ))
 }
 
