@@ -1,0 +1,232 @@
+//! BERT encoder (as in all-MiniLM-L6-v2): word + position + token-type embeddings and LayerNorm,
+//! then post-LN blocks x = LN(x + O(attn(x))); x = LN(x + W2·GELU(W1·x)), mean pooling over the
+//! attention mask. Same weight names as Hugging Face `BertModel` files (no `bert.` prefix;
+//! `bert.`-prefixed files are accepted too). Differs from candle-transformers' BERT only in where
+//! weights come from and in using ops that have a backward.
+//!
+//! Linears in module order per layer: `attention.self.{query,key,value}`,
+//! `attention.output.dense`, `intermediate.dense`, `output.dense` (prefix `encoder.layer.<i>.`).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::adapt::{Deltas, Linear, LinearInfo};
+use crate::ops::{attention, layer_norm, mask_bias};
+use crate::{Error, Result, Weights};
+
+/// The subset of a Hugging Face `config.json` the encoder needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BertConfig {
+    /// Width.
+    pub hidden_size: usize,
+    /// Blocks.
+    pub num_hidden_layers: usize,
+    /// Heads.
+    pub num_attention_heads: usize,
+    /// FFN width.
+    pub intermediate_size: usize,
+    /// Vocabulary.
+    pub vocab_size: usize,
+    /// Longest sequence.
+    pub max_position_embeddings: usize,
+    /// Token types.
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    /// LayerNorm ε.
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    /// Activation; only `gelu` (erf) is supported.
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+}
+
+fn two() -> usize {
+    2
+}
+fn eps() -> f64 {
+    1e-12
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl Norm {
+    fn load(w: &Weights, name: &str, dim: usize) -> Result<Self> {
+        Ok(Norm { gamma: w.get(&format!("{name}.weight"), &[dim])?, beta: w.get(&format!("{name}.bias"), &[dim])? })
+    }
+    fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm(x, &self.gamma, &self.beta, eps)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    norm1: Norm,
+    ffn1: Linear,
+    ffn2: Linear,
+    norm2: Norm,
+}
+
+/// A BERT encoder with frozen weights.
+pub struct Bert {
+    /// Its configuration.
+    pub config: BertConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embed_norm: Norm,
+    layers: Vec<Layer>,
+    /// The weights file.
+    pub weights_path: PathBuf,
+}
+
+impl Bert {
+    /// Loads `model.safetensors` and `config.json` from a folder (or a `.safetensors` file with its
+    /// `config.json` beside it).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (dir, file) = if path.is_dir() {
+            (path.to_path_buf(), path.join("model.safetensors"))
+        } else {
+            (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
+        };
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| Error::Weights(format!("{}: {e} (a BERT model needs its config.json)", cfg_path.display())))?;
+        let config: BertConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::Weights(format!("{}: not a BERT config: {e}", cfg_path.display())))?;
+        let weights = Weights::load(&file, device)?;
+        Self::from_weights(config, &weights)
+    }
+
+    /// Builds the encoder from loaded weights.
+    pub fn from_weights(config: BertConfig, w: &Weights) -> Result<Self> {
+        if config.hidden_act != "gelu" {
+            return Err(Error::Weights(format!("hidden_act `{}` is not supported (only gelu)", config.hidden_act)));
+        }
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+            return Err(Error::Weights("hidden_size is not a multiple of num_attention_heads".into()));
+        }
+        let p = if w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let (h, f) = (config.hidden_size, config.intermediate_size);
+        let word = w.get(&format!("{p}embeddings.word_embeddings.weight"), &[config.vocab_size, h])?;
+        let position =
+            w.get(&format!("{p}embeddings.position_embeddings.weight"), &[config.max_position_embeddings, h])?;
+        let token_type = w.get(&format!("{p}embeddings.token_type_embeddings.weight"), &[config.type_vocab_size, h])?;
+        let embed_norm = Norm::load(w, &format!("{p}embeddings.LayerNorm"), h)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let l = format!("{p}encoder.layer.{i}");
+                let lin = |n: &str, o, inp| -> Result<Linear> {
+                    let mut lin = Linear::load(w, &format!("{l}.{n}"), o, inp)?;
+                    lin.name = format!("encoder.layer.{i}.{n}");
+                    Ok(lin)
+                };
+                Ok(Layer {
+                    query: lin("attention.self.query", h, h)?,
+                    key: lin("attention.self.key", h, h)?,
+                    value: lin("attention.self.value", h, h)?,
+                    output: lin("attention.output.dense", h, h)?,
+                    norm1: Norm::load(w, &format!("{l}.attention.output.LayerNorm"), h)?,
+                    ffn1: lin("intermediate.dense", f, h)?,
+                    ffn2: lin("output.dense", h, f)?,
+                    norm2: Norm::load(w, &format!("{l}.output.LayerNorm"), h)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bert { config, word, position, token_type, embed_norm, layers, weights_path: w.path().to_path_buf() })
+    }
+
+    /// Every linear layer, in module order (the order adapter plans use).
+    pub fn linears(&self) -> Vec<LinearInfo> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.query, &l.key, &l.value, &l.output, &l.ffn1, &l.ffn2])
+            .map(Linear::info)
+            .collect()
+    }
+
+    /// Every base tensor (all frozen): for tests that check no gradient reaches them.
+    pub fn frozen_tensors(&self) -> Vec<Tensor> {
+        let mut v = vec![
+            self.word.clone(),
+            self.position.clone(),
+            self.token_type.clone(),
+            self.embed_norm.gamma.clone(),
+            self.embed_norm.beta.clone(),
+        ];
+        for l in &self.layers {
+            for lin in [&l.query, &l.key, &l.value, &l.output, &l.ffn1, &l.ffn2] {
+                v.push(lin.weight.clone());
+                v.extend(lin.bias.iter().cloned());
+            }
+            for n in [&l.norm1, &l.norm2] {
+                v.push(n.gamma.clone());
+                v.push(n.beta.clone());
+            }
+        }
+        v
+    }
+
+    /// Token states [B, T, H] for `ids` [B, T] (u32) with `mask` [B, T] (1 = token, 0 = padding).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.config.max_position_embeddings {
+            return Err(Error::Adapter(format!(
+                "sequence of {t} tokens is longer than the model's {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let h = self.config.hidden_size;
+        let eps = self.config.layer_norm_eps;
+        let words = self.word.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?;
+        let pos = self.position.narrow(0, 0, t)?;
+        let typ = self.token_type.narrow(0, 0, 1)?;
+        let x = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
+        let mut x = self.embed_norm.forward(&x, eps)?;
+        let bias = mask_bias(mask, x.dtype())?;
+        let heads = self.config.num_attention_heads;
+        for l in &self.layers {
+            let q = l.query.forward(&x, deltas)?;
+            let k = l.key.forward(&x, deltas)?;
+            let v = l.value.forward(&x, deltas)?;
+            let ctx = attention(&q, &k, &v, heads, Some(&bias))?;
+            x = l.norm1.forward(&(l.output.forward(&ctx, deltas)? + &x)?, eps)?;
+            let hmid = l.ffn1.forward(&x, deltas)?.gelu_erf()?;
+            x = l.norm2.forward(&(l.ffn2.forward(&hmid, deltas)? + &x)?, eps)?;
+        }
+        Ok(x)
+    }
+
+    /// Mean of the token states over the mask: the sentence embedding [B, H].
+    pub fn embed(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        let x = self.forward(ids, mask, deltas)?;
+        mean_pool(&x, mask)
+    }
+}
+
+/// Σ_t mask·x / Σ_t mask.
+pub fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(x.dtype())?.unsqueeze(D::Minus1)?;
+    let sum = x.broadcast_mul(&m)?.sum(1)?;
+    let count = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+    Ok(sum.broadcast_div(&count)?)
+}
+
+/// Cosine similarity of two [H] or [1, H] embeddings.
+pub fn cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let (a, b) = (a.flatten_all()?.to_dtype(DType::F64)?, b.flatten_all()?.to_dtype(DType::F64)?);
+    let dot = (&a * &b)?.sum_all()?.to_scalar::<f64>()?;
+    let na = a.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    let nb = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    Ok(dot / (na * nb))
+}

@@ -1,0 +1,56 @@
+//! The custom ops against plain candle ops.
+
+use candle_core::{Device, Tensor, Var};
+use superlora_models::ops::{adapted_linear, frozen_linear, layer_norm, softmax_last};
+
+fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn frozen_linear_equals_matmul_and_gives_only_dx() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 7), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+    let got = frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap();
+    let want = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+    assert!(maxdiff(&got, &want) < 1e-5, "{}", maxdiff(&got, &want));
+    let g = got.sum_all().unwrap().backward().unwrap();
+    let gw = want.sum_all().unwrap().backward().unwrap();
+    assert!(maxdiff(g.get(x.as_tensor()).unwrap(), gw.get(x.as_tensor()).unwrap()) < 1e-5);
+    assert!(g.get(&w).is_none() && g.get(&b).is_none());
+}
+
+#[test]
+fn adapted_linear_gives_dx_and_ddelta_only() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 7), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+    let d = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+    let got = adapted_linear(x.as_tensor(), &w, d.as_tensor(), Some(&b)).unwrap();
+    let want = x.as_tensor().matmul(&(&w + d.as_tensor()).unwrap().t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+    assert!(maxdiff(&got, &want) < 1e-5);
+    let g = got.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = want.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(maxdiff(g.get(d.as_tensor()).unwrap(), gw.get(d.as_tensor()).unwrap()) < 1e-4);
+    assert!(maxdiff(g.get(x.as_tensor()).unwrap(), gw.get(x.as_tensor()).unwrap()) < 1e-4);
+    assert!(g.get(&w).is_none() && g.get(&b).is_none(), "frozen W or b got a gradient");
+}
+
+#[test]
+fn layer_norm_and_softmax_match_definitions() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 3.0, (4, 9), &dev).unwrap();
+    let s = softmax_last(&x).unwrap();
+    let e = x.exp().unwrap();
+    let want = e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap();
+    assert!(maxdiff(&s, &want) < 1e-6);
+    let g = Tensor::ones(9, candle_core::DType::F32, &dev).unwrap();
+    let z = Tensor::zeros(9, candle_core::DType::F32, &dev).unwrap();
+    let y = layer_norm(&x, &g, &z, 1e-12).unwrap();
+    let m: Vec<f32> = y.mean_keepdim(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let v: Vec<f32> = y.sqr().unwrap().mean_keepdim(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(m.iter().all(|x| x.abs() < 1e-5) && v.iter().all(|x| (x - 1.0).abs() < 1e-4), "{m:?} {v:?}");
+}
