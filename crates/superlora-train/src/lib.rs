@@ -1,0 +1,51 @@
+//! # superlora-train
+//!
+//! The pieces of a training run: [`optim::AdamW`] with saveable state, [`schedule`], the
+//! classification [`head`] and loss.
+
+pub mod checkpoint;
+pub mod head;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod task;
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Optimizer misuse.
+    #[error("optimizer: {0}")]
+    Optim(String),
+    /// A loss or gradient is NaN or infinite.
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
+    /// A checkpoint is missing pieces or does not fit.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A dataset problem.
+    #[error("data: {0}")]
+    Data(String),
+    /// From the data crate.
+    #[error(transparent)]
+    DataLoad(#[from] superlora_data::Error),
+    /// From the model crate.
+    #[error(transparent)]
+    Model(#[from] superlora_models::Error),
+    /// From the adapter core.
+    #[error(transparent)]
+    Core(#[from] superlora_core::Error),
+    /// Reading or writing run files.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// From candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
