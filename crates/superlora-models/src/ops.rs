@@ -206,8 +206,101 @@ pub fn adapted_linear(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option<&Tensor>
     unrows(y, lead)
 }
 
+/// erf(x), Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), branch-free apart from the sign, so
+/// it vectorises; candle's `gelu_erf` calls a scalar libm `erf` per element, which was 13% of a
+/// MiniLM training step.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152_1, 1.061_405_4];
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let y = 1.0 - poly * (-ax * ax).exp();
+    y.copysign(x)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π).
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+/// Elements per parallel task of the GELU kernels.
+const GELU_CHUNK: usize = 1 << 14;
+
+/// GELU(x) = x·Φ(x) = ½x(1 + erf(x/√2)), with its derivative Φ(x) + x·φ(x) in the backward.
+struct GeluOp;
+
+impl candle_core::CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "superlora-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
+        let CpuStorage::F32(x) = s else { candle_core::bail!("gelu: f32 only") };
+        let x = &x[a..b];
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK)).for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &GeluGradOp)?))
+    }
+}
+
+/// g·(Φ(x) + x·φ(x)): the GELU backward.
+struct GeluGradOp;
+
+impl CustomOp2 for GeluGradOp {
+    fn name(&self) -> &'static str {
+        "superlora-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (Some((xa, xb)), Some((ga, gb))) = (xl.contiguous_offsets(), gl.contiguous_offsets()) else {
+            candle_core::bail!("gelu grad: inputs must be contiguous")
+        };
+        let (CpuStorage::F32(x), CpuStorage::F32(g)) = (xs, gs) else { candle_core::bail!("gelu grad: f32 only") };
+        let (x, g) = (&x[xa..xb], &g[ga..gb]);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK).zip(g.par_chunks(GELU_CHUNK))).for_each(
+            |(o, (x, g))| {
+                for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
+                    let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+                    *o = gv * (cdf + v * pdf);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// GELU with the exact (erf) form, as BERT and DINOv2 use: a parallel f32 kernel on CPU,
+/// candle's `gelu_erf` elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(GeluOp)?)
+    } else {
+        Ok(x.gelu_erf()?)
+    }
+}
+
 /// LayerNorm over the last dim, composed from differentiable ops: (x − μ)/√(σ² + ε)·γ + β.
-pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+/// The slow twin of [`layer_norm`] (tests compare them).
+pub fn layer_norm_reference(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -215,12 +308,235 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     Ok(normed.broadcast_mul(&gamma.detach())?.broadcast_add(&beta.detach())?)
 }
 
-/// Softmax over the last dim, composed from differentiable ops (max-shifted for stability).
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+/// Softmax over the last dim, composed from differentiable ops. The slow twin of
+/// [`softmax_last`].
+pub fn softmax_reference(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&s)?)
+}
+
+/// Rows per parallel task of the row kernels.
+const ROWS_PER_TASK: usize = 64;
+
+/// Mean and 1/√(var + ε) of one row (f64 accumulation).
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// LayerNorm with frozen γ, β as one op (forward and backward one pass over each row).
+struct LayerNormOp {
+    eps: f64,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: input must be contiguous") };
+    match s {
+        CpuStorage::F32(v) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what}: f32 only"),
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "superlora-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (x, g, b) =
+            (f32_slice(xs, xl, "layer norm")?, f32_slice(gs, gl, "layer norm")?, f32_slice(bs, bl, "layer norm")?);
+        let d = g.len();
+        if d == 0 || b.len() != d || x.len() % d != 0 || xl.shape().dims().last() != Some(&d) {
+            candle_core::bail!("layer norm: x {:?} does not end in the {d} of γ/β", xl.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        let eps = self.eps;
+        out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (mean, rstd) = row_stats(x, eps);
+                for (((o, &v), &gv), &bv) in o.iter_mut().zip(x).zip(g).zip(b) {
+                    *o = (v - mean) * rstd * gv + bv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = x.contiguous()?.apply_op3_no_bwd(
+            &gamma.contiguous()?,
+            &grad.contiguous()?,
+            &LayerNormGradOp { eps: self.eps },
+        )?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// ∂x of LayerNorm: rstd·(γg − mean(γg) − x̂·mean(γg·x̂)), x̂ = (x − μ)·rstd.
+struct LayerNormGradOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGradOp {
+    fn name(&self) -> &'static str {
+        "superlora-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (x, gamma, dy) = (
+            f32_slice(xs, xl, "layer norm grad")?,
+            f32_slice(gs, gl, "layer norm grad")?,
+            f32_slice(ds, dl, "layer norm grad")?,
+        );
+        let d = gamma.len();
+        if d == 0 || x.len() != dy.len() || x.len() % d != 0 {
+            candle_core::bail!("layer norm grad: shapes do not fit");
+        }
+        let mut out = vec![0f32; x.len()];
+        let eps = self.eps;
+        out.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK).zip(dy.par_chunks(d * ROWS_PER_TASK)))
+            .for_each(|(o, (x, dy))| {
+                for ((o, x), dy) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for ((&v, &gv), &g) in x.iter().zip(gamma).zip(dy) {
+                        let gg = f64::from(gv * g);
+                        s1 += gg;
+                        s2 += gg * f64::from((v - mean) * rstd);
+                    }
+                    let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
+                    for (((o, &v), &gv), &g) in o.iter_mut().zip(x).zip(gamma).zip(dy) {
+                        let xhat = (v - mean) * rstd;
+                        *o = rstd * (gv * g - m1 - xhat * m2);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dim with frozen γ, β: one fused op on CPU in f32 (its backward gives
+/// ∂x only), the composed [`layer_norm_reference`] elsewhere.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op3(
+            &gamma.detach().contiguous()?,
+            &beta.detach().contiguous()?,
+            LayerNormOp { eps },
+        )?)
+    } else {
+        layer_norm_reference(x, gamma, beta, eps)
+    }
+}
+
+/// Softmax over the last dim as one op (max-shifted), backward ∂x = y ⊙ (g − Σ g⊙y).
+struct SoftmaxOp;
+
+impl candle_core::CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "superlora-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let x = f32_slice(s, l, "softmax")?;
+        let d = *l.shape().dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        if d > 0 {
+            out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = (v - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    o.iter_mut().for_each(|v| *v *= inv);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGradOp)?))
+    }
+}
+
+/// y ⊙ (g − Σ g⊙y), row by row.
+struct SoftmaxGradOp;
+
+impl CustomOp2 for SoftmaxGradOp {
+    fn name(&self) -> &'static str {
+        "superlora-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (y, g) = (f32_slice(ys, yl, "softmax grad")?, f32_slice(gs, gl, "softmax grad")?);
+        let d = *yl.shape().dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; y.len()];
+        if d > 0 {
+            out.par_chunks_mut(d * ROWS_PER_TASK)
+                .zip(y.par_chunks(d * ROWS_PER_TASK).zip(g.par_chunks(d * ROWS_PER_TASK)))
+                .for_each(|(o, (y, g))| {
+                    for ((o, y), g) in o.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                        let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                        for ((o, &yv), &gv) in o.iter_mut().zip(y).zip(g) {
+                            *o = yv * (gv - dot);
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+/// Softmax over the last dim: one fused op on CPU in f32, [`softmax_reference`] elsewhere.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
+    } else {
+        softmax_reference(x)
+    }
 }
 
 /// Multi-head scaled dot-product attention. q, k, v: [B, T, H·d]; `bias`: an additive mask

@@ -54,3 +54,43 @@ fn layer_norm_and_softmax_match_definitions() {
     let v: Vec<f32> = y.sqr().unwrap().mean_keepdim(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert!(m.iter().all(|x| x.abs() < 1e-5) && v.iter().all(|x| (x - 1.0).abs() < 1e-4), "{m:?} {v:?}");
 }
+
+#[test]
+fn gelu_matches_candle_and_its_gradient() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (70_000,), &dev).unwrap()).unwrap();
+    let ours = superlora_models::ops::gelu(x.as_tensor()).unwrap();
+    let theirs = x.as_tensor().gelu_erf().unwrap();
+    assert!(maxdiff(&ours, &theirs) < 2e-6, "{}", maxdiff(&ours, &theirs));
+    let c = Tensor::randn(0f32, 1.0, (70_000,), &dev).unwrap();
+    let g1 = ours.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = theirs.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = maxdiff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+    assert!(d < 1e-5, "gradient differs by {d}");
+}
+
+#[test]
+fn fused_layer_norm_and_softmax_equal_their_composed_twins_with_gradients() {
+    use superlora_models::ops::{layer_norm_reference, softmax_reference};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 70, 384), &dev).unwrap()).unwrap();
+    let g = Tensor::randn(1f32, 0.2, 384, &dev).unwrap();
+    let b = Tensor::randn(0f32, 0.2, 384, &dev).unwrap();
+    let c = Tensor::randn(0f32, 1.0, (3, 70, 384), &dev).unwrap();
+    let fast = layer_norm(x.as_tensor(), &g, &b, 1e-6).unwrap();
+    let slow = layer_norm_reference(x.as_tensor(), &g, &b, 1e-6).unwrap();
+    assert!(maxdiff(&fast, &slow) < 1e-5, "layer norm {}", maxdiff(&fast, &slow));
+    let gf = fast.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = slow.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = maxdiff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap());
+    assert!(d < 1e-4, "layer norm gradient differs by {d}");
+    assert!(gf.get(&g).is_none() && gf.get(&b).is_none());
+
+    let fast = softmax_last(x.as_tensor()).unwrap();
+    let slow = softmax_reference(x.as_tensor()).unwrap();
+    assert!(maxdiff(&fast, &slow) < 1e-6);
+    let gf = fast.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = slow.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = maxdiff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap());
+    assert!(d < 1e-5, "softmax gradient differs by {d}");
+}

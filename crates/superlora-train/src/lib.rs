@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod optim;
 pub mod schedule;
 pub mod task;
+pub mod trainer;
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]

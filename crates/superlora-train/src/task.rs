@@ -40,6 +40,10 @@ pub trait Task {
     fn labels(&self, split: Split, idx: &[usize]) -> Result<Tensor>;
     /// The device the model runs on.
     fn device(&self) -> &Device;
+    /// Tokens of example `i` of a split before truncation (text tasks; images have none).
+    fn token_count(&self, _split: Split, _i: usize) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Index lists of the three splits, into one underlying set.
@@ -212,6 +216,11 @@ impl Task for TextTask {
         let batch = self.tokenizer.encode_batch(&texts, self.max_len, &self.device)?;
         let x = self.model.forward(&batch.input_ids, &batch.attention_mask, deltas)?;
         Ok(mean_pool(&x, &batch.attention_mask)?)
+    }
+    fn token_count(&self, s: Split, i: usize) -> Result<usize> {
+        let pos = self.splits.map(s, &[i])?;
+        let text = self.set.texts_at(&pos)?;
+        Ok(self.tokenizer.encode(text[0], usize::MAX)?.len())
     }
     fn labels(&self, s: Split, idx: &[usize]) -> Result<Tensor> {
         let pos = self.splits.map(s, idx)?;

@@ -1,3 +1,6 @@
 //! One file per verb.
 
+pub mod bench;
+pub mod eval;
 pub mod plan;
+pub mod train;

@@ -1,0 +1,223 @@
+//! `superlora train`: resolve flags over a preset into a [`RunSpec`], build the task, adapter and
+//! head, and run the training loop.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use superlora_core::{AdapterConfig, Factorization, Projection};
+use superlora_train::schedule::Schedule;
+use superlora_train::trainer::{TrainSettings, Trainable, train};
+
+use crate::args::{Preset, ScheduleArg, TrainArgs};
+use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
+use crate::settings::{InputError, resolve_adapter};
+
+/// What a preset sets; every field is overridable by a flag.
+struct PresetDefaults {
+    dataset: Dataset,
+    model: PathBuf,
+    steps: u64,
+    eval_every: u64,
+    eval_limit: Option<usize>,
+}
+
+fn preset(p: Preset) -> Result<PresetDefaults> {
+    let assets = superlora_data::cache_dir()?.join("assets");
+    Ok(match p {
+        Preset::VitFmnist => PresetDefaults {
+            dataset: Dataset::FashionMnist,
+            model: assets.join("dinov2-onnx").join("vit_s_focus.onnx"),
+            steps: 300,
+            eval_every: 100,
+            eval_limit: Some(1000),
+        },
+        Preset::MinilmRt => PresetDefaults {
+            dataset: Dataset::RottenTomatoes,
+            model: assets.join("minilm"),
+            steps: 300,
+            eval_every: 100,
+            eval_limit: Some(1000),
+        },
+    })
+}
+
+/// A short name for the adapter, used in the default run folder.
+pub fn adapter_slug(cfg: Option<&AdapterConfig>) -> String {
+    let Some(c) = cfg else { return "head-only".into() };
+    let fold = format!("{:?}", c.fold).to_lowercase();
+    let g = c.groups.map_or("L".to_string(), |g| g.to_string());
+    let f = match c.factorization {
+        Factorization::Dense => "dense".to_string(),
+        Factorization::Lora { rank } => format!("lora-r{rank}"),
+        Factorization::Tucker { rank } => format!("tucker-r{rank}"),
+        Factorization::Kronecker { factors, rank } => format!("kron{factors}-r{rank}"),
+    };
+    let p = match c.projection {
+        Projection::Identity => String::new(),
+        Projection::Shuffle => "-shuffle".into(),
+        Projection::Fastfood { ratio } => format!("-ff{ratio}"),
+    };
+    format!("{fold}-g{g}-m{}-{f}{p}", c.order)
+}
+
+/// Resolves the flags into a run description.
+pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
+    let defaults = args.preset.map(preset).transpose()?;
+    let dataset = args
+        .dataset
+        .or(defaults.as_ref().map(|d| d.dataset))
+        .ok_or_else(|| InputError("give --preset (vit-fmnist or minilm-rt) or --dataset and --model".into()))?;
+    let model = args.model.clone().or(defaults.as_ref().map(|d| d.model.clone())).ok_or_else(|| {
+        InputError("--model is required without --preset (a DINOv2 .onnx/.safetensors or a BERT folder)".into())
+    })?;
+    if !model.exists() {
+        let hint = if dataset.is_text() { "minilm" } else { "dinov2-onnx" };
+        bail!(InputError(format!("model {} is missing: run `scripts/setup-assets.sh {hint}`", model.display())));
+    }
+    let adapter = if args.head_only {
+        let a = &args.adapter;
+        if a.fold.is_some()
+            || a.groups.is_some()
+            || a.order.is_some()
+            || a.factor.is_some()
+            || a.rank.is_some()
+            || a.kron.is_some()
+            || a.projection.is_some()
+            || a.ratio.is_some()
+            || a.config.is_some()
+        {
+            bail!(InputError("--head-only trains no adapter; drop the adapter flags".into()));
+        }
+        None
+    } else {
+        Some(resolve_adapter(&args.adapter)?)
+    };
+    let seed = args.adapter.seed.unwrap_or(0);
+    let steps = match (args.steps, args.epochs) {
+        (Some(s), _) => s,
+        (None, Some(_)) => 0, // filled in from the training split's size once it is loaded
+        (None, None) => defaults.as_ref().map_or(300, |d| d.steps),
+    };
+    let targets = match (&args.targets, &args.targets_regex) {
+        (_, Some(re)) => format!("re:{re}"),
+        (Some(t), None) => t.clone(),
+        (None, None) => "query,value".into(),
+    };
+    let batch_size = args.batch_size.unwrap_or(32);
+    let eval_every = args.eval_every.or(defaults.as_ref().map(|d| d.eval_every)).unwrap_or(100).max(1);
+    let max_grad_norm = match args.max_grad_norm {
+        Some(x) if x <= 0.0 => None,
+        Some(x) => Some(x),
+        None => Some(1.0),
+    };
+    for (name, v) in [("--adapter-lr", args.adapter_lr), ("--head-lr", args.head_lr)] {
+        if let Some(v) = v
+            && !(v.is_finite() && v > 0.0)
+        {
+            bail!(InputError(format!("{name} = {v}: a learning rate must be a positive number")));
+        }
+    }
+    if batch_size == 0 {
+        bail!(InputError("--batch-size must be at least 1".into()));
+    }
+    Ok(RunSpec {
+        preset: args.preset.map(|p| format!("{p:?}")),
+        task: TaskSpec {
+            dataset,
+            model,
+            image_size: args.image_size.unwrap_or(56),
+            max_len: args.max_len.unwrap_or(64),
+            train_subset: args.train_subset,
+            data_seed: args.data_seed.unwrap_or(0),
+        },
+        targets,
+        adapter,
+        train: TrainSettings {
+            steps,
+            batch_size,
+            eval_batch_size: args.eval_batch_size.unwrap_or(64),
+            eval_every,
+            eval_limit: args.eval_limit.or(defaults.as_ref().and_then(|d| d.eval_limit)),
+            final_eval_limit: args.final_eval_limit,
+            adapter_lr: args.adapter_lr.unwrap_or(1e-3),
+            head_lr: args.head_lr.unwrap_or(1e-2),
+            adapter_weight_decay: args.weight_decay.unwrap_or(0.0),
+            head_weight_decay: args.head_weight_decay.unwrap_or(0.0),
+            schedule: match args.schedule {
+                Some(ScheduleArg::Constant) => Schedule::Constant,
+                Some(ScheduleArg::Linear) => Schedule::Linear,
+                Some(ScheduleArg::Cosine) | None => Schedule::Cosine,
+            },
+            warmup: args.warmup.unwrap_or(steps / 20),
+            max_grad_norm,
+            seed,
+        },
+    })
+}
+
+/// Runs the command.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let mut spec = resolve(args)?;
+    let device = Device::Cpu;
+    let task = build_task(&spec.task, &device)?;
+    if let Some(epochs) = args.epochs {
+        let n = task.len(superlora_train::task::Split::Train);
+        let per_epoch = (n / spec.train.batch_size).max(1) as f64;
+        spec.train.steps = (epochs * per_epoch).ceil().max(1.0) as u64;
+        spec.train.warmup = args.warmup.unwrap_or(spec.train.steps / 20);
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name =
+            spec.preset.as_deref().map_or_else(|| format!("{:?}", spec.task.dataset), str::to_string).to_lowercase();
+        PathBuf::from("runs").join(format!("{name}-{}-s{}", adapter_slug(spec.adapter.as_ref()), spec.train.seed))
+    });
+    if args.force && out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {} (--force)", out.display()))?;
+    }
+    let run_json = out.join("run.json");
+    if !args.resume && run_json.exists() {
+        bail!(InputError(format!(
+            "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if args.resume && run_json.exists() {
+        let previous = RunSpec::read(&out)?;
+        if previous != spec {
+            bail!(InputError(format!(
+                "{} was started with different settings (see its run.json); resume with the same flags",
+                out.display()
+            )));
+        }
+    } else {
+        std::fs::write(&run_json, serde_json::to_string_pretty(&spec)?)
+            .with_context(|| format!("writing {}", run_json.display()))?;
+    }
+    let (adapter, targets, head) = build_model(&spec, task.as_ref())?;
+    if let Some(a) = &adapter {
+        eprintln!(
+            "adapter: {} on {} weights ({} entries) → {} trainable parameters",
+            adapter_slug(spec.adapter.as_ref()),
+            targets.len(),
+            a.plan().total_entries,
+            a.num_trainable()
+        );
+    }
+    let model = Trainable { adapter: adapter.as_ref(), targets: &targets, head: &head };
+    let summary = train(task.as_ref(), &model, &spec.train, spec.to_json()?, &out, args.resume, !args.no_progress)?;
+    println!(
+        "final test accuracy {:.4} (best validation {:.4} at step {}, test there {:.4}); adapter {} + head {} parameters; {:.1} s, {:.1} samples/s; {}",
+        summary.final_test_acc,
+        summary.best_valid_acc,
+        summary.best_step,
+        summary.test_acc_at_best,
+        summary.adapter_params,
+        summary.head_params,
+        summary.train_seconds,
+        summary.samples_per_s,
+        out.display()
+    );
+    Ok(())
+}

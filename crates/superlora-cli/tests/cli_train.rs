@@ -1,0 +1,159 @@
+//! `superlora train` / `eval` end to end on real assets (DINOv2 ViT-S on the 5k MNIST digits at
+//! 28 px, a few steps): the loss goes down, a killed run resumes to the same adapter as an
+//! uninterrupted one, a diverging run stops with its last checkpoint intact, and existing runs
+//! are not overwritten. Assets come from `scripts/setup-assets.sh` (the run fails naming it if
+//! they are missing).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_superlora")
+}
+
+fn base_args(out: &Path) -> Vec<String> {
+    let onnx = superlora_data::cache_dir().unwrap().join("assets/dinov2-onnx/vit_s_focus.onnx");
+    assert!(onnx.exists(), "missing {}: run `scripts/setup-assets.sh dinov2-onnx mnist-5k`", onnx.display());
+    [
+        "train",
+        "--dataset",
+        "mnist5k",
+        "--model",
+        onnx.to_str().unwrap(),
+        "--image-size",
+        "28",
+        "--batch-size",
+        "16",
+        "--eval-batch-size",
+        "100",
+        "--eval-limit",
+        "100",
+        "--final-eval-limit",
+        "100",
+        "--rank",
+        "2",
+        "--adapter-lr",
+        "3e-3",
+        "--head-lr",
+        "1e-2",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(bin()).args(args).output().expect("run superlora")
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn params(ckpt: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(ckpt.join("params.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+fn latest(out: &Path) -> PathBuf {
+    let name = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    out.join("checkpoints").join(name.trim())
+}
+
+#[test]
+fn a_short_run_lowers_the_loss_and_eval_reproduces_its_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = base_args(&out);
+    args.extend(["--steps", "40", "--eval-every", "10"].map(String::from));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = metrics(&out);
+    assert_eq!(m.len(), 4);
+    let first = m[0]["train_loss"].as_f64().unwrap();
+    let last = m[3]["train_loss"].as_f64().unwrap();
+    assert!(last < first, "training loss did not go down: {first} → {last}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["adapter_params"], 24 * 2 * (384 + 384));
+    assert!(summary["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    // eval on the full test split (200 digits) of the saved run.
+    let e = Command::new(bin()).args(["eval", "--run", out.to_str().unwrap()]).output().unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert!(String::from_utf8_lossy(&e.stdout).contains("Test accuracy"), "{}", String::from_utf8_lossy(&e.stdout));
+    // The run is not overwritten without --resume / --force.
+    let again = run(&args);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    let steps = ["--steps", "30", "--eval-every", "5"].map(String::from);
+    let mut a = base_args(&whole);
+    a.extend(steps.clone());
+    assert!(run(&a).status.success());
+
+    let mut b = base_args(&killed);
+    b.extend(steps);
+    let mut child = Command::new(bin()).args(&b).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    // Kill it (SIGKILL, no chance to clean up) once a middle checkpoint exists.
+    loop {
+        let l = std::fs::read_to_string(killed.join("checkpoints/latest")).unwrap_or_default();
+        if l.trim() == "ckpt-00000010" || l.trim() == "ckpt-00000015" {
+            child.kill().unwrap();
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        if let Ok(Some(_)) = child.try_wait() {
+            panic!("the run finished before it could be killed; make it longer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    let killed_at = latest(&killed);
+    assert!(!killed_at.ends_with("ckpt-00000030"));
+    b.push("--resume".into());
+    let o = run(&b);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(params(&latest(&whole)), params(&latest(&killed)), "resumed run ends with a different adapter");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nan");
+    let mut args = base_args(&out);
+    // Absurd learning rates and no clipping: parameters blow up within a few steps.
+    for (i, a) in args.clone().iter().enumerate() {
+        if a == "--adapter-lr" || a == "--head-lr" {
+            args[i + 1] = "1e30".into();
+        }
+    }
+    args.extend(["--steps", "60", "--eval-every", "1", "--max-grad-norm", "0"].map(String::from));
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("non-finite") || err.contains("NaN") || err.contains("inf"), "{err}");
+    // Every checkpoint left behind is complete and finite.
+    if out.join("checkpoints/latest").exists() {
+        let p = params(&latest(&out));
+        for (name, bytes) in p {
+            assert!(bytes.chunks_exact(4).all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()), "{name}");
+        }
+    }
+}
