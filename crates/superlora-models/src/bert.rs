@@ -13,7 +13,7 @@ use candle_core::{D, DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
-use crate::ops::{attention, layer_norm, mask_bias};
+use crate::ops::{Norm, attention, mask_bias};
 use crate::{Error, Result, Weights};
 
 /// The subset of a Hugging Face `config.json` the encoder needs.
@@ -50,20 +50,6 @@ fn eps() -> f64 {
 }
 fn gelu() -> String {
     "gelu".into()
-}
-
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-impl Norm {
-    fn load(w: &Weights, name: &str, dim: usize) -> Result<Self> {
-        Ok(Norm { gamma: w.get(&format!("{name}.weight"), &[dim])?, beta: w.get(&format!("{name}.bias"), &[dim])? })
-    }
-    fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
-        layer_norm(x, &self.gamma, &self.beta, eps)
-    }
 }
 
 struct Layer {

@@ -12,6 +12,7 @@
 
 pub mod adapt;
 pub mod bert;
+pub mod bmm;
 pub mod ops;
 pub mod vit;
 pub mod weights;

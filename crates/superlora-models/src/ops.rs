@@ -539,21 +539,44 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// A LayerNorm with frozen γ (`<name>.weight`) and β (`<name>.bias`).
+pub struct Norm {
+    /// γ.
+    pub gamma: Tensor,
+    /// β.
+    pub beta: Tensor,
+}
+
+impl Norm {
+    /// Loads `<name>.weight` and `<name>.bias`, both of length `dim`.
+    pub fn load(w: &crate::Weights, name: &str, dim: usize) -> Result<Self> {
+        Ok(Norm { gamma: w.get(&format!("{name}.weight"), &[dim])?, beta: w.get(&format!("{name}.bias"), &[dim])? })
+    }
+
+    /// LayerNorm of `x` over its last dim.
+    pub fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm(x, &self.gamma, &self.beta, eps)
+    }
+}
+
 /// Multi-head scaled dot-product attention. q, k, v: [B, T, H·d]; `bias`: an additive mask
 /// broadcastable to [B, H, T, T] (0 keep, large negative drop). Returns [B, T, H·d].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, hd) = q.dims3()?;
     let d = hd / heads;
-    let split = |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?) };
+    // [B, T, H·d] → [B·H, T, d]
+    let split = |x: &Tensor| -> Result<Tensor> {
+        Ok(x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?.reshape((b * heads, t, d))?)
+    };
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = (crate::bmm::bmm(&q, &k, false, true)? * (1.0 / (d as f64).sqrt()))?.reshape((b, heads, t, t))?;
     let scores = match bias {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let p = softmax_last(&scores)?;
-    let ctx = p.matmul(&v)?;
-    Ok(ctx.transpose(1, 2)?.contiguous()?.reshape((b, t, hd))?)
+    let p = softmax_last(&scores)?.reshape((b * heads, t, t))?;
+    let ctx = crate::bmm::bmm(&p, &v, false, false)?;
+    Ok(ctx.reshape((b, heads, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, hd))?)
 }
 
 /// The additive attention bias of a padding mask: [B, T] of 1/0 → [B, 1, 1, T] of 0 / −1e4·…

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use candle_core::{D, Device, Tensor};
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
-use crate::ops::{attention, frozen_linear, layer_norm};
+use crate::ops::{Norm, attention, frozen_linear};
 use crate::{Error, Result, Weights};
 
 /// Sizes of a DINOv2 ViT, read from the weights' shapes.
@@ -41,20 +41,6 @@ pub struct VitConfig {
 
 /// LayerNorm ε of DINOv2.
 pub const LN_EPS: f64 = 1e-6;
-
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-impl Norm {
-    fn load(w: &Weights, name: &str, dim: usize) -> Result<Self> {
-        Ok(Norm { gamma: w.get(&format!("{name}.weight"), &[dim])?, beta: w.get(&format!("{name}.bias"), &[dim])? })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.gamma, &self.beta, LN_EPS)
-    }
-}
 
 struct Block {
     norm1: Norm,
@@ -211,16 +197,16 @@ impl Vit {
         let x = Tensor::cat(&[&cls, &x], 1)?;
         let mut x = x.broadcast_add(&self.position_embeddings(gh, gw)?)?;
         for blk in &self.blocks {
-            let y = blk.norm1.forward(&x)?;
+            let y = blk.norm1.forward(&x, LN_EPS)?;
             let (q, k, v) =
                 (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
             let a = blk.output.forward(&attention(&q, &k, &v, self.config.heads, None)?, deltas)?;
             x = (x + a.broadcast_mul(&blk.scale1)?)?;
-            let y = blk.norm2.forward(&x)?;
+            let y = blk.norm2.forward(&x, LN_EPS)?;
             let m = blk.fc2.forward(&crate::ops::gelu(&blk.fc1.forward(&y, deltas)?)?, deltas)?;
             x = (x + m.broadcast_mul(&blk.scale2)?)?;
         }
-        self.norm.forward(&x)
+        self.norm.forward(&x, LN_EPS)
     }
 
     /// Image features [B, 2D]: the class token and the mean of the patch tokens, concatenated

@@ -94,3 +94,28 @@ fn fused_layer_norm_and_softmax_equal_their_composed_twins_with_gradients() {
     let d = maxdiff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap());
     assert!(d < 1e-5, "softmax gradient differs by {d}");
 }
+
+#[test]
+fn batched_matmul_equals_matmul_for_every_transpose_with_gradients() {
+    use superlora_models::bmm::bmm;
+    let dev = Device::Cpu;
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (n, m, k, p) = (5, 7, 3, 4);
+        let a =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, if ta { (n, k, m) } else { (n, m, k) }, &dev).unwrap()).unwrap();
+        let b =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, if tb { (n, p, k) } else { (n, k, p) }, &dev).unwrap()).unwrap();
+        let fast = bmm(a.as_tensor(), b.as_tensor(), ta, tb).unwrap();
+        let oa = if ta { a.as_tensor().transpose(1, 2).unwrap() } else { a.as_tensor().clone() };
+        let ob = if tb { b.as_tensor().transpose(1, 2).unwrap() } else { b.as_tensor().clone() };
+        let slow = oa.matmul(&ob).unwrap();
+        assert!(maxdiff(&fast, &slow) < 1e-5, "ta={ta} tb={tb}");
+        let c = Tensor::randn(0f32, 1.0, (n, m, p), &dev).unwrap();
+        let gf = fast.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = slow.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            let d = maxdiff(gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "ta={ta} tb={tb}: gradient differs by {d}");
+        }
+    }
+}
