@@ -444,7 +444,11 @@ fn write_safetensors_atomic(
     let file_name = out
         .file_name()
         .ok_or_else(|| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "output path has no file name")))?;
-    let tmp = out.with_file_name(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    // Unique per process and per call, so concurrent conversions (threads or processes) never
+    // share a temporary file; the last rename wins with a complete file either way.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_file_name(format!(".{}.tmp-{}-{call}", file_name.to_string_lossy(), std::process::id()));
 
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| io(std::io::Error::other(e)))?);

@@ -356,6 +356,11 @@ pub fn train(
         }
     }
     pb.finish_and_clear();
+    if last_valid.is_nan() {
+        // Nothing left to train (a finished run resumed): score it as it stands.
+        last_valid = evaluate(task, model, Split::Valid, settings.eval_batch_size, settings.final_eval_limit)?;
+        last_test = evaluate(task, model, Split::Test, settings.eval_batch_size, settings.final_eval_limit)?;
+    }
     let (best_valid_acc, best_step) = state.best_valid.unwrap_or((f64::NAN, 0));
     let total_samples = state.step as f64 * settings.batch_size as f64;
     let summary = Summary {
