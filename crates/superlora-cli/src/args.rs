@@ -75,7 +75,9 @@ Examples:
   # the same with a fastfood projection of ratio 0.01, as JSON
   superlora plan --shapes 768x768 --fold square --groups 4 --order 3 --factor tucker --rank 4 --ratio 0.01 --json
   # a real model's query and value weights
-  superlora plan --model model.safetensors --targets query,value --fold square --factor tucker --rank 4";
+  superlora plan --model model.safetensors --targets query,value --fold square --factor tucker --rank 4
+  # which configs fit in 1,000 parameters on ViT-B query+value?
+  superlora plan --shapes 768x768*24 --budget 1000";
 
 /// Where the adapted weights come from.
 #[derive(Debug, Args)]
@@ -145,6 +147,13 @@ pub struct PlanArgs {
     /// Adapter settings.
     #[command(flatten)]
     pub adapter: AdapterArgs,
+    /// Search the config space for the configs closest to P trainable parameters (not above),
+    /// per family, instead of planning one config.
+    #[arg(long, value_name = "P")]
+    pub budget: Option<usize>,
+    /// With --budget: how many configs to list per family.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub per_family: usize,
     /// Print JSON (with `trainable_params` and a `groups` array) instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -234,3 +234,18 @@ fn help_teaches() {
         assert!(h.contains(want), "help lacks {want}");
     }
 }
+
+#[test]
+fn budget_lists_configs_at_or_under_the_budget() {
+    let o = superlora(&["plan", "--shapes", "768x768*24", "--budget", "1000", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let c = v["candidates"].as_array().unwrap();
+    assert!(c.len() > 10);
+    for x in c {
+        assert!(x["params"].as_u64().unwrap() <= 1000, "{x}");
+    }
+    assert!(c.iter().any(|x| x["params"] == 1000 && x["family"] == "dense M=1 + fastfood"));
+    let o = superlora(&["plan", "--shapes", "768x768*24", "--budget", "1000", "--rank", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+}

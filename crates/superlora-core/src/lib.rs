@@ -28,6 +28,7 @@
 //! ```
 
 pub mod adapter;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod factor;

@@ -15,6 +15,9 @@ const MAX_ROWS: usize = 48;
 /// Runs the command.
 pub fn run(args: &PlanArgs) -> Result<()> {
     let shapes = resolve_shapes(&args.source, args.targets.as_deref(), args.targets_regex.as_deref())?;
+    if let Some(budget) = args.budget {
+        return budget_table(&shapes, budget, args);
+    }
     let config = resolve_adapter(&args.adapter)?;
     let plan = Plan::new(&shapes, &config)?;
     if args.json {
@@ -23,6 +26,92 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         print!("{}", table(&plan));
     }
     Ok(())
+}
+
+/// `plan --budget`: the configs closest to the budget, per family.
+fn budget_table(shapes: &[superlora_core::LayerShape], budget: usize, args: &PlanArgs) -> Result<()> {
+    let a = &args.adapter;
+    if a.fold.is_some()
+        || a.groups.is_some()
+        || a.order.is_some()
+        || a.factor.is_some()
+        || a.rank.is_some()
+        || a.kron.is_some()
+        || a.projection.is_some()
+        || a.ratio.is_some()
+        || a.config.is_some()
+    {
+        return Err(
+            crate::settings::InputError("--budget searches every config; drop the adapter settings".into()).into()
+        );
+    }
+    let found = superlora_core::budget::search(shapes, budget, args.per_family.max(1));
+    let n: usize = shapes.iter().map(superlora_core::LayerShape::numel).sum();
+    if args.json {
+        #[derive(Serialize)]
+        struct BudgetJson<'a> {
+            budget: usize,
+            total_entries: usize,
+            lora_rank1_params: usize,
+            candidates: &'a [superlora_core::budget::Candidate],
+        }
+        let r1 = shapes.iter().map(|s| s.rows + s.cols).sum();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&BudgetJson {
+                budget,
+                total_entries: n,
+                lora_rank1_params: r1,
+                candidates: &found
+            })?
+        );
+        return Ok(());
+    }
+    println!(
+        "Configs with at most {} trainable parameters on {} weights (N = {}), closest first per family:\n",
+        thousands(budget),
+        shapes.len(),
+        thousands(n)
+    );
+    let mut family = String::new();
+    for c in &found {
+        if c.family != family {
+            family = c.family.clone();
+            println!("{family}");
+        }
+        println!("  {:>12}  {}", thousands(c.params), flags(&c.spec));
+    }
+    if found.is_empty() {
+        println!("(nothing fits: the smallest config here has more parameters)");
+    }
+    Ok(())
+}
+
+/// The `plan`/`train` flags that reproduce a spec.
+fn flags(s: &superlora_core::AdapterSpec) -> String {
+    let mut v = Vec::new();
+    if let Some(f) = s.fold {
+        v.push(format!("--fold {}", format!("{f:?}").to_lowercase()));
+    }
+    if let Some(g) = s.groups {
+        v.push(format!("--groups {g}"));
+    }
+    if let Some(m) = s.order {
+        v.push(format!("--order {m}"));
+    }
+    if let Some(f) = s.factor {
+        v.push(format!("--factor {}", format!("{f:?}").to_lowercase()));
+    }
+    if let Some(k) = s.kron {
+        v.push(format!("--kron {k}"));
+    }
+    if let Some(r) = s.rank {
+        v.push(format!("--rank {r}"));
+    }
+    if let Some(r) = s.ratio {
+        v.push(format!("--ratio {r}"));
+    }
+    v.join(" ")
 }
 
 #[derive(Serialize)]
