@@ -150,7 +150,7 @@ pub fn search(shapes: &[LayerShape], budget: usize, per_family: usize) -> Vec<Ca
     let mut out = Vec::new();
     for f in order {
         let mut v: Vec<Candidate> = found.iter().filter(|c| c.family == f).cloned().collect();
-        v.sort_by(|a, b| b.params.cmp(&a.params));
+        v.sort_by_key(|c| std::cmp::Reverse(c.params));
         v.dedup_by(|a, b| a.params == b.params && a.spec == b.spec);
         out.extend(v.into_iter().take(per_family));
     }
