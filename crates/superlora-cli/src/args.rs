@@ -259,6 +259,10 @@ pub struct TrainArgs {
     /// No progress bar (evaluation lines are still printed).
     #[arg(long)]
     pub no_progress: bool,
+    /// Also store the fixed projections (fastfood B, Π, G; shuffle permutations) in the adapter
+    /// file, so that readers without our RNG can rebuild ΔW.
+    #[arg(long)]
+    pub save_projection: bool,
 }
 
 /// `--schedule`.
@@ -298,10 +302,14 @@ pub struct BenchArgs {
 
 /// `superlora eval`.
 #[derive(Debug, Args)]
+#[group(id = "what", required = true, multiple = false, args = ["run", "adapter"])]
 pub struct EvalArgs {
-    /// The run folder (with run.json and checkpoints/).
+    /// A run folder (with run.json and checkpoints/): scores its latest checkpoint.
     #[arg(long, value_name = "DIR")]
-    pub run: PathBuf,
+    pub run: Option<PathBuf>,
+    /// An adapter folder (adapter_config.json + adapter_model.safetensors, e.g. <run>/adapter).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Which split to score.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,

@@ -38,6 +38,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             || c.downcast_ref::<toml::de::Error>().is_some()
             || c.downcast_ref::<std::io::Error>().is_some()
             || c.downcast_ref::<superlora_data::Error>().is_some()
+            || c.downcast_ref::<superlora_train::Error>()
+                .is_some_and(|e| matches!(e, superlora_train::Error::Checkpoint(_)))
     });
     if input { 2 } else { 1 }
 }

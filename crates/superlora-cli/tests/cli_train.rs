@@ -88,10 +88,26 @@ fn a_short_run_lowers_the_loss_and_eval_reproduces_its_accuracy() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["adapter_params"], 24 * 2 * (384 + 384));
     assert!(summary["peak_rss_mb"].as_f64().unwrap() > 0.0);
-    // eval on the full test split (200 digits) of the saved run.
+    // eval on the full test split (200 digits) of the saved run, from its checkpoint and from
+    // its adapter folder: the same accuracy.
     let e = Command::new(bin()).args(["eval", "--run", out.to_str().unwrap()]).output().unwrap();
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-    assert!(String::from_utf8_lossy(&e.stdout).contains("Test accuracy"), "{}", String::from_utf8_lossy(&e.stdout));
+    let by_run = String::from_utf8_lossy(&e.stdout).to_string();
+    assert!(by_run.contains("Test accuracy"), "{by_run}");
+    let adapter = out.join("adapter");
+    assert!(adapter.join("adapter_config.json").exists() && adapter.join("adapter_model.safetensors").exists());
+    let e = Command::new(bin()).args(["eval", "--adapter", adapter.to_str().unwrap()]).output().unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let by_adapter = String::from_utf8_lossy(&e.stdout).to_string();
+    let acc = |s: &str| s.split_whitespace().nth(2).unwrap().to_string();
+    assert_eq!(acc(&by_run), acc(&by_adapter), "{by_run} vs {by_adapter}");
+    // A tampered adapter is refused with a reason, exit code 2.
+    let cfg = adapter.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("\"format_version\": 1", "\"format_version\": 1, \"surprise\": 3", 1)).unwrap();
+    let e = Command::new(bin()).args(["eval", "--adapter", adapter.to_str().unwrap()]).output().unwrap();
+    assert_eq!(e.status.code(), Some(2), "{}", String::from_utf8_lossy(&e.stderr));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("surprise"), "{}", String::from_utf8_lossy(&e.stderr));
     // The run is not overwritten without --resume / --force.
     let again = run(&args);
     assert_eq!(again.status.code(), Some(2));

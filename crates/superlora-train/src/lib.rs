@@ -3,6 +3,7 @@
 //! The pieces of a training run: [`optim::AdamW`] with saveable state, [`schedule`], the
 //! classification [`head`] and loss.
 
+pub mod artifact;
 pub mod checkpoint;
 pub mod head;
 pub mod metrics;

@@ -40,6 +40,10 @@ pub trait Task {
     fn labels(&self, split: Split, idx: &[usize]) -> Result<Tensor>;
     /// The device the model runs on.
     fn device(&self) -> &Device;
+    /// The base model: (`bert` | `dinov2`, its weights file).
+    fn base_model(&self) -> (&'static str, std::path::PathBuf);
+    /// Class names, by label.
+    fn class_names(&self) -> Vec<String>;
     /// Tokens of example `i` of a split before truncation (text tasks; images have none).
     fn token_count(&self, _split: Split, _i: usize) -> Result<usize> {
         Ok(0)
@@ -139,6 +143,12 @@ impl Task for ImageTask {
     fn len(&self, s: Split) -> usize {
         self.splits.get(s).len()
     }
+    fn base_model(&self) -> (&'static str, std::path::PathBuf) {
+        ("dinov2", self.model.weights_path.clone())
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.train_set.classes.clone()
+    }
     fn features(&self, s: Split, idx: &[usize], deltas: &Deltas) -> Result<Tensor> {
         let pos = self.splits.map(s, idx)?;
         let images = superlora_data::preprocess::to_tensor(self.set(s), &pos, self.size, &self.device)?;
@@ -216,6 +226,12 @@ impl Task for TextTask {
         let batch = self.tokenizer.encode_batch(&texts, self.max_len, &self.device)?;
         let x = self.model.forward(&batch.input_ids, &batch.attention_mask, deltas)?;
         Ok(mean_pool(&x, &batch.attention_mask)?)
+    }
+    fn base_model(&self) -> (&'static str, std::path::PathBuf) {
+        ("bert", self.model.weights_path.clone())
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.set.classes.clone()
     }
     fn token_count(&self, s: Split, i: usize) -> Result<usize> {
         let pos = self.splits.map(s, &[i])?;

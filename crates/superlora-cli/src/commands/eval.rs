@@ -12,10 +12,14 @@ use crate::settings::InputError;
 
 /// Runs the command.
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let spec = RunSpec::read(&args.run)?;
+    if let Some(dir) = &args.adapter {
+        return eval_adapter(dir, args);
+    }
+    let Some(run_dir) = &args.run else { bail!(InputError("give --run DIR or --adapter DIR".into())) };
+    let spec = RunSpec::read(run_dir)?;
     let device = Device::Cpu;
-    let Some(loaded) = checkpoint::read_latest(&args.run.join("checkpoints"), &device)? else {
-        bail!(InputError(format!("{} has no checkpoint yet", args.run.display())));
+    let Some(loaded) = checkpoint::read_latest(&run_dir.join("checkpoints"), &device)? else {
+        bail!(InputError(format!("{} has no checkpoint yet", run_dir.display())));
     };
     let task = build_task(&spec.task, &device)?;
     let (adapter, targets, head) = build_model(&spec, task.as_ref())?;
@@ -38,5 +42,48 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         loaded.path.display(),
         loaded.state.step
     );
+    Ok(())
+}
+
+/// `eval --adapter DIR`: rebuild the task from the adapter's own description, check that the base
+/// model is the one it was trained on, load it and score it.
+fn eval_adapter(dir: &std::path::Path, args: &EvalArgs) -> Result<()> {
+    use superlora_train::artifact;
+    let device = Device::Cpu;
+    let file = artifact::read_config(dir)?;
+    let task_spec: crate::runspec::TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
+        format!("{}: the adapter's task description is not one this program can rebuild", dir.display())
+    })?;
+    let task = build_task(&task_spec, &device)?;
+    let (kind, weights) = task.base_model();
+    let sha = artifact::file_sha256(&weights)?;
+    if kind != file.base_model.kind || sha != file.base_model.sha256 {
+        bail!(InputError(format!(
+            "{} was trained on {} {} (sha256 {}), but the model here is {kind} {} (sha256 {sha})",
+            dir.display(),
+            file.base_model.kind,
+            file.base_model.path,
+            file.base_model.sha256,
+            weights.display()
+        )));
+    }
+    let loaded = artifact::load(dir, &device)?;
+    let linears = superlora_models::adapt::select(
+        &task.linears(),
+        &superlora_io::TargetPattern::names(
+            &loaded.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","),
+        )?,
+    )?;
+    if linears.iter().map(|l| (&l.name, l.rows, l.cols)).ne(loaded.targets.iter().map(|t| (&t.name, t.rows, t.cols))) {
+        bail!(InputError(format!("{}: its targets do not match this model's linear layers", dir.display())));
+    }
+    let Some(head) = &loaded.head else { bail!(InputError(format!("{} has no head to classify with", dir.display()))) };
+    let model = Trainable { adapter: loaded.adapter.as_ref(), targets: &loaded.targets, head };
+    let split = match args.split {
+        SplitArg::Valid => Split::Valid,
+        SplitArg::Test => Split::Test,
+    };
+    let acc = evaluate(task.as_ref(), &model, split, 64, None)?;
+    println!("{split:?} accuracy {acc:.4} on {} examples (adapter {})", task.len(split), dir.display());
     Ok(())
 }

@@ -207,6 +207,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     let model = Trainable { adapter: adapter.as_ref(), targets: &targets, head: &head };
     let summary = train(task.as_ref(), &model, &spec.train, spec.to_json()?, &out, args.resume, !args.no_progress)?;
+    save_artifact(&out.join("adapter"), &spec, task.as_ref(), &model, args.save_projection)?;
     println!(
         "final test accuracy {:.4} (best validation {:.4} at step {}, test there {:.4}); adapter {} + head {} parameters; {:.1} s, {:.1} samples/s; {}",
         summary.final_test_acc,
@@ -219,5 +220,38 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         summary.samples_per_s,
         out.display()
     );
+    Ok(())
+}
+
+/// Writes `<run>/adapter`: the trained adapter and head as a portable artifact (docs/FORMAT.md).
+pub fn save_artifact(
+    dir: &std::path::Path,
+    spec: &RunSpec,
+    task: &dyn superlora_train::task::Task,
+    model: &Trainable,
+    save_projection: bool,
+) -> Result<()> {
+    use superlora_train::artifact::{self, AdapterFile, BaseModel, HeadInfo, Rules, Target};
+    let (kind, weights) = task.base_model();
+    let file = AdapterFile {
+        format: artifact::FORMAT.into(),
+        format_version: artifact::FORMAT_VERSION,
+        adapter: spec.adapter.clone(),
+        targets: model.targets.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
+        rules: Rules::current(),
+        base_model: BaseModel {
+            kind: kind.into(),
+            path: weights.display().to_string(),
+            sha256: artifact::file_sha256(&weights)?,
+        },
+        head: Some(HeadInfo { features: task.feature_dim(), classes: task.class_names() }),
+        trainable_params: model.adapter.map_or(0, |a| a.num_trainable()),
+        head_params: model.head.num_params(),
+        projection_saved: save_projection && model.adapter.is_some(),
+        task: serde_json::to_value(&spec.task)?,
+    };
+    artifact::save(dir, &file, model.adapter, Some(model.head), true)
+        .with_context(|| format!("writing {}", dir.display()))?;
+    eprintln!("adapter written to {}", dir.display());
     Ok(())
 }
