@@ -26,6 +26,9 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Score a finished (or interrupted) run on its test split.
     Eval(EvalArgs),
+    /// Classify images (PNG/JPEG files) or texts with a saved adapter and print the class and the
+    /// probabilities.
+    Predict(PredictArgs),
     /// Measure training throughput: MiniLM on real review texts at a fixed batch and sequence
     /// length, LoRA r=8 on query+value as the reference, every config in its own process.
     Bench(BenchArgs),
@@ -298,6 +301,21 @@ pub struct BenchArgs {
     /// peak memory is its own).
     #[arg(long, hide = true)]
     pub only: Option<usize>,
+}
+
+/// `superlora predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The adapter folder (e.g. <run>/adapter).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Image files (PNG or JPEG; grey or colour, any size) for an image adapter, or texts for a
+    /// text adapter.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// How many classes to list per input.
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
 }
 
 /// `superlora eval`.

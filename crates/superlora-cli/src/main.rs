@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         args::Command::Train(a) => commands::train::run(a),
         args::Command::Eval(a) => commands::eval::run(a),
         args::Command::Bench(a) => commands::bench::run(a),
+        args::Command::Predict(a) => commands::predict::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

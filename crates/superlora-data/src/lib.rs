@@ -38,6 +38,7 @@
 
 pub mod assets;
 pub mod batch;
+pub mod decode;
 pub mod error;
 pub mod fashion;
 mod files;

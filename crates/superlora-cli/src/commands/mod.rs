@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod eval;
 pub mod plan;
+pub mod predict;
 pub mod train;

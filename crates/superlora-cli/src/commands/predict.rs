@@ -1,0 +1,99 @@
+//! `superlora predict`: load an adapter folder and its base model (checked by sha256), classify
+//! the inputs, print the top classes with their probabilities.
+
+use anyhow::{Context, Result, bail};
+use candle_core::{D, Device, Tensor};
+use superlora_data::{ImageSet, TextTokenizer};
+use superlora_models::adapt::Deltas;
+use superlora_models::bert::{Bert, mean_pool};
+use superlora_models::vit::Vit;
+use superlora_train::artifact;
+
+use crate::args::PredictArgs;
+use crate::runspec::{TaskSpec, vit_weights};
+use crate::settings::InputError;
+
+enum Encoder {
+    Image(Vit, usize),
+    Text(Bert, TextTokenizer, usize),
+}
+
+/// Runs the command.
+pub fn run(args: &PredictArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let file = artifact::read_config(&args.adapter)?;
+    let spec: TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
+        format!("{}: the adapter's task description is not one this program can rebuild", args.adapter.display())
+    })?;
+    let (encoder, weights) = if spec.dataset.is_text() {
+        let bert =
+            Bert::load(&spec.model, &device).with_context(|| format!("loading BERT from {}", spec.model.display()))?;
+        let dir = if spec.model.is_dir() {
+            spec.model.clone()
+        } else {
+            spec.model.parent().map(std::path::Path::to_path_buf).unwrap_or_default()
+        };
+        let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let w = bert.weights_path.clone();
+        (Encoder::Text(bert, tok, spec.max_len), w)
+    } else {
+        let path = vit_weights(&spec.model)?;
+        (Encoder::Image(Vit::load(&path, &device)?, spec.image_size), path)
+    };
+    let sha = artifact::file_sha256(&weights)?;
+    if sha != file.base_model.sha256 {
+        bail!(InputError(format!(
+            "{} was trained on {} (sha256 {}), but {} has sha256 {sha}",
+            args.adapter.display(),
+            file.base_model.path,
+            file.base_model.sha256,
+            weights.display()
+        )));
+    }
+    let loaded = artifact::load(&args.adapter, &device)?;
+    let Some(head) = &loaded.head else {
+        bail!(InputError(format!("{} has no head to classify with", args.adapter.display())))
+    };
+    let classes = file.head.as_ref().map(|h| h.classes.clone()).unwrap_or_default();
+    let deltas = match &loaded.adapter {
+        Some(a) => {
+            let d: Vec<Tensor> = a.delta_weights()?.iter().map(Tensor::detach).collect();
+            Deltas::new(&loaded.targets, &d)?
+        }
+        None => Deltas::none(),
+    };
+    for input in &args.inputs {
+        let features = match &encoder {
+            Encoder::Image(vit, size) => {
+                let path = std::path::Path::new(input);
+                if !path.is_file() {
+                    bail!(InputError(format!("`{input}` is not an image file (this adapter classifies images)")));
+                }
+                let (pixels, h, w) = superlora_data::decode::load_grey(path)?;
+                let set = ImageSet::new(pixels, vec![0], h, w, classes.clone(), input)?;
+                let images = superlora_data::to_tensor(&set, &[0], *size, &device)?;
+                vit.features(&images, &deltas)?
+            }
+            Encoder::Text(bert, tok, max_len) => {
+                let batch = tok.encode_batch(&[input.as_str()], *max_len, &device)?;
+                let x = bert.forward(&batch.input_ids, &batch.attention_mask, &deltas)?;
+                mean_pool(&x, &batch.attention_mask)?
+            }
+        };
+        let logits = head.forward(&features.detach())?.detach();
+        let probs: Vec<f32> = softmax(&logits)?.flatten_all()?.to_vec1()?;
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let top: Vec<String> =
+            order.iter().take(args.top.max(1)).map(|&i| format!("{} {:.3}", name(i), probs[i])).collect();
+        println!("{input}\t{}\t[{}]", name(order[0]), top.join(", "));
+    }
+    Ok(())
+}
+
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
