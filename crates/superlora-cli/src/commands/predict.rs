@@ -15,7 +15,7 @@ use crate::settings::InputError;
 
 enum Encoder {
     Image(Vit, usize),
-    Text(Box<Bert>, TextTokenizer, usize),
+    Text(Box<Bert>, Box<TextTokenizer>, usize),
 }
 
 /// Runs the command.
@@ -35,7 +35,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         };
         let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let w = bert.weights_path.clone();
-        (Encoder::Text(Box::new(bert), tok, spec.max_len), w)
+        (Encoder::Text(Box::new(bert), Box::new(tok), spec.max_len), w)
     } else {
         let path = vit_weights(&spec.model)?;
         (Encoder::Image(Vit::load(&path, &device)?, spec.image_size), path)
