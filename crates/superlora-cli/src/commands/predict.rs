@@ -14,7 +14,7 @@ use crate::runspec::{TaskSpec, vit_weights};
 use crate::settings::InputError;
 
 enum Encoder {
-    Image(Vit, usize),
+    Image(Box<Vit>, usize),
     Text(Box<Bert>, Box<TextTokenizer>, usize),
 }
 
@@ -38,7 +38,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         (Encoder::Text(Box::new(bert), Box::new(tok), spec.max_len), w)
     } else {
         let path = vit_weights(&spec.model)?;
-        (Encoder::Image(Vit::load(&path, &device)?, spec.image_size), path)
+        (Encoder::Image(Box::new(Vit::load(&path, &device)?), spec.image_size), path)
     };
     let sha = artifact::file_sha256(&weights)?;
     if sha != file.base_model.sha256 {
