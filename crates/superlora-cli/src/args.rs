@@ -29,6 +29,12 @@ pub enum Command {
     /// Classify images (PNG/JPEG files) or texts with a saved adapter and print the class and the
     /// probabilities.
     Predict(PredictArgs),
+    /// Write the base model's weights with W + ΔW in place (same names, same dtype, every other
+    /// tensor untouched) and check that the merged model gives the same outputs.
+    Merge(MergeArgs),
+    /// Subtract an adapter's ΔW from merged weights (the inverse of `merge`) and report how close
+    /// the result is to the base model.
+    Unmerge(UnmergeArgs),
     /// Measure training throughput: MiniLM on real review texts at a fixed batch and sequence
     /// length, LoRA r=8 on query+value as the reference, every config in its own process.
     Bench(BenchArgs),
@@ -316,6 +322,44 @@ pub struct PredictArgs {
     /// How many classes to list per input.
     #[arg(long, default_value_t = 3)]
     pub top: usize,
+}
+
+/// `superlora merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The adapter folder.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Output .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Largest accepted difference between merged and unmerged outputs, relative to their largest
+    /// magnitude.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+}
+
+/// `superlora unmerge`.
+#[derive(Debug, Args)]
+pub struct UnmergeArgs {
+    /// The adapter folder whose ΔW was merged.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// The merged .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub merged: PathBuf,
+    /// Output .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Largest accepted difference to the base weights, relative to their largest magnitude.
+    #[arg(long, default_value_t = 1e-5)]
+    pub tolerance: f64,
 }
 
 /// `superlora eval`.

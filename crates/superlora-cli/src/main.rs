@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         args::Command::Eval(a) => commands::eval::run(a),
         args::Command::Bench(a) => commands::bench::run(a),
         args::Command::Predict(a) => commands::predict::run(a),
+        args::Command::Merge(a) => commands::merge::run(a),
+        args::Command::Unmerge(a) => commands::merge::unmerge(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

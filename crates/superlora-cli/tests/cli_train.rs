@@ -124,6 +124,33 @@ fn a_short_run_lowers_the_loss_and_eval_reproduces_its_accuracy() {
     let p =
         Command::new(bin()).args(["predict", "--adapter", adapter.to_str().unwrap(), "a great film"]).output().unwrap();
     assert_eq!(p.status.code(), Some(2));
+    // merge: W + ΔW in a copy of the base weights gives the same features; unmerge restores W.
+    let merged = dir.path().join("merged.safetensors");
+    let m = Command::new(bin())
+        .args(["merge", "--adapter", adapter.to_str().unwrap(), "--out", merged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    assert!(String::from_utf8_lossy(&m.stdout).contains("max |merged − unmerged|"));
+    let again = Command::new(bin())
+        .args(["merge", "--adapter", adapter.to_str().unwrap(), "--out", merged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "an existing output is not replaced without --force");
+    let restored = dir.path().join("restored.safetensors");
+    let u = Command::new(bin())
+        .args([
+            "unmerge",
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--merged",
+            merged.to_str().unwrap(),
+            "--out",
+            restored.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(u.status.success(), "{}", String::from_utf8_lossy(&u.stderr));
     // A tampered adapter is refused with a reason, exit code 2.
     let cfg = adapter.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();

@@ -1,0 +1,229 @@
+//! `superlora merge` / `unmerge`: W ± ΔW written into a copy of the base weights file.
+//!
+//! Every tensor keeps its name, dtype and order; only the targeted `<module>.weight` tensors
+//! change (they must be f32). The file is written atomically and never replaces an existing one
+//! without `--force`. `merge` then builds the model from the merged file and compares its
+//! features with the unmerged model (base + ΔW at run time) on real inputs from the adapter's
+//! test split, and fails if they differ by more than the tolerance.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorView;
+use superlora_models::adapt::Deltas;
+use superlora_train::artifact::{self, Loaded};
+use superlora_train::task::Split;
+
+use crate::args::{MergeArgs, UnmergeArgs};
+use crate::runspec::{TaskSpec, build_task, vit_weights};
+use crate::settings::InputError;
+
+/// Examples compared between the merged and the unmerged model.
+const CHECK_EXAMPLES: usize = 8;
+
+/// The adapter, its task description and the base weights file (identity checked).
+fn open(adapter: &Path) -> Result<(Loaded, TaskSpec, PathBuf)> {
+    let file = artifact::read_config(adapter)?;
+    let spec: TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
+        format!("{}: the adapter's task description is not one this program can rebuild", adapter.display())
+    })?;
+    let weights = if spec.dataset.is_text() {
+        if spec.model.is_dir() { spec.model.join("model.safetensors") } else { spec.model.clone() }
+    } else {
+        vit_weights(&spec.model)?
+    };
+    let sha = artifact::file_sha256(&weights)?;
+    if sha != file.base_model.sha256 {
+        bail!(InputError(format!(
+            "{} was trained on {} (sha256 {}), but {} has sha256 {sha}",
+            adapter.display(),
+            file.base_model.path,
+            file.base_model.sha256,
+            weights.display()
+        )));
+    }
+    let loaded = artifact::load(adapter, &Device::Cpu)?;
+    if loaded.adapter.is_none() {
+        bail!(InputError(format!("{} is head-only: there is no ΔW to merge", adapter.display())));
+    }
+    Ok((loaded, spec, weights))
+}
+
+/// ΔW by weight name (`<module>.weight`), f32, as row-major values.
+fn deltas_by_weight(loaded: &Loaded) -> Result<HashMap<String, Vec<f32>>> {
+    let a = loaded.adapter.as_ref().context("no adapter")?;
+    let d = a.delta_weights()?;
+    loaded
+        .targets
+        .iter()
+        .zip(d)
+        .map(|(t, d)| Ok((format!("{}.weight", t.name), d.flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
+/// Copies `src` to `out` with `sign`·ΔW added to the targeted weights; returns how many changed.
+fn write_with(
+    src: &Path,
+    out: &Path,
+    deltas: &HashMap<String, Vec<f32>>,
+    sign: f32,
+    force: bool,
+    note: &str,
+) -> Result<usize> {
+    if out.exists() && !force {
+        bail!(InputError(format!("{} exists; pass --force to replace it", out.display())));
+    }
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", src.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let mut changed: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut found = 0usize;
+    for (name, view) in st.tensors() {
+        // A BERT file may prefix every name with `bert.`.
+        let key = name.strip_prefix("bert.").unwrap_or(&name);
+        let Some(d) = deltas.get(key).or_else(|| deltas.get(&name)) else { continue };
+        if view.dtype() != safetensors::Dtype::F32 {
+            bail!(InputError(format!("`{name}` is {:?}; merging supports f32 weights", view.dtype())));
+        }
+        let w: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if w.len() != d.len() {
+            bail!(InputError(format!("`{name}` has {} values, its ΔW {}", w.len(), d.len())));
+        }
+        let merged: Vec<u8> = w.iter().zip(d).flat_map(|(w, d)| (w + sign * d).to_le_bytes()).collect();
+        changed.insert(name.clone(), merged);
+        found += 1;
+    }
+    if found != deltas.len() {
+        bail!(InputError(format!(
+            "{} holds only {found} of the adapter's {} targeted weights",
+            src.display(),
+            deltas.len()
+        )));
+    }
+    let mut views: Vec<(String, TensorView)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let v = match changed.get(&name) {
+            Some(data) => TensorView::new(view.dtype(), view.shape().to_vec(), data)?,
+            None => view,
+        };
+        views.push((name, v));
+    }
+    let mut metadata = meta.metadata().clone().unwrap_or_default();
+    metadata.insert("superlora".into(), note.into());
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp-{}",
+        out.file_name().map_or("merged".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
+    Ok(found)
+}
+
+/// Runs `merge`.
+pub fn run(args: &MergeArgs) -> Result<()> {
+    let (loaded, spec, weights) = open(&args.adapter)?;
+    let deltas = deltas_by_weight(&loaded)?;
+    let n = write_with(
+        &weights,
+        &args.out,
+        &deltas,
+        1.0,
+        args.force,
+        &format!("merged W + ΔW of {}", args.adapter.display()),
+    )?;
+    eprintln!("{}: {n} weights merged", args.out.display());
+    // Same features from the merged file as from base + ΔW, on real test inputs.
+    let device = Device::Cpu;
+    let task = build_task(&spec, &device)?;
+    let idx: Vec<usize> = (0..CHECK_EXAMPLES.min(task.len(Split::Test))).collect();
+    let d: Vec<Tensor> = loaded.adapter.as_ref().context("no adapter")?.delta_weights()?;
+    let unmerged = task.features(Split::Test, &idx, &Deltas::new(&loaded.targets, &d)?)?;
+    let mut merged_spec = spec.clone();
+    if spec.dataset.is_text() {
+        // A BERT folder needs config.json and tokenizer.json beside the weights: use a temporary
+        // folder of links to the originals plus the merged weights.
+        let dir = tempdir_beside(&args.out)?;
+        let base_dir = if spec.model.is_dir() {
+            spec.model.clone()
+        } else {
+            spec.model.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(base_dir.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+        }
+        std::fs::copy(&args.out, dir.join("model.safetensors"))?;
+        merged_spec.model = dir;
+    } else {
+        merged_spec.model = args.out.clone();
+    }
+    let merged_task = build_task(&merged_spec, &device)?;
+    let merged = merged_task.features(Split::Test, &idx, &Deltas::none())?;
+    if spec.dataset.is_text() {
+        let _ = std::fs::remove_dir_all(&merged_spec.model);
+    }
+    let diff = (merged - &unmerged)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let scale = unmerged.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
+    println!(
+        "max |merged − unmerged| over the features of {} test examples: {diff:.3e} (relative {:.3e}, tolerance {:.1e})",
+        idx.len(),
+        diff / scale,
+        args.tolerance
+    );
+    if diff / scale > args.tolerance {
+        bail!(
+            "merged and unmerged outputs differ by {:.3e} (relative), above the tolerance {:.1e}",
+            diff / scale,
+            args.tolerance
+        );
+    }
+    Ok(())
+}
+
+fn tempdir_beside(out: &Path) -> Result<PathBuf> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = parent.join(format!(".superlora-merge-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs `unmerge`.
+pub fn unmerge(args: &UnmergeArgs) -> Result<()> {
+    let (loaded, _spec, weights) = open(&args.adapter)?;
+    let deltas = deltas_by_weight(&loaded)?;
+    let n = write_with(
+        &args.merged,
+        &args.out,
+        &deltas,
+        -1.0,
+        args.force,
+        &format!("unmerged W + ΔW − ΔW of {}", args.adapter.display()),
+    )?;
+    // Compare every targeted weight with the base.
+    let base = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+    let back = candle_core::safetensors::load(&args.out, &Device::Cpu)?;
+    let (mut worst, mut scale) = (0f64, 1f64);
+    for name in deltas.keys() {
+        let key = if base.contains_key(name) { name.clone() } else { format!("bert.{name}") };
+        let (a, b) = (&base[&key], &back[&key]);
+        worst = worst.max((a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        scale = scale.max(a.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    }
+    println!(
+        "{}: {n} weights restored; max |restored − base| = {worst:.3e} (relative {:.3e})",
+        args.out.display(),
+        worst / scale
+    );
+    if worst / scale > args.tolerance {
+        bail!(
+            "restored weights differ from the base by {:.3e} (relative), above {:.1e}",
+            worst / scale,
+            args.tolerance
+        );
+    }
+    Ok(())
+}
