@@ -35,6 +35,9 @@ pub enum Command {
     /// Subtract an adapter's ΔW from merged weights (the inverse of `merge`) and report how close
     /// the result is to the base model.
     Unmerge(UnmergeArgs),
+    /// Export an adapter for other tools: Hugging Face PEFT LoRA (exact for weight-wise LoRA, best
+    /// rank-k per layer otherwise) or the exact per-layer ΔW.
+    Export(ExportArgs),
     /// Measure training throughput: MiniLM on real review texts at a fixed batch and sequence
     /// length, LoRA r=8 on query+value as the reference, every config in its own process.
     Bench(BenchArgs),
@@ -360,6 +363,36 @@ pub struct UnmergeArgs {
     /// Largest accepted difference to the base weights, relative to their largest magnitude.
     #[arg(long, default_value_t = 1e-5)]
     pub tolerance: f64,
+}
+
+/// `superlora export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The adapter folder.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// PEFT: export each layer's ΔW as its best rank-K approximation (required unless the adapter
+    /// is exactly weight-wise LoRA); prints the relative Frobenius error per layer.
+    #[arg(long, value_name = "K")]
+    pub rank: Option<usize>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--format` of export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Hugging Face PEFT LoRA: adapter_config.json + adapter_model.safetensors.
+    Peft,
+    /// The exact ΔW of every adapted weight, named after the weight it updates.
+    Delta,
 }
 
 /// `superlora eval`.

@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod checkpoint;
 pub mod head;
+pub mod lowrank;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
