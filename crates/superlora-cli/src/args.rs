@@ -38,6 +38,10 @@ pub enum Command {
     /// Export an adapter for other tools: Hugging Face PEFT LoRA (exact for weight-wise LoRA, best
     /// rank-k per layer otherwise) or the exact per-layer ΔW.
     Export(ExportArgs),
+    /// Bring an adapter made elsewhere (Hugging Face PEFT LoRA) in as one of ours, so that eval,
+    /// predict, merge and export work on it.
+    #[command(long_about = IMPORT_ABOUT, after_help = IMPORT_EXAMPLES)]
+    Import(ImportArgs),
     /// Measure training throughput: MiniLM on real review texts at a fixed batch and sequence
     /// length, LoRA r=8 on query+value as the reference, every config in its own process.
     Bench(BenchArgs),
@@ -325,6 +329,10 @@ pub struct PredictArgs {
     /// How many classes to list per input.
     #[arg(long, default_value_t = 3)]
     pub top: usize,
+    /// Print one JSON object per input (class, all probabilities, and the feature vector the head
+    /// reads: the pooled sentence embedding, or the image features) instead of a table line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `superlora merge`.
@@ -386,6 +394,54 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
+const IMPORT_ABOUT: &str = "\
+Bring a Hugging Face PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors, as written \
+by `PeftModel.save_pretrained`) in as a superlora adapter folder: weight-wise LoRA (natural fold, one \
+group per layer, order 2, factor lora) with α = lora_alpha / r (lora_alpha / √r with use_rslora), \
+PEFT's lora_B as our A (output side) and lora_A transposed as our B (input side).
+
+The base model, the task and the head come from --like (one of our adapter folders for the same base \
+model, e.g. a linear probe trained with `train --head-only`), or from --preset (no head: `predict \
+--json` then prints the features only). Every target module must be a linear layer of that model \
+with the shapes the PEFT tensors imply. Refused, with the reason: DoRA, bias training, \
+fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that is not a LoRA factor.";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  superlora import --format peft peft-out/ --like runs/minilm-probe/adapter --out imported
+  superlora import --format peft peft-out/ --preset minilm-rt --out imported
+  superlora predict --adapter imported --json \"a gripping, beautifully acted film\"";
+
+/// `superlora import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What to import.
+    #[arg(long, value_enum)]
+    pub format: ImportFormat,
+    /// The folder to import (a PEFT adapter folder).
+    #[arg(value_name = "DIR")]
+    pub input: PathBuf,
+    /// Take the base model, task and head from this adapter folder of ours.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset", required_unless_present = "preset")]
+    pub like: Option<PathBuf>,
+    /// Take the base model and task from a preset (no head).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// The adapter folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--format` of import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// Hugging Face PEFT LoRA.
+    Peft,
+}
+
 /// `--format` of export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -397,10 +453,9 @@ pub enum ExportFormat {
 
 /// `superlora eval`.
 #[derive(Debug, Args)]
-#[group(id = "what", required = true, multiple = false, args = ["run", "adapter"])]
 pub struct EvalArgs {
     /// A run folder (with run.json and checkpoints/): scores its latest checkpoint.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "adapter", required_unless_present = "adapter")]
     pub run: Option<PathBuf>,
     /// An adapter folder (adapter_config.json + adapter_model.safetensors, e.g. <run>/adapter).
     #[arg(long, value_name = "DIR")]

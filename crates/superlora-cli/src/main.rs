@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         args::Command::Predict(a) => commands::predict::run(a),
         args::Command::Merge(a) => commands::merge::run(a),
         args::Command::Export(a) => commands::export::run(a),
+        args::Command::Import(a) => commands::import::run(a),
         args::Command::Unmerge(a) => commands::merge::unmerge(a),
     };
     match result {

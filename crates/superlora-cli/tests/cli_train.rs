@@ -151,6 +151,29 @@ fn a_short_run_lowers_the_loss_and_eval_reproduces_its_accuracy() {
         .output()
         .unwrap();
     assert!(u.status.success(), "{}", String::from_utf8_lossy(&u.stderr));
+    // export as PEFT → import → the exact same ΔW (bit for bit), and the same predictions.
+    let sl = |args: &[&str]| {
+        let o = Command::new(bin()).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let a = adapter.to_str().unwrap();
+    sl(&["export", "--adapter", a, "--format", "peft", "--out", &p("peft")]);
+    let peft_cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("peft/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((peft_cfg["peft_type"].as_str(), peft_cfg["r"].as_u64()), (Some("LORA"), Some(2)));
+    sl(&["import", "--format", "peft", &p("peft"), "--like", a, "--out", &p("imported")]);
+    sl(&["export", "--adapter", a, "--format", "delta", "--out", &p("delta-original")]);
+    sl(&["export", "--adapter", &p("imported"), "--format", "delta", "--out", &p("delta-imported")]);
+    let bytes = |d: &str| std::fs::read(dir.path().join(d).join("delta_weights.safetensors")).unwrap();
+    assert!(bytes("delta-original") == bytes("delta-imported"), "ΔW changed in the PEFT round trip");
+    assert_eq!(
+        sl(&["predict", "--adapter", &p("imported"), "--json", png_path.to_str().unwrap()]),
+        sl(&["predict", "--adapter", a, "--json", png_path.to_str().unwrap()])
+    );
+    // eval on the validation split
+    assert!(sl(&["eval", "--run", out.to_str().unwrap(), "--split", "valid"]).contains("Valid accuracy"));
     // A tampered adapter is refused with a reason, exit code 2.
     let cfg = adapter.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();

@@ -322,6 +322,20 @@ impl AdapterSpec {
 }
 
 impl AdapterConfig {
+    /// Checks every rule of [`AdapterSpec::resolve`] on an already-typed config (one read from a
+    /// file, or built in code), so no config skips validation by not coming from flags.
+    pub fn validate(&self) -> Result<()> {
+        let back = self.to_spec().resolve()?;
+        if back != *self {
+            return Err(Error::config(
+                "adapter",
+                format!("{self:?}"),
+                format!("is not in canonical form (it resolves to {back:?})"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The flat spec that resolves to this config (for writing it back to TOML/JSON).
     pub fn to_spec(&self) -> AdapterSpec {
         let (factor, rank, kron) = match self.factorization {

@@ -234,6 +234,7 @@ pub struct Plan {
 impl Plan {
     /// Plans `config` over `shapes` (in model order).
     pub fn new(shapes: &[LayerShape], config: &AdapterConfig) -> Result<Plan> {
+        config.validate()?;
         if shapes.is_empty() {
             return Err(Error::Shapes("no weights to adapt".into()));
         }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod merge;
 pub mod plan;
 pub mod predict;

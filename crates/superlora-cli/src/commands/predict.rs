@@ -51,9 +51,12 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         )));
     }
     let loaded = artifact::load(&args.adapter, &device)?;
-    let Some(head) = &loaded.head else {
-        bail!(InputError(format!("{} has no head to classify with", args.adapter.display())))
-    };
+    if loaded.head.is_none() && !args.json {
+        bail!(InputError(format!(
+            "{} has no head to classify with; pass --json to print the features only",
+            args.adapter.display()
+        )));
+    }
     let classes = file.head.as_ref().map(|h| h.classes.clone()).unwrap_or_default();
     let deltas = match &loaded.adapter {
         Some(a) => {
@@ -80,11 +83,29 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 mean_pool(&x, &batch.attention_mask)?
             }
         };
+        let Some(head) = &loaded.head else {
+            let embedding: Vec<f32> = features.flatten_all()?.to_vec1()?;
+            println!(
+                "{}",
+                serde_json::json!({"input": input, "class": null, "probabilities": null, "features": embedding})
+            );
+            continue;
+        };
         let logits = head.forward(&features.detach())?.detach();
         let probs: Vec<f32> = softmax(&logits)?.flatten_all()?.to_vec1()?;
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
         let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+        if args.json {
+            let embedding: Vec<f32> = features.flatten_all()?.to_vec1()?;
+            let probabilities: serde_json::Map<String, serde_json::Value> =
+                (0..probs.len()).map(|i| (name(i), serde_json::json!(probs[i]))).collect();
+            println!(
+                "{}",
+                serde_json::json!({"input": input, "class": name(order[0]), "probabilities": probabilities, "features": embedding})
+            );
+            continue;
+        }
         let top: Vec<String> =
             order.iter().take(args.top.max(1)).map(|&i| format!("{} {:.3}", name(i), probs[i])).collect();
         println!("{input}\t{}\t[{}]", name(order[0]), top.join(", "));

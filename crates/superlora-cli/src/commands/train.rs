@@ -42,6 +42,25 @@ fn preset(p: Preset) -> Result<PresetDefaults> {
     })
 }
 
+/// The task a preset trains on, with the default input size and sequence length (for commands
+/// that need a task without training, e.g. `import --preset`).
+pub fn preset_task(p: Preset) -> Result<TaskSpec> {
+    let d = preset(p)?;
+    Ok(TaskSpec {
+        dataset: d.dataset,
+        model: d.model,
+        image_size: DEFAULT_IMAGE_SIZE,
+        max_len: DEFAULT_MAX_LEN,
+        train_subset: None,
+        data_seed: 0,
+    })
+}
+
+/// Image side when `--image-size` is not given.
+const DEFAULT_IMAGE_SIZE: usize = 56;
+/// Token limit when `--max-len` is not given.
+const DEFAULT_MAX_LEN: usize = 64;
+
 /// A short name for the adapter, used in the default run folder.
 pub fn adapter_slug(cfg: Option<&AdapterConfig>) -> String {
     let Some(c) = cfg else { return "head-only".into() };
@@ -126,8 +145,8 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
         task: TaskSpec {
             dataset,
             model,
-            image_size: args.image_size.unwrap_or(56),
-            max_len: args.max_len.unwrap_or(64),
+            image_size: args.image_size.unwrap_or(DEFAULT_IMAGE_SIZE),
+            max_len: args.max_len.unwrap_or(DEFAULT_MAX_LEN),
             train_subset: args.train_subset,
             data_seed: args.data_seed.unwrap_or(0),
         },

@@ -1,0 +1,291 @@
+//! `superlora import --format peft`: a Hugging Face PEFT LoRA adapter in as one of ours.
+//!
+//! PEFT computes, per target module, ΔW = s · lora_B.weight · lora_A.weight with lora_A [r, d_in],
+//! lora_B [d_out, r] and s = lora_alpha / r (lora_alpha / √r with `use_rslora`). Ours, for
+//! weight-wise LoRA (natural fold, G = L, M = 2, factor lora, identity projection), is
+//! ΔW = α · A · Bᵀ with A = `group.<g>.lora_a` [d_out, r] and B = `group.<g>.lora_b` [d_in, r].
+//! So A = lora_B, B = lora_Aᵀ, α = s: the import is exact (no arithmetic on the factors).
+//!
+//! Both files are untrusted: the config is read as loose JSON and every field we depend on is
+//! checked; the tensor file goes through the checked safetensors reader; every key must be a LoRA
+//! factor of a linear layer of the base model with matching shapes and finite values.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use superlora_core::{AdapterConfig, Factorization, Fold, LayerShape, Plan, Projection, SuperLora};
+use superlora_models::adapt::LinearInfo;
+use superlora_models::bert::Bert;
+use superlora_models::vit::Vit;
+use superlora_train::artifact::{self, AdapterFile, BaseModel, Rules, Target};
+use superlora_train::checkpoint::load_tensors;
+use superlora_train::head::Head;
+
+use crate::args::{ImportArgs, ImportFormat};
+use crate::runspec::{TaskSpec, vit_weights};
+use crate::settings::InputError;
+
+/// What a PEFT LoRA config says, checked.
+struct PeftLora {
+    r: usize,
+    scale: f64,
+}
+
+fn bad(dir: &Path, what: impl std::fmt::Display) -> anyhow::Error {
+    InputError(format!("{}: {what}", dir.display())).into()
+}
+
+fn read_peft_config(dir: &Path) -> Result<PeftLora> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(dir, format!("adapter_config.json is not JSON: {e}")))?;
+    let Some(o) = v.as_object() else { return Err(bad(dir, "adapter_config.json is not a JSON object")) };
+    let peft_type = o.get("peft_type").and_then(|x| x.as_str()).unwrap_or("(missing)");
+    if peft_type != "LORA" {
+        return Err(bad(dir, format!("peft_type is `{peft_type}`; only LORA adapters can be imported")));
+    }
+    let r = o.get("r").and_then(serde_json::Value::as_u64).filter(|&r| r >= 1).ok_or_else(|| {
+        bad(dir, format!("`r` = {}: must be a positive integer", o.get("r").unwrap_or(&serde_json::Value::Null)))
+    })? as usize;
+    let alpha = o.get("lora_alpha").and_then(serde_json::Value::as_f64).filter(|a| a.is_finite()).ok_or_else(|| {
+        bad(
+            dir,
+            format!("`lora_alpha` = {}: must be a number", o.get("lora_alpha").unwrap_or(&serde_json::Value::Null)),
+        )
+    })?;
+    let flag = |name: &str| o.get(name).and_then(serde_json::Value::as_bool).unwrap_or(false);
+    for (name, why) in [
+        ("use_dora", "DoRA rescales the weight's columns, which a LoRA adapter cannot express"),
+        ("fan_in_fan_out", "the factors are stored transposed (Conv1D layers), which our models do not have"),
+    ] {
+        if flag(name) {
+            return Err(bad(dir, format!("`{name}` is true: {why}")));
+        }
+    }
+    let empty = |name: &str| match o.get(name) {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Object(m)) => m.is_empty(),
+        Some(serde_json::Value::Array(a)) => a.is_empty(),
+        _ => false,
+    };
+    for name in ["rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"] {
+        if !empty(name) {
+            return Err(bad(
+                dir,
+                format!("`{name}` is set: per-layer ranks, extra trained modules and layer subsets are not supported"),
+            ));
+        }
+    }
+    if let Some(b) = o.get("bias").and_then(|b| b.as_str())
+        && b != "none"
+    {
+        return Err(bad(dir, format!("`bias` = `{b}`: trained biases are not part of a LoRA adapter here")));
+    }
+    let scale = if flag("use_rslora") { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
+    Ok(PeftLora { r, scale })
+}
+
+/// Splits `base_model.model.<module>.lora_{A,B}[.<adapter>].weight` into (module, "A" | "B").
+fn split_key(key: &str) -> Option<(String, &'static str)> {
+    let rest = key.strip_prefix("base_model.model.")?;
+    let rest = rest.strip_suffix(".weight")?;
+    for (tag, which) in [(".lora_A", "A"), (".lora_B", "B")] {
+        if let Some(i) = rest.rfind(tag) {
+            let tail = &rest[i + tag.len()..];
+            // no adapter name, or one adapter name (`.default`) between the tag and `.weight`
+            if tail.is_empty() || (tail.starts_with('.') && !tail[1..].contains('.')) {
+                return Some((rest[..i].to_string(), which));
+            }
+        }
+    }
+    None
+}
+
+/// The base model's linear layers and weights file.
+fn base_linears(spec: &TaskSpec, device: &Device) -> Result<(&'static str, std::path::PathBuf, Vec<LinearInfo>)> {
+    if spec.dataset.is_text() {
+        let bert =
+            Bert::load(&spec.model, device).with_context(|| format!("loading BERT from {}", spec.model.display()))?;
+        Ok(("bert", bert.weights_path.clone(), bert.linears()))
+    } else {
+        let path = vit_weights(&spec.model)?;
+        let vit = Vit::load(&path, device).with_context(|| format!("loading DINOv2 from {}", path.display()))?;
+        Ok(("dinov2", path, vit.linears()))
+    }
+}
+
+/// Runs the command.
+pub fn run(args: &ImportArgs) -> Result<()> {
+    let ImportFormat::Peft = args.format;
+    let device = Device::Cpu;
+    if args.out.exists() && !args.force {
+        bail!(InputError(format!("{} exists; pass --force to replace it", args.out.display())));
+    }
+    let dir = &args.input;
+    let peft = read_peft_config(dir)?;
+    let tensor_path = dir.join("adapter_model.safetensors");
+    if !tensor_path.is_file() {
+        return Err(bad(dir, "adapter_model.safetensors is missing (PEFT's .bin files are not read: pickles)"));
+    }
+    let raw = load_tensors(&tensor_path, &device)?;
+    let mut factors: BTreeMap<String, HashMap<&str, Tensor>> = BTreeMap::new();
+    for (key, t) in raw {
+        let Some((module, which)) = split_key(&key) else {
+            return Err(bad(
+                dir,
+                format!("tensor `{key}` is not a LoRA factor (`base_model.model.<module>.lora_A|lora_B.weight`)"),
+            ));
+        };
+        if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            return Err(bad(dir, format!("tensor `{key}` is {:?}; LoRA factors are floating point", t.dtype())));
+        }
+        let slot = factors.entry(module).or_default();
+        if slot.insert(which, t.to_dtype(DType::F32)?).is_some() {
+            return Err(bad(dir, format!("two `lora_{which}` tensors for one module (key `{key}`)")));
+        }
+    }
+    if factors.is_empty() {
+        return Err(bad(dir, "adapter_model.safetensors holds no LoRA factors"));
+    }
+
+    // The base model, task and head.
+    let (spec, like): (TaskSpec, Option<(AdapterFile, Option<Head>)>) = match (&args.like, args.preset) {
+        (Some(like), _) => {
+            let file = artifact::read_config(like)?;
+            let spec: TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
+                format!("{}: the adapter's task description is not one this program can rebuild", like.display())
+            })?;
+            let loaded = artifact::load(like, &device)?;
+            (spec, Some((file, loaded.head)))
+        }
+        (None, Some(p)) => (crate::commands::train::preset_task(p)?, None),
+        (None, None) => bail!(InputError("give --like DIR or --preset".into())),
+    };
+    let (kind, weights, linears) = base_linears(&spec, &device)?;
+    let sha = artifact::file_sha256(&weights)?;
+    if let Some((file, _)) = &like
+        && (file.base_model.kind != kind || file.base_model.sha256 != sha)
+    {
+        bail!(InputError(format!(
+            "--like was trained on {} {} (sha256 {}), but the model here is {kind} {} (sha256 {sha})",
+            file.base_model.kind,
+            file.base_model.path,
+            file.base_model.sha256,
+            weights.display()
+        )));
+    }
+
+    // Targets in the model's module order, each with its two factors checked.
+    let mut targets: Vec<LayerShape> = Vec::new();
+    for l in &linears {
+        if factors.contains_key(&l.name) {
+            targets.push(LayerShape::new(&l.name, l.rows, l.cols));
+        }
+    }
+    if let Some(unknown) = factors.keys().find(|m| !linears.iter().any(|l| &&l.name == m)) {
+        let close: Vec<&str> = linears
+            .iter()
+            .filter(|l| l.name.rsplit('.').next() == unknown.rsplit('.').next())
+            .take(3)
+            .map(|l| l.name.as_str())
+            .collect();
+        return Err(bad(
+            dir,
+            format!("module `{unknown}` is not a linear layer of {} (e.g. {})", weights.display(), close.join(", ")),
+        ));
+    }
+    let cfg = AdapterConfig {
+        fold: Fold::Natural,
+        groups: Some(targets.len()),
+        order: 2,
+        factorization: Factorization::Lora { rank: peft.r },
+        projection: Projection::Identity,
+        scale: peft.scale,
+        seed: 0,
+    };
+    let plan = Plan::new(&targets, &cfg).map_err(|e| bad(dir, format!("rank {} does not fit: {e}", peft.r)))?;
+    let adapter = SuperLora::new(plan, DType::F32, &device)?;
+    let vars: HashMap<String, candle_core::Var> = adapter.named_vars().into_iter().collect();
+    for (g, t) in targets.iter().enumerate() {
+        let f = &factors[&t.name];
+        let (Some(a), Some(b)) = (f.get("A"), f.get("B")) else {
+            return Err(bad(dir, format!("module `{}` needs both lora_A and lora_B", t.name)));
+        };
+        for (which, got, want) in [("lora_A", a, [peft.r, t.cols]), ("lora_B", b, [t.rows, peft.r])] {
+            if got.dims() != want {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "`{}.{which}.weight` has shape {:?}; r = {} and the base weight {}x{} need {want:?}",
+                        t.name,
+                        got.dims(),
+                        peft.r,
+                        t.rows,
+                        t.cols
+                    ),
+                ));
+            }
+            let v: Vec<f32> = got.flatten_all()?.to_vec1()?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(bad(dir, format!("`{}.{which}.weight` has a non-finite value at flat index {i}", t.name)));
+            }
+        }
+        vars[&format!("group.{g}.lora_a")].set(b)?;
+        vars[&format!("group.{g}.lora_b")].set(&a.t()?.contiguous()?)?;
+    }
+
+    let (head_info, head) = match like {
+        Some((file, head)) => (file.head, head),
+        None => (None, None),
+    };
+    let file = AdapterFile {
+        format: artifact::FORMAT.into(),
+        format_version: artifact::FORMAT_VERSION,
+        adapter: Some(cfg),
+        targets: targets.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
+        rules: Rules::current(),
+        base_model: BaseModel { kind: kind.into(), path: weights.display().to_string(), sha256: sha },
+        head: if head.is_some() { head_info } else { None },
+        trainable_params: adapter.num_trainable(),
+        head_params: head.as_ref().map_or(0, Head::num_params),
+        projection_saved: false,
+        task: serde_json::to_value(&spec)?,
+    };
+    artifact::save(&args.out, &file, Some(&adapter), head.as_ref(), args.force)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "imported {} LoRA layers (r = {}, α = {}) from {} into {}{}",
+        targets.len(),
+        peft.r,
+        peft.scale,
+        dir.display(),
+        args.out.display(),
+        if head.is_some() { " with the head of --like" } else { " (no head: predict --json prints features)" }
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_key;
+
+    #[test]
+    fn peft_keys_split_into_module_and_factor() {
+        let k = |s: &str| split_key(s).map(|(m, w)| (m, w.to_string()));
+        assert_eq!(
+            k("base_model.model.encoder.layer.0.attention.self.query.lora_A.weight"),
+            Some(("encoder.layer.0.attention.self.query".into(), "A".into()))
+        );
+        assert_eq!(
+            k("base_model.model.blocks.3.attn.qkv.lora_B.default.weight"),
+            Some(("blocks.3.attn.qkv".into(), "B".into()))
+        );
+        assert_eq!(k("base_model.model.encoder.layer.0.attention.self.query.weight"), None);
+        assert_eq!(k("encoder.layer.0.query.lora_A.weight"), None);
+        assert_eq!(k("base_model.model.x.lora_A.a.b.weight"), None);
+        assert_eq!(k("base_model.model.x.lora_embedding_A"), None);
+    }
+}
