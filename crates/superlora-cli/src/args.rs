@@ -42,6 +42,13 @@ pub enum Command {
     /// predict, merge and export work on it.
     #[command(long_about = IMPORT_ABOUT, after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
+    /// Run many training configs x seeds on one task from a TOML grid, in sequence and resumably,
+    /// one results.csv row per finished run.
+    #[command(long_about = SWEEP_ABOUT, after_help = SWEEP_EXAMPLE)]
+    Sweep(SweepArgs),
+    /// Plot test accuracy against adapter parameters from a sweep's results.csv (PNG + SVG) and
+    /// write the Pareto table and the paper's two claims in Markdown.
+    Plot(PlotArgs),
     /// Measure training throughput: MiniLM on real review texts at a fixed batch and sequence
     /// length, LoRA r=8 on query+value as the reference, every config in its own process.
     Bench(BenchArgs),
@@ -411,6 +418,76 @@ Examples:
   superlora import --format peft peft-out/ --like runs/minilm-probe/adapter --out imported
   superlora import --format peft peft-out/ --preset minilm-rt --out imported
   superlora predict --adapter imported --json \"a gripping, beautifully acted film\"";
+
+const SWEEP_ABOUT: &str = "\
+Run a grid of `train` runs on one task: every [[run]] entry of the TOML file is one config, or a grid \
+when some of its values are lists (crossed); every config runs once per seed. Runs go one after \
+another, each in its own process, into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
+Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
+validation accuracy, test accuracy at that step, wall time, samples/s). Run the same command again to \
+continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint.";
+
+const SWEEP_EXAMPLE: &str = "\
+Example grid (docs/GUIDE.md has the full reference; sweeps/ holds the study's grids):
+
+  seeds = [0, 1, 2]
+  [train]                      # flags of `train` shared by every run, without --
+  preset = \"minilm-rt\"
+  steps = 300
+  head-lr = 3e-2
+  [[run]]
+  head-only = true
+  [[run]]
+  family = \"lora\"              # plot series; derived from the flags when omitted
+  rank = [1, 2, 4, 8]
+  adapter-lr = 3e-3
+  [[run]]
+  fold = \"square\"
+  groups = [1, 4, 12]
+  order = 3
+  factor = \"tucker\"
+  rank = [2, 4]
+  adapter-lr = 1e-2
+
+  superlora sweep --grid grid.toml --out runs/my-sweep
+  superlora plot runs/my-sweep/results.csv";
+
+/// `superlora sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The grid (TOML; see above).
+    #[arg(long, value_name = "FILE.toml")]
+    pub grid: PathBuf,
+    /// Output folder (default: the grid's `out`, else runs/sweep-<grid file name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the runs the grid expands to and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `superlora plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A results.csv written by `sweep`.
+    #[arg(value_name = "RESULTS.csv")]
+    pub results: PathBuf,
+    /// Output folder (default: the CSV's folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// File name stem of the outputs (<name>.png, .svg, .md).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Plot title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
+}
 
 /// `superlora import`.
 #[derive(Debug, Args)]

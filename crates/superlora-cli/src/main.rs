@@ -23,6 +23,8 @@ fn main() -> ExitCode {
         args::Command::Merge(a) => commands::merge::run(a),
         args::Command::Export(a) => commands::export::run(a),
         args::Command::Import(a) => commands::import::run(a),
+        args::Command::Sweep(a) => commands::sweep::run(a),
+        args::Command::Plot(a) => commands::plot::run(a),
         args::Command::Unmerge(a) => commands::merge::unmerge(a),
     };
     match result {

@@ -233,16 +233,57 @@ pub fn read_config(dir: &Path) -> Result<AdapterFile> {
     Ok(file)
 }
 
+/// Bounds on what a loaded adapter may make this program allocate.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadLimits {
+    /// Most entries (Σ rows·cols over the targets) an adapter may cover: its ΔW and fixed
+    /// projections are this large. The default, 2^31, is far above the attention weights of any
+    /// model this program runs.
+    pub max_entries: usize,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits { max_entries: 1 << 31 }
+    }
+}
+
 /// Loads and checks an adapter folder (see the module docs).
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
+    load_with_limits(dir, device, LoadLimits::default())
+}
+
+/// [`load`] with explicit allocation bounds. Nothing is allocated from the config's numbers
+/// before they are checked against the limits and against the size of the tensor file.
+pub fn load_with_limits(dir: &Path, device: &Device, limits: LoadLimits) -> Result<Loaded> {
     let file = read_config(dir)?;
     let targets: Vec<LayerShape> = file.targets.iter().map(|t| LayerShape::new(&t.name, t.rows, t.cols)).collect();
-    let mut tensors = load_tensors(&dir.join(TENSOR_FILE), device)?;
+    let tensor_path = dir.join(TENSOR_FILE);
+    let mut tensors = load_tensors(&tensor_path, device)?;
     let adapter = match &file.adapter {
         None => None,
         Some(cfg) => {
             let plan = Plan::new(&targets, cfg)
                 .map_err(|e| bad(dir, format!("the config does not plan over its targets: {e}")))?;
+            if plan.total_entries > limits.max_entries {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "the targets cover {} entries, more than the loader's limit of {}",
+                        plan.total_entries, limits.max_entries
+                    ),
+                ));
+            }
+            let held: usize = tensors.values().map(|t| t.elem_count()).sum();
+            if plan.trainable_params > held {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "the config needs {} trainable values but {TENSOR_FILE} holds only {held}",
+                        plan.trainable_params
+                    ),
+                ));
+            }
             let a = SuperLora::new(plan, DType::F32, device)?;
             for (name, var) in a.named_vars() {
                 let t = tensors.remove(&name).ok_or_else(|| bad(dir, format!("tensor `{name}` is missing")))?;
@@ -278,6 +319,18 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
     let head = match &file.head {
         None => None,
         Some(h) => {
+            let held: usize = tensors.values().map(|t| t.elem_count()).sum();
+            let need = h.features.checked_mul(h.classes.len()).and_then(|w| w.checked_add(h.classes.len()));
+            if need.is_none_or(|n| n > held) || h.classes.is_empty() || h.features == 0 {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "the head ({} features x {} classes) does not match the {held} values left in {TENSOR_FILE}",
+                        h.features,
+                        h.classes.len()
+                    ),
+                ));
+            }
             let head = Head::new(h.features, h.classes.len(), 0, DType::F32, device)?;
             for (n, var) in head.named_vars() {
                 let name = format!("head.{n}");

@@ -6,5 +6,7 @@ pub mod export;
 pub mod import;
 pub mod merge;
 pub mod plan;
+pub mod plot;
 pub mod predict;
+pub mod sweep;
 pub mod train;

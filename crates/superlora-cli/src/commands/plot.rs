@@ -1,0 +1,384 @@
+//! `superlora plot results.csv`: test accuracy (mean ± std over seeds) against trainable adapter
+//! parameters on a log axis, one series per family, head-only and full fine-tuning as horizontal
+//! references; PNG and SVG (plotters), plus `pareto.md` with every point, the Pareto front and the
+//! paper's two claims read off the curve:
+//!
+//! 1. parameters SuperLoRA needs to match LoRA r = 1: for each non-LoRA family, the smallest
+//!    parameter count at which its curve (piecewise linear in log parameters) reaches the accuracy
+//!    of the smallest LoRA point; the ratio to that LoRA point's count;
+//! 2. the best config with at most 100 adapter parameters against head-only.
+//!
+//! The accuracy read is `test_acc_at_best` (test accuracy at the best-validation step).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::args::PlotArgs;
+use crate::commands::sweep::COLUMNS;
+use crate::settings::InputError;
+
+/// Families drawn as horizontal reference lines.
+const REFERENCES: [&str; 2] = ["head-only", "full-ft"];
+
+/// One config: its seeds aggregated.
+#[derive(Clone, Debug)]
+pub struct Point {
+    /// Plot series.
+    pub family: String,
+    /// Cell name.
+    pub cell: String,
+    /// Adapter parameters.
+    pub params: f64,
+    /// Mean test accuracy at the best-validation step.
+    pub mean: f64,
+    /// Sample standard deviation (0 for one seed).
+    pub std: f64,
+    /// Seeds.
+    pub n: usize,
+}
+
+/// Reads results.csv and aggregates seeds per cell.
+pub fn read_points(path: &Path) -> Result<Vec<Point>> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
+    if headers != COLUMNS {
+        bail!(InputError(format!("{}: columns {headers:?}, expected those of `sweep` ({COLUMNS:?})", path.display())));
+    }
+    let mut cells: BTreeMap<String, (String, f64, Vec<f64>)> = BTreeMap::new();
+    for (i, row) in r.records().enumerate() {
+        let row = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+        let num = |col: usize| -> Result<f64> {
+            row[col].parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                InputError(format!(
+                    "{}: row {}, `{}` = `{}` is not a number",
+                    path.display(),
+                    i + 2,
+                    COLUMNS[col],
+                    &row[col]
+                ))
+                .into()
+            })
+        };
+        let (params, acc) = (num(4)?, num(8)?);
+        let e = cells.entry(row[0].to_string()).or_insert_with(|| (row[1].to_string(), params, Vec::new()));
+        e.2.push(acc);
+    }
+    if cells.is_empty() {
+        bail!(InputError(format!("{} has no rows", path.display())));
+    }
+    Ok(cells
+        .into_iter()
+        .map(|(cell, (family, params, accs))| {
+            let n = accs.len();
+            let mean = accs.iter().sum::<f64>() / n as f64;
+            let std = if n > 1 {
+                (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+            } else {
+                0.0
+            };
+            Point { family, cell, params, mean, std, n }
+        })
+        .collect())
+}
+
+/// Indices of the Pareto-optimal points: no other point has at most as many parameters and a
+/// higher mean accuracy (or equal accuracy with fewer parameters).
+pub fn pareto(points: &[Point]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..points.len()).collect();
+    idx.sort_by(|&a, &b| points[a].params.total_cmp(&points[b].params).then(points[b].mean.total_cmp(&points[a].mean)));
+    let mut best = f64::NEG_INFINITY;
+    let mut front = Vec::new();
+    for i in idx {
+        if points[i].mean > best {
+            best = points[i].mean;
+            front.push(i);
+        }
+    }
+    front
+}
+
+/// The smallest parameter count at which a curve (sorted by parameters, linear in log params)
+/// reaches `target`; None if it never does.
+pub fn params_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
+    let first = curve.first()?;
+    if first.1 >= target {
+        return Some(first.0);
+    }
+    for w in curve.windows(2) {
+        let ((p0, a0), (p1, a1)) = (w[0], w[1]);
+        if a0 < target && a1 >= target {
+            let t = (target - a0) / (a1 - a0);
+            return Some((p0.max(1.0).ln() + t * (p1.max(1.0).ln() - p0.max(1.0).ln())).exp());
+        }
+    }
+    None
+}
+
+fn series(points: &[Point]) -> BTreeMap<String, Vec<&Point>> {
+    let mut m: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
+    for p in points.iter().filter(|p| !REFERENCES.contains(&p.family.as_str())) {
+        m.entry(p.family.clone()).or_default().push(p);
+    }
+    for v in m.values_mut() {
+        v.sort_by(|a, b| a.params.total_cmp(&b.params));
+    }
+    m
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, points: &[Point], title: &str) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let plotted: Vec<&Point> = points.iter().filter(|p| p.params > 0.0).collect();
+    let (mut xmin, mut xmax) =
+        plotted.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.params), hi.max(p.params)));
+    if !xmin.is_finite() {
+        (xmin, xmax) = (1.0, 10.0);
+    }
+    let (xmin, xmax) = (xmin / 2.0, xmax * 2.0);
+    let (mut ymin, mut ymax) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.mean - p.std), hi.max(p.mean + p.std)));
+    let pad = ((ymax - ymin) * 0.08).max(0.005);
+    ymin = (ymin - pad).max(0.0);
+    ymax = (ymax + pad).min(1.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 26))
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(70)
+        .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("trainable adapter parameters (log scale)")
+        .y_desc("test accuracy (mean ± std over seeds)")
+        .axis_desc_style(("sans-serif", 18))
+        .label_style(("sans-serif", 15))
+        .x_label_formatter(&|x| {
+            if *x >= 1e6 {
+                format!("{:.0}M", x / 1e6)
+            } else if *x >= 1e3 {
+                format!("{:.0}k", x / 1e3)
+            } else {
+                format!("{x:.0}")
+            }
+        })
+        .draw()
+        .map_err(err)?;
+    for (i, (family, pts)) in series(points).into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let label = format!("{family} ({} pts)", pts.len());
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.params, p.mean)), color.stroke_width(2)))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart.draw_series(pts.iter().map(|p| Circle::new((p.params, p.mean), 4, color.filled()))).map_err(err)?;
+        chart
+            .draw_series(
+                pts.iter()
+                    .filter(|p| p.std > 0.0)
+                    .map(|p| ErrorBar::new_vertical(p.params, p.mean - p.std, p.mean, p.mean + p.std, color, 6)),
+            )
+            .map_err(err)?;
+    }
+    for (j, family) in REFERENCES.iter().enumerate() {
+        let refs: Vec<&Point> = points.iter().filter(|p| p.family == *family).collect();
+        for p in refs {
+            let color = if j == 0 { RGBColor(90, 90, 90) } else { RGBColor(0, 0, 0) };
+            let label = if p.params > 0.0 {
+                format!("{family} ({:.0} params): {:.3}", p.params, p.mean)
+            } else {
+                format!("{family}: {:.3}", p.mean)
+            };
+            chart
+                .draw_series(DashedLineSeries::new([(xmin, p.mean), (xmax, p.mean)], 8, 5, color.stroke_width(2)))
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn register_font() -> Result<()> {
+    let path = superlora_data::cache_dir()?.join("assets").join("font").join("DejaVuSans.ttf");
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("reading the plot font {}: run `scripts/setup-assets.sh font`", path.display()))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow!("{} is not a usable TrueType font", path.display()))?;
+    Ok(())
+}
+
+/// Markdown: all points, the Pareto front, the two claims.
+pub fn report(points: &[Point]) -> String {
+    let mut s = String::new();
+    let front = pareto(points);
+    s.push_str("| family | config | adapter params | test acc (mean ± std) | seeds | Pareto |\n|---|---|---:|---:|---:|:---:|\n");
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| points[a].family.cmp(&points[b].family).then(points[a].params.total_cmp(&points[b].params)));
+    for i in order {
+        let p = &points[i];
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.4} ± {:.4} | {} | {} |\n",
+            p.family,
+            p.cell,
+            p.params,
+            p.mean,
+            p.std,
+            p.n,
+            if front.contains(&i) { "★" } else { "" }
+        ));
+    }
+    s.push_str("\n**Pareto front** (no other config has at most as many parameters and a higher mean accuracy):\n\n");
+    for &i in &front {
+        let p = &points[i];
+        s.push_str(&format!("- {:.0} params: {} — {:.4} ± {:.4}\n", p.params, p.cell, p.mean, p.std));
+    }
+    s.push_str("\n**Claims, read off the curve**\n\n");
+    let lora = points.iter().filter(|p| p.family == "lora").min_by(|a, b| a.params.total_cmp(&b.params));
+    match lora {
+        None => s.push_str("- No `lora` family in the results: claim 1 cannot be read.\n"),
+        Some(l) => {
+            s.push_str(&format!(
+                "- 1. Reference: the smallest LoRA ({}, {:.0} params) reaches {:.4}.\n",
+                l.cell, l.params, l.mean
+            ));
+            for (family, pts) in series(points) {
+                if family == "lora" {
+                    continue;
+                }
+                let curve: Vec<(f64, f64)> = pts.iter().map(|p| (p.params, p.mean)).collect();
+                match params_to_reach(&curve, l.mean) {
+                    Some(p) if p <= curve[0].0 => s.push_str(&format!(
+                        "  - {family}: already at its smallest point ({:.0} params, {:.4}): ≥ {:.1}x fewer parameters\n",
+                        curve[0].0,
+                        curve[0].1,
+                        l.params / p
+                    )),
+                    Some(p) => s.push_str(&format!(
+                        "  - {family}: reaches it at ≈ {p:.0} params (interpolated): {:.1}x {} parameters\n",
+                        if p <= l.params { l.params / p } else { p / l.params },
+                        if p <= l.params { "fewer" } else { "more" }
+                    )),
+                    None => s.push_str(&format!(
+                        "  - {family}: does not reach it (best {:.4} at {:.0} params)\n",
+                        pts.iter().map(|p| p.mean).fold(f64::NEG_INFINITY, f64::max),
+                        pts.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map_or(0.0, |p| p.params)
+                    )),
+                }
+            }
+        }
+    }
+    let head = points.iter().find(|p| p.family == "head-only");
+    let tiny = points
+        .iter()
+        .filter(|p| p.params > 0.0 && p.params <= 100.0 && !REFERENCES.contains(&p.family.as_str()))
+        .max_by(|a, b| a.mean.total_cmp(&b.mean));
+    match (tiny, head) {
+        (Some(t), Some(h)) => s.push_str(&format!(
+            "- 2. Best config with ≤ 100 adapter parameters: {} ({:.0} params) {:.4} ± {:.4} vs head-only {:.4} ± {:.4}: {:+.2} points.\n",
+            t.cell,
+            t.params,
+            t.mean,
+            t.std,
+            h.mean,
+            h.std,
+            100.0 * (t.mean - h.mean)
+        )),
+        (None, _) => s.push_str("- 2. No config with ≤ 100 adapter parameters in the results.\n"),
+        (_, None) => s.push_str("- 2. No head-only run in the results to compare with.\n"),
+    }
+    s
+}
+
+/// Runs the command.
+pub fn run(args: &PlotArgs) -> Result<()> {
+    let points = read_points(&args.results)?;
+    let out: PathBuf =
+        args.out.clone().unwrap_or_else(|| args.results.parent().unwrap_or(Path::new(".")).to_path_buf());
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let stem = args.name.as_deref().unwrap_or("accuracy_vs_params");
+    let (png, svg, md) =
+        (out.join(format!("{stem}.png")), out.join(format!("{stem}.svg")), out.join(format!("{stem}.md")));
+    for p in [&png, &svg, &md] {
+        if p.exists() && !args.force {
+            bail!(InputError(format!("{} exists; pass --force to replace it", p.display())));
+        }
+    }
+    register_font()?;
+    let title = args.title.clone().unwrap_or_else(|| "Test accuracy vs trainable parameters".into());
+    {
+        let root = BitMapBackend::new(&png, (1200, 750)).into_drawing_area();
+        draw(&root, &points, &title).with_context(|| format!("writing {}", png.display()))?;
+    }
+    {
+        let root = SVGBackend::new(&svg, (1200, 750)).into_drawing_area();
+        draw(&root, &points, &title).with_context(|| format!("writing {}", svg.display()))?;
+    }
+    let text = format!(
+        "# {title}\n\nFrom `{}` ({} configs). Accuracy: test accuracy at the best-validation step.\n\n![plot]({stem}.png)\n\n{}",
+        args.results.display(),
+        points.len(),
+        report(&points)
+    );
+    std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
+    println!("{}\n{}\n{}", png.display(), svg.display(), md.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(family: &str, params: f64, mean: f64) -> Point {
+        Point { family: family.into(), cell: format!("{family}-{params}"), params, mean, std: 0.0, n: 1 }
+    }
+
+    #[test]
+    fn pareto_front_keeps_only_undominated_points() {
+        let p =
+            vec![pt("a", 10.0, 0.5), pt("a", 100.0, 0.7), pt("b", 50.0, 0.8), pt("b", 200.0, 0.75), pt("c", 10.0, 0.6)];
+        let f = pareto(&p);
+        assert_eq!(f, vec![4, 2]);
+    }
+
+    #[test]
+    fn crossing_is_interpolated_in_log_parameters() {
+        let c = [(10.0, 0.5), (1000.0, 0.9)];
+        let p = params_to_reach(&c, 0.7).unwrap();
+        assert!((p - 100.0).abs() < 1e-9, "{p}");
+        assert_eq!(params_to_reach(&c, 0.95), None);
+        assert_eq!(params_to_reach(&c, 0.4), Some(10.0));
+    }
+
+    #[test]
+    fn report_states_both_claims() {
+        let p = vec![
+            pt("head-only", 0.0, 0.70),
+            pt("lora", 9216.0, 0.80),
+            pt("tucker-m3", 50.0, 0.74),
+            pt("tucker-m3", 900.0, 0.82),
+        ];
+        let r = report(&p);
+        assert!(r.contains("tucker-m3: reaches it at"), "{r}");
+        assert!(r.contains("+4.00 points"), "{r}");
+    }
+}

@@ -1,0 +1,458 @@
+//! `superlora sweep --grid FILE.toml`: many `train` runs (configs x seeds) on one task, in
+//! sequence, resumable, one `results.csv` row per finished run.
+//!
+//! The grid file:
+//!
+//! ```toml
+//! out = "runs/sweep-minilm"        # optional; --out wins
+//! seeds = [0, 1, 2]
+//!
+//! [train]                          # `train` flags shared by every run (names without --)
+//! preset = "minilm-rt"
+//! steps = 300
+//! head-lr = 3e-2
+//!
+//! [[run]]                          # one config, or a grid: list values are crossed
+//! family = "lora"                  # the plot series (default: derived from the config)
+//! rank = [1, 2, 4, 8]
+//! adapter-lr = 1e-2
+//! ```
+//!
+//! Every other key of `[train]` and `[[run]]` is passed to `train` as `--key value` (`true` as a
+//! bare `--key`, `false` omitted). Each run (cell x seed) lives in `<out>/runs/<cell>-s<seed>`, its
+//! output in `<out>/logs/`. A run with a row in `results.csv` is never rerun; an interrupted one is
+//! continued with `train --resume`; a failed one is reported and the sweep goes on.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+use crate::args::SweepArgs;
+use crate::settings::InputError;
+
+/// The columns of results.csv.
+pub const COLUMNS: [&str; 13] = [
+    "cell",
+    "family",
+    "config",
+    "seed",
+    "adapter_params",
+    "head_params",
+    "best_valid_acc",
+    "best_step",
+    "test_acc_at_best",
+    "final_test_acc",
+    "wall_s",
+    "samples_per_s",
+    "run_dir",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GridFile {
+    out: Option<PathBuf>,
+    #[serde(default = "default_seeds")]
+    seeds: Vec<u64>,
+    #[serde(default)]
+    train: toml::Table,
+    #[serde(default)]
+    run: Vec<toml::Table>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One config of the sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    /// Unique, file-name-safe name.
+    pub name: String,
+    /// Plot series.
+    pub family: String,
+    /// `train` arguments (without --seed / --out).
+    pub args: Vec<String>,
+}
+
+/// Keys that describe a run but are not `train` flags.
+const META: [&str; 2] = ["family", "name"];
+/// Flags the sweep sets itself.
+const RESERVED: [&str; 5] = ["seed", "out", "resume", "force", "no-progress"];
+
+fn scalar(key: &str, v: &toml::Value) -> Result<Option<String>> {
+    Ok(match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(true) => Some(String::new()),
+        toml::Value::Boolean(false) => None,
+        other => bail!(InputError(format!(
+            "`{key}` = {other}: values are strings, numbers, booleans or (in [[run]]) lists of them"
+        ))),
+    })
+}
+
+fn flags(table: &toml::Table, keys: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(v) = scalar(k, &table[k])? {
+            out.push(format!("--{k}"));
+            if !v.is_empty() {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if RESERVED.contains(&key) {
+        bail!(InputError(format!(
+            "`{key}` is set by the sweep itself (seeds come from `seeds = [...]`, folders from `out`)"
+        )));
+    }
+    if key.starts_with("--") || key.contains(char::is_whitespace) {
+        bail!(InputError(format!("`{key}`: write flag names without leading dashes or spaces, e.g. `adapter-lr`")));
+    }
+    Ok(())
+}
+
+fn slug(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+}
+
+/// Expands the `[[run]]` entries into cells (lists crossed, in file order).
+fn expand(file: &GridFile) -> Result<Vec<Cell>> {
+    let shared_keys: Vec<String> = file.train.keys().cloned().collect();
+    for k in &shared_keys {
+        check_key(k)?;
+        if file.train[k].is_array() {
+            bail!(InputError(format!("[train] `{k}` is a list: lists belong in [[run]] entries")));
+        }
+    }
+    let shared = flags(&file.train, &shared_keys)?;
+    if file.run.is_empty() {
+        bail!(InputError("the grid has no [[run]] entries".into()));
+    }
+    let mut cells: Vec<Cell> = Vec::new();
+    for (i, entry) in file.run.iter().enumerate() {
+        let keys: Vec<String> = entry.keys().filter(|k| !META.contains(&k.as_str())).cloned().collect();
+        for k in &keys {
+            check_key(k)?;
+        }
+        // cartesian product over list values
+        let mut combos: Vec<toml::Table> = vec![toml::Table::new()];
+        for k in &keys {
+            let values: Vec<toml::Value> = match &entry[k] {
+                toml::Value::Array(a) if a.is_empty() => {
+                    bail!(InputError(format!("[[run]] #{} `{k}` is an empty list", i + 1)))
+                }
+                toml::Value::Array(a) => a.clone(),
+                v => vec![v.clone()],
+            };
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(k.clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        let family = match entry.get("family") {
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            None => None,
+            Some(v) => bail!(InputError(format!("[[run]] #{} `family` = {v}: must be a string", i + 1))),
+        };
+        for combo in combos {
+            let mut args = shared.clone();
+            args.extend(flags(&combo, &keys)?);
+            let desc: Vec<String> = keys
+                .iter()
+                .filter_map(|k| {
+                    scalar(k, &combo[k])
+                        .ok()
+                        .flatten()
+                        .map(|v| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
+                })
+                .collect();
+            let family = family.clone().unwrap_or_else(|| derive_family(&combo));
+            let base = match entry.get("name") {
+                Some(toml::Value::String(n)) if keys.iter().all(|k| !entry[k].is_array()) => n.clone(),
+                _ => format!("{family}__{}", desc.join("__")),
+            };
+            let name = slug(&base);
+            if cells.iter().any(|c| c.name == name) {
+                bail!(InputError(format!("two [[run]] configs are both named `{name}`; give them distinct `name`s")));
+            }
+            cells.push(Cell { name, family, args });
+        }
+    }
+    Ok(cells)
+}
+
+/// A plot series for a config that names none: from the adapter flags.
+fn derive_family(t: &toml::Table) -> String {
+    let get = |k: &str| t.get(k).and_then(|v| scalar(k, v).ok().flatten());
+    if t.get("head-only").and_then(toml::Value::as_bool) == Some(true) {
+        return "head-only".into();
+    }
+    let fold = get("fold").unwrap_or_else(|| "natural".into());
+    let projection = get("projection");
+    let ff = get("ratio").is_some() || projection.as_deref() == Some("fastfood");
+    let factor =
+        get("factor").unwrap_or_else(|| if get("kron").is_some() { "kronecker".into() } else { "lora".into() });
+    let base = match factor.as_str() {
+        "dense" if fold == "natural" && !ff => "full-ft".to_string(),
+        "dense" => "dense".to_string(),
+        "lora" if fold == "natural" => "lora".to_string(),
+        "lora" => "square2d".to_string(),
+        "tucker" => format!("tucker-m{}", get("order").unwrap_or_else(|| "3".into())),
+        "kronecker" => format!("kron-k{}", get("kron").unwrap_or_else(|| "2".into())),
+        other => other.to_string(),
+    };
+    let mut name = base;
+    if ff {
+        name.push_str("+fastfood");
+    }
+    if projection.as_deref() == Some("shuffle") {
+        name.push_str("+shuffle");
+    }
+    name
+}
+
+/// Rows already in results.csv, as (cell, seed).
+fn finished(csv_path: &Path) -> Result<BTreeSet<(String, u64)>> {
+    let mut done = BTreeSet::new();
+    if !csv_path.exists() {
+        return Ok(done);
+    }
+    let mut r = csv::Reader::from_path(csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
+    let headers = r.headers()?.clone();
+    if headers.iter().collect::<Vec<_>>() != COLUMNS {
+        bail!(InputError(format!(
+            "{} has columns {:?}, not those of this version ({:?}); move it away to start a new sweep",
+            csv_path.display(),
+            headers.iter().collect::<Vec<_>>(),
+            COLUMNS
+        )));
+    }
+    for row in r.records() {
+        let row = row.with_context(|| format!("reading {}", csv_path.display()))?;
+        let seed: u64 = row[3].parse().with_context(|| format!("{}: seed `{}`", csv_path.display(), &row[3]))?;
+        done.insert((row[0].to_string(), seed));
+    }
+    Ok(done)
+}
+
+fn append_row(csv_path: &Path, cell: &Cell, seed: u64, run_dir: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(run_dir.join("summary.json"))
+        .with_context(|| format!("reading {}", run_dir.join("summary.json").display()))?;
+    let s: serde_json::Value = serde_json::from_str(&text)?;
+    let num = |k: &str| -> Result<String> {
+        s.get(k)
+            .and_then(|v| if v.is_number() { Some(v.to_string()) } else { None })
+            .ok_or_else(|| anyhow::anyhow!("{}: `{k}` missing", run_dir.display()))
+    };
+    let row = vec![
+        cell.name.clone(),
+        cell.family.clone(),
+        cell.args.join(" "),
+        seed.to_string(),
+        num("adapter_params")?,
+        num("head_params")?,
+        num("best_valid_acc")?,
+        num("best_step")?,
+        num("test_acc_at_best")?,
+        num("final_test_acc")?,
+        num("train_seconds")?,
+        num("samples_per_s")?,
+        run_dir.display().to_string(),
+    ];
+    let new = !csv_path.exists();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(csv_path)
+        .with_context(|| format!("opening {}", csv_path.display()))?;
+    let mut w = csv::Writer::from_writer(f);
+    if new {
+        w.write_record(COLUMNS)?;
+    }
+    w.write_record(&row)?;
+    w.flush()?;
+    Ok(format!(
+        "{} s{seed}: test {} at best validation {} ({} adapter params)",
+        cell.name,
+        num("test_acc_at_best")?,
+        num("best_valid_acc")?,
+        num("adapter_params")?
+    ))
+}
+
+/// Runs the command.
+pub fn run(args: &SweepArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.grid).with_context(|| format!("reading {}", args.grid.display()))?;
+    let file: GridFile = toml::from_str(&text)
+        .map_err(|e| InputError(format!("{}: not a valid sweep grid: {e}", args.grid.display())))?;
+    if file.seeds.is_empty() {
+        bail!(InputError(format!("{}: `seeds` is empty", args.grid.display())));
+    }
+    let cells = expand(&file).with_context(|| format!("in {}", args.grid.display()))?;
+    let out = args.out.clone().or(file.out.clone()).unwrap_or_else(|| {
+        let stem = args.grid.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from("runs").join(format!("sweep-{stem}"))
+    });
+    let plan: Vec<(&Cell, u64)> = cells.iter().flat_map(|c| file.seeds.iter().map(move |&s| (c, s))).collect();
+    if args.dry_run {
+        for (c, s) in &plan {
+            println!("{}-s{s}\t{}\ttrain {} --seed {s}", c.name, c.family, c.args.join(" "));
+        }
+        println!("{} configs x {} seeds = {} runs into {}", cells.len(), file.seeds.len(), plan.len(), out.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(out.join("logs")).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::copy(&args.grid, out.join("grid.toml"))
+        .with_context(|| format!("copying the grid to {}", out.display()))?;
+    let csv_path = out.join("results.csv");
+    let done = finished(&csv_path)?;
+    let todo: Vec<&(&Cell, u64)> = plan.iter().filter(|(c, s)| !done.contains(&(c.name.clone(), *s))).collect();
+    eprintln!(
+        "sweep: {} configs x {} seeds = {} runs; {} already in {}, {} to go",
+        cells.len(),
+        file.seeds.len(),
+        plan.len(),
+        plan.len() - todo.len(),
+        csv_path.display(),
+        todo.len()
+    );
+    let bar = if args.no_progress { ProgressBar::hidden() } else { ProgressBar::new(todo.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let exe = std::env::current_exe().context("locating the superlora binary")?;
+    let mut failed: Vec<String> = Vec::new();
+    for (cell, seed) in todo.into_iter().copied() {
+        let run_name = format!("{}-s{seed}", cell.name);
+        let run_dir = out.join("runs").join(&run_name);
+        bar.set_message(run_name.clone());
+        if !run_dir.join("summary.json").exists() {
+            let log_path = out.join("logs").join(format!("{run_name}.log"));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("opening {}", log_path.display()))?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("train").args(&cell.args).arg("--seed").arg(seed.to_string()).arg("--out").arg(&run_dir);
+            cmd.arg("--no-progress");
+            if run_dir.join("run.json").exists() {
+                cmd.arg("--resume");
+            }
+            let mut log2 = log.try_clone()?;
+            writeln!(
+                log2,
+                "$ superlora {}",
+                cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+            )?;
+            let status = cmd
+                .stdin(Stdio::null())
+                .stdout(log2)
+                .stderr(log)
+                .status()
+                .with_context(|| format!("starting {}", exe.display()))?;
+            if !status.success() {
+                let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last: Vec<&str> = tail.lines().rev().take(3).collect();
+                bar.println(format!(
+                    "FAILED {run_name} (exit {}): {} — log {}",
+                    status.code().map_or("signal".into(), |c| c.to_string()),
+                    last.into_iter().rev().collect::<Vec<_>>().join(" | "),
+                    log_path.display()
+                ));
+                failed.push(run_name);
+                bar.inc(1);
+                continue;
+            }
+        }
+        let line = append_row(&csv_path, cell, seed, &run_dir)?;
+        bar.println(line);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !failed.is_empty() {
+        bail!("{} runs failed: {} (logs in {})", failed.len(), failed.join(", "), out.join("logs").display());
+    }
+    println!("results in {}", csv_path.display());
+    Ok(())
+}
+
+/// Families and cells of a grid without running it.
+#[cfg(test)]
+fn cells_of(text: &str) -> Result<Vec<Cell>> {
+    let file: GridFile = toml::from_str(text).map_err(|e| InputError(format!("not a valid sweep grid: {e}")))?;
+    expand(&file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_crossed_and_families_derived() {
+        let cells = cells_of(
+            r#"
+            seeds = [0, 1]
+            [train]
+            preset = "minilm-rt"
+            steps = 10
+            [[run]]
+            head-only = true
+            [[run]]
+            rank = [1, 8]
+            adapter-lr = 1e-2
+            [[run]]
+            fold = "square"
+            groups = [1, 4]
+            order = 3
+            factor = "tucker"
+            rank = [2, 3]
+            [[run]]
+            fold = "square"
+            order = 1
+            factor = "dense"
+            ratio = 0.001
+            "#,
+        )
+        .unwrap();
+        let fam: Vec<&str> = cells.iter().map(|c| c.family.as_str()).collect();
+        assert_eq!(
+            fam,
+            ["head-only", "lora", "lora", "tucker-m3", "tucker-m3", "tucker-m3", "tucker-m3", "dense+fastfood"]
+        );
+        assert_eq!(cells[0].args, ["--preset", "minilm-rt", "--steps", "10", "--head-only"]);
+        assert!(cells[2].args.ends_with(&["--rank".into(), "8".into(), "--adapter-lr".into(), "0.01".into()]));
+        let names: BTreeSet<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names.len(), cells.len());
+    }
+
+    #[test]
+    fn bad_grids_name_the_problem() {
+        let e = cells_of("[[run]]\nseed = 3\n").unwrap_err().to_string();
+        assert!(e.contains("`seed` is set by the sweep"), "{e}");
+        let e = cells_of("[train]\nrank = [1, 2]\n[[run]]\nfold = \"square\"\n").unwrap_err().to_string();
+        assert!(e.contains("lists belong in [[run]]"), "{e}");
+        let e = cells_of("[[run]]\nrank = []\n").unwrap_err().to_string();
+        assert!(e.contains("empty list"), "{e}");
+        assert!(cells_of("").unwrap_err().to_string().contains("no [[run]]"));
+        assert!(cells_of("bogus = 1\n[[run]]\nrank = 1\n").unwrap_err().to_string().contains("bogus"));
+    }
+}

@@ -1,0 +1,122 @@
+//! `superlora sweep` + `plot` on real assets, small: 2 configs x 2 seeds of DINOv2 ViT-S on the 5k
+//! MNIST digits at 28 px for a few steps. The CSV has one well-formed row per run, a second
+//! `sweep` reruns nothing, and `plot` writes a PNG and an SVG that are images with content, and a
+//! Markdown report. Assets come from `scripts/setup-assets.sh` (the test names it if missing).
+
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_superlora")
+}
+
+fn grid(onnx: &Path) -> String {
+    format!(
+        r#"
+seeds = [0, 1]
+[train]
+dataset = "mnist5k"
+model = "{}"
+image-size = 28
+batch-size = 16
+eval-batch-size = 100
+eval-limit = 100
+final-eval-limit = 100
+steps = 6
+eval-every = 3
+head-lr = 1e-2
+
+[[run]]
+family = "lora"
+rank = 1
+adapter-lr = 3e-3
+
+[[run]]
+fold = "square"
+groups = 4
+order = 3
+factor = "tucker"
+rank = 2
+adapter-lr = 1e-2
+"#,
+        onnx.display()
+    )
+}
+
+#[test]
+fn a_small_sweep_writes_results_and_plots() {
+    let onnx = superlora_data::cache_dir().unwrap().join("assets/dinov2-onnx/vit_s_focus.onnx");
+    assert!(onnx.exists(), "missing {}: run `scripts/setup-assets.sh dinov2-onnx mnist-5k font`", onnx.display());
+    let dir = tempfile::tempdir().unwrap();
+    let grid_path = dir.path().join("grid.toml");
+    std::fs::write(&grid_path, grid(&onnx)).unwrap();
+    let out = dir.path().join("sweep");
+    let sweep = || {
+        Command::new(bin())
+            .args(["sweep", "--no-progress", "--grid", grid_path.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = sweep();
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let csv_path = out.join("results.csv");
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let headers: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(headers[..4], ["cell", "family", "config", "seed"]);
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let mut families: Vec<&str> = rows.iter().map(|r| &r[col("family")]).collect();
+    families.sort();
+    assert_eq!(families, ["lora", "lora", "tucker-m3", "tucker-m3"]);
+    for row in &rows {
+        let params: usize = row[col("adapter_params")].parse().unwrap();
+        let expect = if &row[col("family")] == "lora" { 24 * (384 + 384) } else { 0 };
+        if expect > 0 {
+            assert_eq!(params, expect);
+        } else {
+            assert!(params > 0 && params < 24 * (384 + 384), "{params}");
+        }
+        for c in ["best_valid_acc", "test_acc_at_best", "final_test_acc"] {
+            let v: f64 = row[col(c)].parse().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{c} = {v}");
+        }
+        assert!(row[col("wall_s")].parse::<f64>().unwrap() > 0.0);
+        assert!(row[col("samples_per_s")].parse::<f64>().unwrap() > 0.0);
+    }
+    // Resumable: a second sweep runs nothing and leaves the CSV as it was.
+    let o = sweep();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 to go"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&csv_path).unwrap(), text);
+
+    let o = Command::new(bin()).args(["plot", csv_path.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // PNG: decodes, the promised size, and a real drawing (many non-white pixels, several colours).
+    let png_path = out.join("accuracy_vs_params.png");
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (1200, 750));
+    let px = &buf[..info.buffer_size()];
+    let channels = px.len() / (1200 * 750);
+    let pixels: Vec<&[u8]> = px.chunks(channels).collect();
+    let non_white = pixels.iter().filter(|p| p[..3] != [255, 255, 255]).count();
+    assert!(non_white > 10_000, "only {non_white} non-white pixels");
+    let colours: std::collections::BTreeSet<[u8; 3]> =
+        pixels.iter().filter(|p| p[0] != p[1] || p[1] != p[2]).map(|p| [p[0], p[1], p[2]]).collect();
+    assert!(colours.len() > 5, "the series are not coloured");
+    // SVG: an SVG document with the labels.
+    let svg = std::fs::read_to_string(out.join("accuracy_vs_params.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
+    for label in ["trainable adapter parameters", "test accuracy", "lora", "tucker-m3"] {
+        assert!(svg.contains(label), "SVG lacks `{label}`");
+    }
+    let md = std::fs::read_to_string(out.join("accuracy_vs_params.md")).unwrap();
+    assert!(md.contains("Pareto front") && md.contains("| lora |"), "{md}");
+    // Outputs are not replaced without --force.
+    let o = Command::new(bin()).args(["plot", csv_path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
