@@ -86,6 +86,9 @@ const RESERVED: [&str; 5] = ["seed", "out", "resume", "force", "no-progress"];
 
 fn scalar(key: &str, v: &toml::Value) -> Result<Option<String>> {
     Ok(match v {
+        toml::Value::String(s) if s == "@" => bail!(InputError(format!(
+            "`{key}` = \"@\" is a placeholder for a value chosen on validation: fill it in with scripts/pick_lrs.py (see scripts/study.sh)"
+        ))),
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
@@ -454,5 +457,6 @@ mod tests {
         assert!(e.contains("empty list"), "{e}");
         assert!(cells_of("").unwrap_err().to_string().contains("no [[run]]"));
         assert!(cells_of("bogus = 1\n[[run]]\nrank = 1\n").unwrap_err().to_string().contains("bogus"));
+        assert!(cells_of("[[run]]\nadapter-lr = \"@\"\n").unwrap_err().to_string().contains("pick_lrs"));
     }
 }

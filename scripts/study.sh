@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The parameter-efficiency study of docs/RESULTS.md for one preset (default: both):
+#   1. selection sweep (sweeps/<preset>-select.toml): each family's adapter learning rate, on the
+#      validation split, seed 0, 120 steps;
+#   2. the chosen rates written into the study grid (scripts/pick_lrs.py);
+#   3. the study sweep: every config x 3 seeds, 300 steps;
+#   4. the plot, Pareto table and claims into docs/results/<preset>/.
+# Every step is resumable: run the script again after an interruption.
+#
+#   scripts/study.sh [PRESET...]        BIN=target/release/superlora by default
+set -euo pipefail
+BIN=${BIN:-target/release/superlora}
+PRESETS=("$@")
+[ ${#PRESETS[@]} -eq 0 ] && PRESETS=(minilm-rt vit-fmnist)
+for preset in "${PRESETS[@]}"; do
+  root="runs/study/$preset"
+  "$BIN" sweep --grid "sweeps/$preset-select.toml" --out "$root/select"
+  mkdir -p "$root"
+  python3 scripts/pick_lrs.py "$root/select/results.csv" "sweeps/$preset-study.toml" >"$root/study.toml"
+  "$BIN" sweep --grid "$root/study.toml" --out "$root/study"
+  "$BIN" plot "$root/study/results.csv" --out "docs/results/$preset" --force \
+    --title "$preset: test accuracy vs trainable adapter parameters"
+done
