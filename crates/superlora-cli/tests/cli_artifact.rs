@@ -177,7 +177,7 @@ fn a_corpus_of_corrupted_adapters_is_refused_with_exit_code_2() {
                     t.remove("group.0.lora_a");
                 })
             }),
-            "`group.0.lora_a` is missing",
+            "holds only",
         ),
         (
             "unknown config field",
