@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         args::Command::Sweep(a) => commands::sweep::run(a),
         args::Command::Plot(a) => commands::plot::run(a),
         args::Command::Unmerge(a) => commands::merge::unmerge(a),
+        args::Command::Diffusion(a) => commands::diffusion::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

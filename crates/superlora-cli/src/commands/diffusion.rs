@@ -1,0 +1,553 @@
+//! `superlora diffusion {pretrain, transfer, sample, classifier, eval}`: the class-conditional
+//! diffusion experiment (issue 6, docs/DIFFUSION.md). Flags are resolved here into the library's
+//! settings (`superlora_diffusion`); run folders follow `train`: run.json checked on --resume,
+//! never overwritten without --force.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use superlora_core::{LayerShape, SuperLora};
+use superlora_diffusion::classifier::{Classifier, ClassifierSettings};
+use superlora_diffusion::data::{self, DiffusionDataset, Splits};
+use superlora_diffusion::frechet::{Gaussian, frechet_distance};
+use superlora_diffusion::sampler::{SampleSettings, sample};
+use superlora_diffusion::train::{TrainSettings, Trainee, load_base, save_base, train};
+use superlora_diffusion::{BetaSchedule, Dit, DitConfig};
+use superlora_io::TargetPattern;
+use superlora_models::adapt::Deltas;
+use superlora_train::artifact;
+use superlora_train::schedule::Schedule;
+
+use crate::args::{
+    BetaScheduleArg, DiffusionClassifierArgs, DiffusionCommand, DiffusionDatasetArg, DiffusionEvalArgs,
+    DiffusionPretrainArgs, DiffusionSampleArgs, DiffusionSamplingFlags, DiffusionTrainFlags, DiffusionTransferArgs,
+    ScheduleArg,
+};
+use crate::settings::{InputError, resolve_adapter};
+
+/// `base_model.kind` of diffusion adapters.
+const BASE_KIND: &str = "superlora-dit";
+/// Default adapted weights: every attention projection.
+const DEFAULT_TARGETS: &str = "query,key,value,output";
+
+/// Runs a diffusion verb.
+pub fn run(cmd: &DiffusionCommand) -> Result<()> {
+    match cmd {
+        DiffusionCommand::Pretrain(a) => pretrain(a),
+        DiffusionCommand::Transfer(a) => transfer(a),
+        DiffusionCommand::Sample(a) => sample_grid(a),
+        DiffusionCommand::Classifier(a) => classifier(a),
+        DiffusionCommand::Eval(a) => eval(a),
+    }
+}
+
+/// Input errors of the library become [`InputError`]s (exit code 2).
+fn lift(e: superlora_diffusion::Error) -> anyhow::Error {
+    if e.is_input() { InputError(e.to_string()).into() } else { anyhow::Error::new(e) }
+}
+
+fn dataset(d: DiffusionDatasetArg) -> DiffusionDataset {
+    match d {
+        DiffusionDatasetArg::Mnist5k => DiffusionDataset::Mnist5k,
+        DiffusionDatasetArg::MnistNpm => DiffusionDataset::MnistNpm,
+        DiffusionDatasetArg::FashionMnist => DiffusionDataset::FashionMnist,
+    }
+}
+
+fn dataset_name(d: DiffusionDataset) -> String {
+    serde_json::to_value(d).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{d:?}"))
+}
+
+fn load_data(d: DiffusionDataset) -> Result<Splits> {
+    superlora_diffusion::data::load(d)
+        .map_err(lift)
+        .with_context(|| format!("loading {} (fetch it with `scripts/setup-assets.sh {}`)", dataset_name(d), d.asset()))
+}
+
+/// The optimisation settings of pretrain/transfer with the stage's defaults.
+fn train_settings(f: &DiffusionTrainFlags, steps: u64, lr: f64, eval_every: u64, seed: u64) -> Result<TrainSettings> {
+    let steps = f.steps.unwrap_or(steps);
+    let s = TrainSettings {
+        steps,
+        batch_size: f.batch_size,
+        lr: f.lr.unwrap_or(lr),
+        weight_decay: f.weight_decay,
+        schedule: match f.schedule {
+            Some(ScheduleArg::Constant) => Schedule::Constant,
+            Some(ScheduleArg::Linear) => Schedule::Linear,
+            Some(ScheduleArg::Cosine) | None => Schedule::Cosine,
+        },
+        warmup: f.warmup.unwrap_or(steps / 50),
+        max_grad_norm: (f.max_grad_norm > 0.0).then_some(f.max_grad_norm),
+        label_dropout: f.label_dropout,
+        eval_every: f.eval_every.unwrap_or(eval_every),
+        heldout_limit: f.heldout,
+        eval_batch_size: f.eval_batch_size.max(1),
+        seed,
+    };
+    if steps == 0 {
+        bail!(InputError("--steps must be at least 1".into()));
+    }
+    s.validate().map_err(|e| lift(e).context("invalid training flags"))?;
+    Ok(s)
+}
+
+/// Prepares the run folder: --force deletes it, an existing run needs --resume with the same
+/// settings, a fresh run gets run.json.
+fn prepare_run(out: &Path, f: &DiffusionTrainFlags, spec: &serde_json::Value) -> Result<()> {
+    if f.force && out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {} (--force)", out.display()))?;
+    }
+    let run_json = out.join("run.json");
+    if !f.resume && run_json.exists() {
+        bail!(InputError(format!(
+            "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
+    if f.resume && run_json.exists() {
+        let text = std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?;
+        let previous: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a run description", run_json.display()))?;
+        if &previous != spec {
+            bail!(InputError(format!(
+                "{} was started with different settings (see its run.json); resume with the same flags",
+                out.display()
+            )));
+        }
+    } else {
+        std::fs::write(&run_json, serde_json::to_string_pretty(spec)?)
+            .with_context(|| format!("writing {}", run_json.display()))?;
+    }
+    Ok(())
+}
+
+fn pretrain(a: &DiffusionPretrainArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let ds = dataset(a.dataset);
+    let config = DitConfig {
+        width: a.width,
+        depth: a.depth,
+        heads: a.heads,
+        mlp: a.mlp.unwrap_or(2 * a.width),
+        timesteps: a.timesteps,
+        schedule: match a.beta_schedule {
+            BetaScheduleArg::Cosine => BetaSchedule::Cosine,
+            BetaScheduleArg::Linear => BetaSchedule::Linear,
+        },
+        ..DitConfig::default()
+    };
+    config
+        .validate()
+        .map_err(|e| lift(e).context("invalid model flags (--width, --depth, --heads, --mlp, --timesteps)"))?;
+    let settings = train_settings(&a.train, 10_000, 1e-3, 1000, a.seed)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("diffusion-base-{}-s{}", dataset_name(ds), a.seed)));
+    let spec = serde_json::json!({
+        "stage": "pretrain",
+        "dataset": ds,
+        "model": config,
+        "model_seed": a.seed,
+        "train": settings,
+    });
+    let data = load_data(ds)?;
+    if data.train.h * data.train.w != config.pixels() || data.classes().len() != config.classes {
+        bail!(InputError(format!("{} is not 10 classes of 28x28 images", dataset_name(ds))));
+    }
+    prepare_run(&out, &a.train, &spec)?;
+    let model = Dit::new(config, a.seed, &device).map_err(lift)?;
+    eprintln!(
+        "pretraining a DiT (width {}, depth {}, heads {}, T = {}) with {} parameters on {}",
+        model.config().width,
+        model.config().depth,
+        model.config().heads,
+        model.config().timesteps,
+        model.num_params(),
+        dataset_name(ds)
+    );
+    let summary = train(&model, Trainee::Base, &data, &settings, spec, &out, a.train.resume, !a.train.no_progress)
+        .map_err(lift)?;
+    let base = out.join("base.safetensors");
+    let classes = serde_json::to_string(data.classes())?;
+    save_base(
+        &base,
+        &model,
+        &[("dataset", dataset_name(ds)), ("classes", classes), ("steps", summary.steps.to_string())],
+    )
+    .map_err(lift)?;
+    println!(
+        "held-out loss {:.4} after {} steps; {} parameters; {:.1} s, {:.1} images/s; base written to {}",
+        summary.final_heldout_loss,
+        summary.steps,
+        summary.trainable_params,
+        summary.train_seconds,
+        summary.samples_per_s,
+        base.display()
+    );
+    Ok(())
+}
+
+/// Loads --base, with a message naming the flag.
+fn base(path: &Path, device: &Device) -> Result<(Dit, std::collections::HashMap<String, String>)> {
+    if !path.is_file() {
+        bail!(InputError(format!(
+            "--base {} does not exist (write one with `superlora diffusion pretrain`)",
+            path.display()
+        )));
+    }
+    load_base(path, device).map_err(lift).with_context(|| format!("reading --base {}", path.display()))
+}
+
+fn transfer(a: &DiffusionTransferArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let (model, _) = base(&a.base, &device)?;
+    let sha = artifact::file_sha256(&a.base)?;
+    let ds = dataset(a.dataset);
+    let pattern = match (&a.targets, &a.targets_regex) {
+        (_, Some(re)) => TargetPattern::regex(re)?,
+        (Some(t), None) => TargetPattern::names(t)?,
+        (None, None) => TargetPattern::names(DEFAULT_TARGETS)?,
+    };
+    let targets = superlora_models::adapt::select(&model.linears(), &pattern)
+        .map_err(|e| InputError(format!("--targets/--targets-regex: {e}")))?;
+    let cfg = resolve_adapter(&a.adapter)?;
+    let seed = a.adapter.seed.unwrap_or(0);
+    let settings = train_settings(&a.train, 2000, 1e-3, 250, seed)?;
+    let slug = super::train::adapter_slug(Some(&cfg));
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("diffusion-transfer-{}-{slug}-s{seed}", dataset_name(ds)))
+    });
+    let mut data = load_data(ds)?;
+    if data.classes().len() != model.config().classes || data.train.h * data.train.w != model.config().pixels() {
+        bail!(InputError(format!(
+            "{} has {} classes of {}x{} images; the base expects {} classes of {}x{}",
+            dataset_name(ds),
+            data.classes().len(),
+            data.train.h,
+            data.train.w,
+            model.config().classes,
+            model.config().image,
+            model.config().image
+        )));
+    }
+    if let Some(n) = a.train_subset {
+        let all: Vec<usize> = (0..data.train.n).collect();
+        let idx = superlora_data::subset(&all, &data.train.labels, superlora_data::SubsetSize::Total(n), seed)
+            .context("--train-subset")?;
+        data.train = data.train.select(&idx)?;
+    }
+    let spec = serde_json::json!({
+        "stage": "transfer",
+        "base": a.base,
+        "base_sha256": sha,
+        "dataset": ds,
+        "train_subset": a.train_subset,
+        "targets": targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "adapter": cfg,
+        "train": settings,
+    });
+    prepare_run(&out, &a.train, &spec)?;
+    let adapter = SuperLora::from_shapes(&targets, &cfg, candle_core::DType::F32, &device)?;
+    eprintln!(
+        "adapter: {slug} on {} weights ({} entries) → {} trainable parameters; base frozen ({} parameters)",
+        targets.len(),
+        adapter.plan().total_entries,
+        adapter.num_trainable(),
+        model.num_params()
+    );
+    let trainee = Trainee::Adapter { adapter: &adapter, targets: &targets };
+    let summary =
+        train(&model, trainee, &data, &settings, spec, &out, a.train.resume, !a.train.no_progress).map_err(lift)?;
+    let file = artifact::AdapterFile {
+        format: artifact::FORMAT.into(),
+        format_version: artifact::FORMAT_VERSION,
+        adapter: Some(cfg),
+        targets: targets
+            .iter()
+            .map(|t| artifact::Target { name: t.name.clone(), rows: t.rows, cols: t.cols })
+            .collect(),
+        rules: artifact::Rules::current(),
+        base_model: artifact::BaseModel { kind: BASE_KIND.into(), path: a.base.display().to_string(), sha256: sha },
+        head: None,
+        trainable_params: adapter.num_trainable(),
+        head_params: 0,
+        projection_saved: false,
+        task: serde_json::json!({ "experiment": "diffusion-transfer", "dataset": ds, "classes": data.classes() }),
+    };
+    let dir = out.join("adapter");
+    artifact::save(&dir, &file, Some(&adapter), None, true).with_context(|| format!("writing {}", dir.display()))?;
+    println!(
+        "held-out loss {:.4} after {} steps; adapter {} parameters; {:.1} s, {:.1} images/s; adapter written to {}",
+        summary.final_heldout_loss,
+        summary.steps,
+        summary.trainable_params,
+        summary.train_seconds,
+        summary.samples_per_s,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The model of --base and, with --adapter, its ΔW (checked to belong to this base), the class
+/// names, the dataset the model last learned, and the adapter's parameter count.
+struct Loaded {
+    model: Dit,
+    deltas: Deltas,
+    classes: Vec<String>,
+    dataset: Option<DiffusionDataset>,
+    adapter_params: usize,
+}
+
+fn load_model(base_path: &Path, adapter: Option<&Path>, device: &Device) -> Result<Loaded> {
+    let (model, meta) = base(base_path, device)?;
+    let mut classes: Vec<String> = meta.get("classes").and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+    let mut ds: Option<DiffusionDataset> =
+        meta.get("dataset").and_then(|d| serde_json::from_value(serde_json::Value::String(d.clone())).ok());
+    let Some(dir) = adapter else {
+        return Ok(Loaded { model, deltas: Deltas::none(), classes, dataset: ds, adapter_params: 0 });
+    };
+    let loaded = artifact::load(dir, device).with_context(|| format!("reading --adapter {}", dir.display()))?;
+    let sha = artifact::file_sha256(base_path)?;
+    if loaded.file.base_model.kind != BASE_KIND || loaded.file.base_model.sha256 != sha {
+        bail!(InputError(format!(
+            "--adapter {} was trained on {} ({} {}), not on --base {} (sha256 {sha})",
+            dir.display(),
+            loaded.file.base_model.path,
+            loaded.file.base_model.kind,
+            loaded.file.base_model.sha256,
+            base_path.display()
+        )));
+    }
+    let Some(a) = loaded.adapter else { bail!(InputError(format!("--adapter {} holds no adapter", dir.display()))) };
+    let targets: Vec<LayerShape> = loaded.targets;
+    let d: Vec<Tensor> = a.delta_weights()?.iter().map(Tensor::detach).collect();
+    let deltas = Deltas::new(&targets, &d)?;
+    deltas.check_against(&model.linears())?;
+    if let Some(c) = loaded.file.task.get("classes").and_then(|c| serde_json::from_value(c.clone()).ok()) {
+        classes = c;
+    }
+    if let Some(d) = loaded.file.task.get("dataset").and_then(|d| serde_json::from_value(d.clone()).ok()) {
+        ds = Some(d);
+    }
+    Ok(Loaded { model, deltas, classes, dataset: ds, adapter_params: a.num_trainable() })
+}
+
+fn sample_settings(f: &DiffusionSamplingFlags) -> SampleSettings {
+    SampleSettings { steps: f.steps, guidance: f.guidance, eta: f.eta, seed: f.seed, batch: f.batch_size.max(1) }
+}
+
+fn images_bar(total: usize, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {msg} {pos}/{len} [{bar:30}] {elapsed_precise} < {eta_precise}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Refuses to replace `path` without --force (`flag` names the output flag).
+fn check_output(path: &Path, force: bool, flag: &str) -> Result<()> {
+    if path.exists() && !force {
+        bail!(InputError(format!("{flag} {} already exists; pass --force to replace it", path.display())));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
+    let device = Device::Cpu;
+    check_output(&a.out, a.force, "--out")?;
+    if a.per_class == 0 {
+        bail!(InputError("--per-class must be at least 1".into()));
+    }
+    let m = load_model(&a.base, a.adapter.as_deref(), &device)?;
+    let classes = m.model.config().classes;
+    let labels: Vec<u32> = (0..classes as u32).flat_map(|c| std::iter::repeat_n(c, a.per_class)).collect();
+    let pb = images_bar(labels.len(), "sampling", true);
+    let t0 = Instant::now();
+    let x = sample(&m.model, &m.deltas, &labels, &sample_settings(&a.sampling), &mut |n| pb.set_position(n as u64))
+        .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta)"))?;
+    pb.finish_and_clear();
+    let side = m.model.config().image;
+    superlora_diffusion::grid::write_png(&a.out, &data::to_bytes(&x), classes, a.per_class, side).map_err(lift)?;
+    for (r, name) in m.classes.iter().enumerate() {
+        eprintln!("row {r}: {name}");
+    }
+    println!(
+        "{} samples ({} per class, guidance {}, {} DDIM steps) in {:.1} s written to {}",
+        labels.len(),
+        a.per_class,
+        a.sampling.guidance,
+        a.sampling.steps,
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn classifier(a: &DiffusionClassifierArgs) -> Result<()> {
+    let device = Device::Cpu;
+    check_output(&a.out, a.force, "--out")?;
+    let ds = dataset(a.dataset);
+    let data = load_data(ds)?;
+    let c = Classifier::new(data.train.h * data.train.w, data.classes().to_vec(), a.seed, &device).map_err(lift)?;
+    let s = ClassifierSettings { epochs: a.epochs.max(1), batch_size: a.batch_size, lr: a.lr, seed: a.seed };
+    let t0 = Instant::now();
+    let pb = if a.no_progress { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} < {eta_precise} {msg}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    let (mut loss_sum, mut acc_sum, mut n) = (0f64, 0f64, 0f64);
+    c.fit(&data.train, &s, &device, &mut |step, total, loss, acc| {
+        pb.set_length(total);
+        pb.set_position(step);
+        (loss_sum, acc_sum, n) = (loss_sum + loss, acc_sum + acc, n + 1.0);
+        if step % 50 == 0 {
+            pb.set_message(format!("loss {:.4} acc {:.3}", loss_sum / n, acc_sum / n));
+            (loss_sum, acc_sum, n) = (0.0, 0.0, 0.0);
+        }
+    })
+    .map_err(lift)?;
+    pb.finish_and_clear();
+    let acc = c.accuracy(&data.heldout, usize::MAX, &device).map_err(lift)?;
+    c.save(&a.out, &[("dataset", dataset_name(ds)), ("heldout_accuracy", format!("{acc:.6}"))]).map_err(lift)?;
+    println!(
+        "held-out accuracy {acc:.4} on {} {} images; {:.1} s; classifier written to {}",
+        data.heldout.n,
+        dataset_name(ds),
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// What `diffusion eval` reports (also its --json).
+#[derive(Serialize)]
+struct EvalReport {
+    base: String,
+    adapter: Option<String>,
+    adapter_params: usize,
+    dataset: DiffusionDataset,
+    heldout_loss: f64,
+    heldout_eps_loss: f64,
+    heldout_images: usize,
+    conditional_accuracy: f64,
+    frechet_distance: f64,
+    generated_images: usize,
+    real_images: usize,
+    classifier_accuracy_on_real: f64,
+    guidance: f64,
+    ddim_steps: usize,
+    eta: f64,
+    seed: u64,
+    seconds: f64,
+}
+
+fn eval(a: &DiffusionEvalArgs) -> Result<()> {
+    let device = Device::Cpu;
+    if let Some(j) = &a.json {
+        check_output(j, a.force, "--json")?;
+    }
+    if a.per_class == 0 || a.real < 2 || a.heldout == 0 {
+        bail!(InputError("--per-class and --heldout must be at least 1, --real at least 2".into()));
+    }
+    let t0 = Instant::now();
+    let m = load_model(&a.base, a.adapter.as_deref(), &device)?;
+    let ds = match (a.dataset, m.dataset) {
+        (Some(d), _) => dataset(d),
+        (None, Some(d)) => d,
+        (None, None) => bail!(InputError("give --dataset: neither --base nor --adapter names one".into())),
+    };
+    let data = load_data(ds)?;
+    if !a.classifier.is_file() {
+        bail!(InputError(format!(
+            "--classifier {} does not exist (train one with `superlora diffusion classifier --dataset {}`)",
+            a.classifier.display(),
+            dataset_name(ds)
+        )));
+    }
+    let clf = Classifier::load(&a.classifier, &device).map_err(lift)?;
+    if clf.classes != data.classes() || clf.pixels != m.model.config().pixels() {
+        bail!(InputError(format!(
+            "--classifier {} knows the classes {:?}, but {} has {:?}; train one on that dataset",
+            a.classifier.display(),
+            clf.classes,
+            dataset_name(ds),
+            data.classes()
+        )));
+    }
+    let heldout_images = a.heldout.min(data.heldout.n);
+    let heldout_loss = data::heldout_loss(&m.model, &m.deltas, &data.heldout, heldout_images, 250).map_err(lift)?;
+    let classes = m.model.config().classes;
+    let labels: Vec<u32> = (0..classes as u32).flat_map(|c| std::iter::repeat_n(c, a.per_class)).collect();
+    let pb = images_bar(labels.len(), "sampling", !a.no_progress);
+    let x = sample(&m.model, &m.deltas, &labels, &sample_settings(&a.sampling), &mut |n| pb.set_position(n as u64))
+        .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta)"))?;
+    pb.finish_and_clear();
+    let (gen_features, preds) = clf.features_and_predictions(&x, 500, &device).map_err(lift)?;
+    let right = preds.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    let real_idx: Vec<usize> = (0..a.real.min(data.heldout.n)).collect();
+    let real_x = data::pixels(&data.heldout, &real_idx).map_err(lift)?;
+    let (real_features, real_preds) = clf.features_and_predictions(&real_x, 500, &device).map_err(lift)?;
+    let real_right = real_preds.iter().zip(data::labels(&data.heldout, &real_idx)).filter(|(p, l)| **p == *l).count();
+    let dim = clf.feature_dim();
+    let fd = frechet_distance(
+        &Gaussian::fit(&gen_features, dim).map_err(lift)?,
+        &Gaussian::fit(&real_features, dim).map_err(lift)?,
+    )
+    .map_err(lift)?;
+    let report = EvalReport {
+        base: a.base.display().to_string(),
+        adapter: a.adapter.as_ref().map(|p| p.display().to_string()),
+        adapter_params: m.adapter_params,
+        dataset: ds,
+        heldout_loss: heldout_loss.v,
+        heldout_eps_loss: heldout_loss.eps,
+        heldout_images,
+        conditional_accuracy: right as f64 / labels.len() as f64,
+        frechet_distance: fd,
+        generated_images: labels.len(),
+        real_images: real_idx.len(),
+        classifier_accuracy_on_real: real_right as f64 / real_idx.len() as f64,
+        guidance: a.sampling.guidance,
+        ddim_steps: a.sampling.steps,
+        eta: a.sampling.eta,
+        seed: a.sampling.seed,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    println!("dataset                      {}", dataset_name(ds));
+    println!("adapter parameters           {}", report.adapter_params);
+    println!(
+        "held-out denoising loss      {:.5} v, {:.5} ε ({} images)",
+        report.heldout_loss, report.heldout_eps_loss, report.heldout_images
+    );
+    println!(
+        "conditional accuracy         {:.4} ({} guided samples)",
+        report.conditional_accuracy, report.generated_images
+    );
+    println!("Fréchet distance             {:.4} (vs {} real images)", report.frechet_distance, report.real_images);
+    println!("classifier accuracy on real  {:.4}", report.classifier_accuracy_on_real);
+    if let Some(j) = &a.json {
+        let tmp = j.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, j).with_context(|| format!("writing --json {}", j.display()))?;
+    }
+    Ok(())
+}
