@@ -20,7 +20,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use superlora_core::{LayerShape, SuperLora};
 use superlora_data::EpochOrder;
@@ -33,6 +32,7 @@ use superlora_train::schedule::Schedule;
 use crate::data::{self, Splits};
 use crate::dit::{Dit, Mode};
 use crate::{Error, Result, io_err, seeds};
+use superlora_train::trainer::{bar, say};
 
 /// How to train (saved in `run.json`; a resume must present the same).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -202,24 +202,6 @@ pub fn step_loss(
     };
     let pred = model.predict_v(&xt, &t, &labels, &deltas, mode)?;
     Ok(((pred - v)?.sqr()?.mean_all()?, tape))
-}
-
-fn bar(total: u64, done: u64, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total);
-    pb.set_position(done);
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} < {eta_precise} {msg}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
-}
-
-fn say(pb: &ProgressBar, line: &str) {
-    if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
 }
 
 /// Trains `trainee` of `model` on `data.train`, writing `metrics.jsonl`, `checkpoints/` and

@@ -142,7 +142,8 @@ pub fn evaluate(task: &dyn Task, model: &Trainable, split: Split, batch: usize, 
     Ok(right as f64 / n as f64)
 }
 
-fn bar(total: u64, done: u64, show: bool) -> ProgressBar {
+/// The project's step progress bar (hidden when `show` is false), resumed at `done`.
+pub fn bar(total: u64, done: u64, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -156,7 +157,8 @@ fn bar(total: u64, done: u64, show: bool) -> ProgressBar {
     pb
 }
 
-fn say(pb: &ProgressBar, line: &str) {
+/// Prints a line above the bar (or on stderr when the bar is hidden).
+pub fn say(pb: &ProgressBar, line: &str) {
     if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
 }
 
