@@ -158,6 +158,22 @@ pub struct AdapterArgs {
     pub seed: Option<u64>,
 }
 
+impl AdapterArgs {
+    /// Whether any flag that shapes the adapter (or `--config`) was given; `--scale` and `--seed`
+    /// do not change which parameters exist, so they are not counted.
+    pub fn shapes_adapter(&self) -> bool {
+        self.config.is_some()
+            || self.fold.is_some()
+            || self.groups.is_some()
+            || self.order.is_some()
+            || self.factor.is_some()
+            || self.rank.is_some()
+            || self.kron.is_some()
+            || self.projection.is_some()
+            || self.ratio.is_some()
+    }
+}
+
 /// `superlora plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {

@@ -246,6 +246,26 @@ fn budget_lists_configs_at_or_under_the_budget() {
         assert!(x["params"].as_u64().unwrap() <= 1000, "{x}");
     }
     assert!(c.iter().any(|x| x["params"] == 1000 && x["family"] == "dense M=1 + fastfood"));
-    let o = superlora(&["plan", "--shapes", "768x768*24", "--budget", "1000", "--rank", "2"]);
-    assert_eq!(o.status.code(), Some(2));
+    // Every flag that shapes the adapter is refused with --budget (it searches them all).
+    let shaping: [&[&str]; 9] = [
+        &["--rank", "2"],
+        &["--fold", "square"],
+        &["--groups", "4"],
+        &["--order", "3"],
+        &["--factor", "tucker"],
+        &["--kron", "2"],
+        &["--projection", "shuffle"],
+        &["--ratio", "0.01"],
+        &["--config", "adapter.toml"],
+    ];
+    for flag in shaping {
+        let mut args = vec!["plan", "--shapes", "768x768*24", "--budget", "1000"];
+        args.extend_from_slice(flag);
+        let o = superlora(&args);
+        assert_eq!(o.status.code(), Some(2), "{flag:?}");
+        assert!(stderr(&o).contains("drop the adapter settings"), "{flag:?}: {}", stderr(&o));
+    }
+    // --seed and --scale do not change the count: allowed.
+    let o = superlora(&["plan", "--shapes", "768x768*24", "--budget", "1000", "--seed", "3", "--scale", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -246,3 +246,15 @@ fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
         }
     }
 }
+
+#[test]
+fn head_only_refuses_adapter_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = base_args(&out); // carries --rank 2
+    args.push("--head-only".into());
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--head-only trains no adapter"));
+    assert!(!out.exists(), "nothing is written for a refused run");
+}

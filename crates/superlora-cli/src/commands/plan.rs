@@ -30,17 +30,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
 
 /// `plan --budget`: the configs closest to the budget, per family.
 fn budget_table(shapes: &[superlora_core::LayerShape], budget: usize, args: &PlanArgs) -> Result<()> {
-    let a = &args.adapter;
-    if a.fold.is_some()
-        || a.groups.is_some()
-        || a.order.is_some()
-        || a.factor.is_some()
-        || a.rank.is_some()
-        || a.kron.is_some()
-        || a.projection.is_some()
-        || a.ratio.is_some()
-        || a.config.is_some()
-    {
+    if args.adapter.shapes_adapter() {
         return Err(
             crate::settings::InputError("--budget searches every config; drop the adapter settings".into()).into()
         );

@@ -95,17 +95,7 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
         bail!(InputError(format!("model {} is missing: run `scripts/setup-assets.sh {hint}`", model.display())));
     }
     let adapter = if args.head_only {
-        let a = &args.adapter;
-        if a.fold.is_some()
-            || a.groups.is_some()
-            || a.order.is_some()
-            || a.factor.is_some()
-            || a.rank.is_some()
-            || a.kron.is_some()
-            || a.projection.is_some()
-            || a.ratio.is_some()
-            || a.config.is_some()
-        {
+        if args.adapter.shapes_adapter() {
             bail!(InputError("--head-only trains no adapter; drop the adapter flags".into()));
         }
         None

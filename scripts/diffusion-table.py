@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Print docs/DIFFUSION.md's result tables from a diffusion run root (default runs/diffusion).
+
+  python3 scripts/diffusion-table.py [ROOT]
+
+Reads <root>/eval/<name>.json (from `superlora diffusion eval --json`), <root>/<name>/summary.json
+(from `superlora diffusion transfer`/`pretrain`) and <root>/probe/*/ (the learning-rate probes).
+"""
+import json
+import os
+import sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "runs/diffusion"
+ROWS = [
+    ("base-mnist", "base on MNIST (reference)", "—", "base"),
+    ("base-fmnist", "base prompted with Fashion-MNIST classes (before transfer)", "—", "base"),
+    ("lora-r1", "LoRA r=1", "`--rank 1`", "lora-r1"),
+    ("lora-r8", "LoRA r=8", "`--rank 8`", "lora-r8"),
+    ("square2d", "square 2D, G=4, r=2", "`--fold square --groups 4 --order 2 --factor lora --rank 2`", "square2d"),
+    ("tucker-m3", "Tucker M=3, G=8, r=4", "`--fold square --groups 8 --order 3 --factor tucker --rank 4`", "tucker-m3"),
+    ("tucker-m5", "Tucker M=5, G=8, r=3", "`--fold square --groups 8 --order 5 --factor tucker --rank 3`", "tucker-m5"),
+    ("tucker-ff", "Tucker M=3 + fastfood ρ=0.001", "`--fold square --order 3 --factor tucker --rank 3 --ratio 0.001`", "tucker-ff"),
+]
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def lr_of(summary):
+    s = (summary or {}).get("settings") or {}
+    for key in ("lr", "peak_lr"):
+        if key in s:
+            return s[key]
+    train = s.get("train") or {}
+    return train.get("lr")
+
+
+print("| adapter | flags | parameters | lr | held-out loss (v / ε) | conditional accuracy | Fréchet distance | train wall time | images/s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for name, label, flags, run in ROWS:
+    ev = load(os.path.join(ROOT, "eval", name + ".json"))
+    su = load(os.path.join(ROOT, run, "summary.json"))
+    params = ev["adapter_params"] if ev else (su or {}).get("trainable_params", "")
+    if name.startswith("base"):
+        params = 0
+    cells = [label, flags, f"{params:,}" if params != "" else ""]
+    cells.append("—" if name.startswith("base") else (f"{lr_of(su):g}" if su and lr_of(su) is not None else ""))
+    if ev:
+        cells += [f"{ev['heldout_loss']:.4f} / {ev['heldout_eps_loss']:.4f}",
+                  f"{ev['conditional_accuracy']:.3f}", f"{ev['frechet_distance']:.2f}"]
+    else:
+        cells += ["", "", ""]
+    if su and not name.startswith("base"):
+        cells += [f"{su['train_seconds']/60:.1f} min ({su['steps']} steps)", f"{su['samples_per_s']:.0f}"]
+    elif su and name == "base-mnist":
+        cells += [f"{su['train_seconds']/60:.1f} min ({su['steps']} steps, pretraining)", f"{su['samples_per_s']:.0f}"]
+    else:
+        cells += ["—", "—"]
+    print("| " + " | ".join(cells) + " |")
+
+probe = os.path.join(ROOT, "probe")
+if os.path.isdir(probe):
+    print()
+    print("Learning-rate probes (300 steps; mean training loss over steps 151-300; lower is better):")
+    print()
+    print("| adapter | lr → training loss | chosen |")
+    print("|---|---|---|")
+    by = {}
+    for d in sorted(os.listdir(probe)):
+        su = load(os.path.join(probe, d, "summary.json"))
+        if not su or "-lr" not in d:
+            continue
+        name, lr = d.rsplit("-lr", 1)
+        by.setdefault(name, []).append((float(lr), su["final_train_loss"]))
+    for name, _, _, _ in ROWS:
+        if name not in by:
+            continue
+        pts = sorted(by[name])
+        best = min(pts, key=lambda p: p[1])
+        print(f"| {name} | " + ", ".join(f"{lr:g} → {loss:.4f}" for lr, loss in pts) + f" | {best[0]:g} |")
