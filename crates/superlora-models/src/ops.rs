@@ -236,9 +236,7 @@ impl candle_core::CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
-        let CpuStorage::F32(x) = s else { candle_core::bail!("gelu: f32 only") };
-        let x = &x[a..b];
+        let x = f32_slice(s, l, "gelu")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK)).for_each(|(o, x)| {
             for (o, &v) in o.iter_mut().zip(x) {
@@ -269,11 +267,7 @@ impl CustomOp2 for GeluGradOp {
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let (Some((xa, xb)), Some((ga, gb))) = (xl.contiguous_offsets(), gl.contiguous_offsets()) else {
-            candle_core::bail!("gelu grad: inputs must be contiguous")
-        };
-        let (CpuStorage::F32(x), CpuStorage::F32(g)) = (xs, gs) else { candle_core::bail!("gelu grad: f32 only") };
-        let (x, g) = (&x[xa..xb], &g[ga..gb]);
+        let (x, g) = (f32_slice(xs, xl, "gelu grad")?, f32_slice(gs, gl, "gelu grad")?);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK).zip(g.par_chunks(GELU_CHUNK))).for_each(
             |(o, (x, g))| {
