@@ -866,6 +866,9 @@ pub struct DiffusionSampleArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `superlora diffusion classifier`.
@@ -877,8 +880,9 @@ pub struct DiffusionClassifierArgs {
     /// Output .safetensors file.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Passes over the training images.
-    #[arg(long, default_value_t = 5)]
+    /// Passes over the training images (15: MNIST 0.947 / Fashion-MNIST 0.897 held out, against
+    /// 0.896 / 0.880 after 5).
+    #[arg(long, default_value_t = 15)]
     pub epochs: u64,
     /// Images per step.
     #[arg(long, default_value_t = 128)]

@@ -166,6 +166,7 @@ fn pretrain_transfer_sample_classifier_eval() {
         "3",
         "--steps",
         "4",
+        "--no-progress",
     ];
     ok(&sample);
     assert_eq!(png_size(&png), (3 * 30 + 2, 10 * 30 + 2));

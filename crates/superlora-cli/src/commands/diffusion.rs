@@ -377,7 +377,7 @@ fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
     let m = load_model(&a.base, a.adapter.as_deref(), &device)?;
     let classes = m.model.config().classes;
     let labels: Vec<u32> = (0..classes as u32).flat_map(|c| std::iter::repeat_n(c, a.per_class)).collect();
-    let pb = images_bar(labels.len(), "sampling", true);
+    let pb = images_bar(labels.len(), "sampling", !a.no_progress);
     let t0 = Instant::now();
     let x = sample(&m.model, &m.deltas, &labels, &sample_settings(&a.sampling), &mut |n| pb.set_position(n as u64))
         .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta)"))?;
