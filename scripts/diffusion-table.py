@@ -3,7 +3,7 @@
 
   python3 scripts/diffusion-table.py [ROOT]
 
-Reads <root>/eval/<name>.json (from `superlora diffusion eval --json`), <root>/<name>/summary.json
+Reads <root>/eval/<name>-w<w>.json (w = 1, 2) (from `superlora diffusion eval --json`), <root>/<name>/summary.json
 (from `superlora diffusion transfer`/`pretrain`) and <root>/probe/*/ (the learning-rate probes).
 """
 import json
@@ -40,28 +40,34 @@ def lr_of(summary):
     return train.get("lr")
 
 
-print("| adapter | flags | parameters | lr | held-out loss (v / ε) | conditional accuracy | Fréchet distance | train wall time | images/s |")
+print("| adapter | flags | parameters | lr | held-out loss (v / ε) | conditional accuracy, w=1 / w=2 | Fréchet distance, w=1 / w=2 | train wall time | images/s |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, label, flags, run in ROWS:
-    ev = load(os.path.join(ROOT, "eval", name + ".json"))
+    ev = {w: load(os.path.join(ROOT, "eval", f"{name}-w{w}.json")) for w in (1, 2)}
+    any_ev = ev[2] or ev[1]
     su = load(os.path.join(ROOT, run, "summary.json"))
-    params = ev["adapter_params"] if ev else (su or {}).get("trainable_params", "")
-    if name.startswith("base"):
-        params = 0
+    base = name.startswith("base")
+    params = 0 if base else (any_ev["adapter_params"] if any_ev else (su or {}).get("trainable_params", ""))
     cells = [label, flags, f"{params:,}" if params != "" else ""]
-    cells.append("—" if name.startswith("base") else (f"{lr_of(su):g}" if su and lr_of(su) is not None else ""))
-    if ev:
-        cells += [f"{ev['heldout_loss']:.4f} / {ev['heldout_eps_loss']:.4f}",
-                  f"{ev['conditional_accuracy']:.3f}", f"{ev['frechet_distance']:.2f}"]
-    else:
-        cells += ["", "", ""]
-    if su and not name.startswith("base"):
+    cells.append("—" if base else (f"{lr_of(su):g}" if su and lr_of(su) is not None else ""))
+    cells.append(f"{any_ev['heldout_loss']:.4f} / {any_ev['heldout_eps_loss']:.4f}" if any_ev else "")
+    cells.append(" / ".join(f"{ev[w]['conditional_accuracy']:.3f}" if ev[w] else "–" for w in (1, 2)))
+    cells.append(" / ".join(f"{ev[w]['frechet_distance']:.1f}" if ev[w] else "–" for w in (1, 2)))
+    if su and not base:
         cells += [f"{su['train_seconds']/60:.1f} min ({su['steps']} steps)", f"{su['samples_per_s']:.0f}"]
     elif su and name == "base-mnist":
         cells += [f"{su['train_seconds']/60:.1f} min ({su['steps']} steps, pretraining)", f"{su['samples_per_s']:.0f}"]
     else:
         cells += ["—", "—"]
     print("| " + " | ".join(cells) + " |")
+
+print()
+print("Evaluation wall time (1,000 guided samples, 50 DDIM steps, plus the held-out loss and features):")
+print()
+for name, label, _, _ in ROWS:
+    secs = [load(os.path.join(ROOT, "eval", f"{name}-w{w}.json")) for w in (1, 2)]
+    if all(secs):
+        print(f"- {label}: {secs[0]['seconds']:.0f} s at w=1, {secs[1]['seconds']:.0f} s at w=2")
 
 probe = os.path.join(ROOT, "probe")
 if os.path.isdir(probe):
@@ -83,3 +89,14 @@ if os.path.isdir(probe):
         pts = sorted(by[name])
         best = min(pts, key=lambda p: p[1])
         print(f"| {name} | " + ", ".join(f"{lr:g} → {loss:.4f}" for lr, loss in pts) + f" | {best[0]:g} |")
+
+gs = [(w, load(os.path.join(ROOT, "eval", f"guidance-w{w}.json"))) for w in (1, 2, 3)]
+if any(g for _, g in gs):
+    print()
+    print("Guidance scale on the base model, MNIST (500 guided samples, 1,000 real held-out digits):")
+    print()
+    print("| w | conditional accuracy | Fréchet distance |")
+    print("|---:|---:|---:|")
+    for w, g in gs:
+        if g:
+            print(f"| {w} | {g['conditional_accuracy']:.3f} | {g['frechet_distance']:.1f} |")
