@@ -5,7 +5,8 @@
 //! their brightest column inside (or next to) that band and leave the rest of the image dark.
 //! (A plain ε-prediction DiT failed the sample check: see `dit.rs`. Guidance is 1.5 here: after
 //! 600 steps the unconditional model, trained on 10% of the batches, is still poor, and w = 3
-//! extrapolates away from it into wrong bands.)
+//! extrapolated away from it into wrong bands — observed before the sampler re-derived ε from
+//! the clipped x̂₀, a fix that made w = 2 usable on the real base; w = 3 here not re-measured.)
 
 mod common;
 
