@@ -63,23 +63,9 @@ for c in "${CONFIGS[@]}"; do
   done
 done | lanes
 
-best_lr() { # the probe with the lowest final training loss
-  python3 - "$R/probe" "$1" <<'PY'
-import json, os, sys
-root, name = sys.argv[1], sys.argv[2]
-best = None
-for d in os.listdir(root):
-    p = os.path.join(root, d, "summary.json")
-    if d.rsplit("-lr", 1)[0] == name and os.path.isfile(p):
-        loss = json.load(open(p))["final_train_loss"]
-        if best is None or loss < best[0]:
-            best = (loss, d.rsplit("-lr", 1)[1])
-print(best[1])
-PY
-}
 for c in "${CONFIGS[@]}"; do
   IFS='|' read -r name flags _ <<<"$c"
-  lr=$(best_lr "$name")
+  lr=$(python3 scripts/diffusion-table.py --best "$name" "$R")
   resume=$([ -d "$R/$name/checkpoints" ] && echo --resume || true)
   echo "$R/$name/adapter|$BIN diffusion transfer --base $B --out $R/$name $flags --lr $lr --no-progress $resume > $R/$name.log 2>&1"
 done | lanes

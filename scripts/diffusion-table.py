@@ -2,6 +2,7 @@
 """Print docs/DIFFUSION.md's result tables from a diffusion run root (default runs/diffusion).
 
   python3 scripts/diffusion-table.py [ROOT]
+  python3 scripts/diffusion-table.py --best NAME [ROOT]   the chosen learning rate of NAME's probes
 
 Reads <root>/eval/<name>-w<w>.json (w = 1, 2) (from `superlora diffusion eval --json`), <root>/<name>/summary.json
 (from `superlora diffusion transfer`/`pretrain`) and <root>/probe/*/ (the learning-rate probes).
@@ -10,7 +11,11 @@ import json
 import os
 import sys
 
-ROOT = sys.argv[1] if len(sys.argv) > 1 else "runs/diffusion"
+ARGS = sys.argv[1:]
+BEST = ARGS[1] if ARGS[:1] == ["--best"] else None
+if BEST:
+    ARGS = ARGS[2:]
+ROOT = ARGS[0] if ARGS else "runs/diffusion"
 ROWS = [
     ("base-mnist", "base on MNIST (reference)", "—", "base"),
     ("base-fmnist", "base prompted with Fashion-MNIST classes (before transfer)", "—", "base"),
@@ -29,6 +34,31 @@ def load(path):
             return json.load(f)
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def probes(root):
+    """{name: [(lr as written in the folder name, final training loss)]} of <root>/probe/<name>-lr<lr>/."""
+    by = {}
+    probe = os.path.join(root, "probe")
+    for d in sorted(os.listdir(probe)) if os.path.isdir(probe) else []:
+        su = load(os.path.join(probe, d, "summary.json"))
+        if su and "-lr" in d:
+            name, lr = d.rsplit("-lr", 1)
+            by.setdefault(name, []).append((lr, su["final_train_loss"]))
+    return {name: sorted(pts, key=lambda p: float(p[0])) for name, pts in by.items()}
+
+
+def chosen(pts):
+    """The probe with the lowest final training loss."""
+    return min(pts, key=lambda p: p[1])[0]
+
+
+if BEST:
+    pts = probes(ROOT).get(BEST)
+    if not pts:
+        sys.exit(f"no finished probe of {BEST} in {ROOT}/probe")
+    print(chosen(pts))
+    sys.exit(0)
 
 
 def lr_of(summary):
@@ -69,26 +99,18 @@ for name, label, _, _ in ROWS:
     if all(secs):
         print(f"- {label}: {secs[0]['seconds']:.0f} s at w=1, {secs[1]['seconds']:.0f} s at w=2")
 
-probe = os.path.join(ROOT, "probe")
-if os.path.isdir(probe):
+by = probes(ROOT)
+if by:
     print()
     print("Learning-rate probes (300 steps; mean training loss over steps 151-300; lower is better):")
     print()
     print("| adapter | lr → training loss | chosen |")
     print("|---|---|---|")
-    by = {}
-    for d in sorted(os.listdir(probe)):
-        su = load(os.path.join(probe, d, "summary.json"))
-        if not su or "-lr" not in d:
-            continue
-        name, lr = d.rsplit("-lr", 1)
-        by.setdefault(name, []).append((float(lr), su["final_train_loss"]))
     for name, _, _, _ in ROWS:
-        if name not in by:
-            continue
-        pts = sorted(by[name])
-        best = min(pts, key=lambda p: p[1])
-        print(f"| {name} | " + ", ".join(f"{lr:g} → {loss:.4f}" for lr, loss in pts) + f" | {best[0]:g} |")
+        if name in by:
+            pts = by[name]
+            print(f"| {name} | " + ", ".join(f"{float(lr):g} → {loss:.4f}" for lr, loss in pts)
+                  + f" | {float(chosen(pts)):g} |")
 
 gs = [(w, load(os.path.join(ROOT, "eval", f"guidance-w{w}.json"))) for w in (1, 2, 3)]
 if any(g for _, g in gs):
