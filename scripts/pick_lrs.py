@@ -3,6 +3,7 @@
 selection runs scored best with on the VALIDATION split (best_valid_acc; ties: the smaller rate).
 
     scripts/pick_lrs.py SELECT_RESULTS.csv STUDY_TEMPLATE.toml > study.toml
+    scripts/pick_lrs.py --table SELECT_RESULTS.csv     # the Markdown table of docs/RESULTS.md
 
 Families are matched by the `family` column of the selection results.csv and the `family` key of
 each [[run]] of the template. A family without selection runs is an error. The choices are printed
@@ -13,19 +14,38 @@ import re
 import sys
 
 
-def main():
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    best = {}
-    with open(sys.argv[1], newline="") as f:
+def selection(path):
+    """Per family: its config (the flags after --adapter-lr's rate), [(lr, validation accuracy)]
+    in file order, and the best (accuracy, lr)."""
+    tried, best = {}, {}
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            m = re.search(r"--adapter-lr (\S+)", row["config"])
+            m = re.search(r"--adapter-lr (\S+)(.*)", row["config"])
             if not m:
                 continue
             lr, acc = float(m.group(1)), float(row["best_valid_acc"])
             fam = row["family"]
+            tried.setdefault(fam, (m.group(2).strip(), []))[1].append((lr, acc))
             if fam not in best or acc > best[fam][0] or (acc == best[fam][0] and lr < best[fam][1]):
                 best[fam] = (acc, lr)
+    return tried, best
+
+
+def table(path):
+    tried, best = selection(path)
+    print("| family | config | lr → validation accuracy | chosen |")
+    print("|---|---|---|---|")
+    for fam, (config, runs) in tried.items():
+        cells = ", ".join(f"{lr:g} → {acc:.3f}" for lr, acc in sorted(runs))
+        print(f"| {fam} | `{config}` | {cells} | {best[fam][1]:g} |")
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        return table(sys.argv[2])
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    _, best = selection(sys.argv[1])
     out, family = [], None
     for line in open(sys.argv[2]):
         if line.strip().startswith("[[run]]"):

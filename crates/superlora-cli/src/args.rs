@@ -441,8 +441,9 @@ Examples:
 
 const SWEEP_ABOUT: &str = "\
 Run a grid of `train` runs on one task: every [[run]] entry of the TOML file is one config, or a grid \
-when some of its values are lists (crossed); every config runs once per seed. Runs go one after \
-another, each in its own process, into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
+when some of its values are lists (crossed); every config runs once per seed, seed by seed (all \
+configs with the first seed, then the next). Runs go one after another, each in its own process, \
+into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
 Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
 validation accuracy, test accuracy at that step, wall time, samples/s). Run the same command again to \
 continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint.";

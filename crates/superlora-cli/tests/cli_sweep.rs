@@ -67,6 +67,9 @@ fn a_small_sweep_writes_results_and_plots() {
     let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 4, "{text}");
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    // Seed-major: both configs with seed 0 before either with seed 1.
+    let seeds: Vec<&str> = rows.iter().map(|r| &r[col("seed")]).collect();
+    assert_eq!(seeds, ["0", "0", "1", "1"], "{text}");
     let mut families: Vec<&str> = rows.iter().map(|r| &r[col("family")]).collect();
     families.sort();
     assert_eq!(families, ["lora", "lora", "tucker-m3", "tucker-m3"]);

@@ -20,8 +20,10 @@
 //!
 //! Every other key of `[train]` and `[[run]]` is passed to `train` as `--key value` (`true` as a
 //! bare `--key`, `false` omitted). Each run (cell x seed) lives in `<out>/runs/<cell>-s<seed>`, its
-//! output in `<out>/logs/`. A run with a row in `results.csv` is never rerun; an interrupted one is
-//! continued with `train --resume`; a failed one is reported and the sweep goes on.
+//! output in `<out>/logs/`. Runs go seed by seed (every config with the first seed, then the next
+//! seed), so a sweep stopped part-way has already covered the whole grid. A run with a row in
+//! `results.csv` is never rerun; an interrupted one is continued with `train --resume`; a failed
+//! one is reported and the sweep goes on.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -313,7 +315,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         let stem = args.grid.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(format!("sweep-{stem}"))
     });
-    let plan: Vec<(&Cell, u64)> = cells.iter().flat_map(|c| file.seeds.iter().map(move |&s| (c, s))).collect();
+    // Seed-major: every config with the first seed, then every config with the next one, so a
+    // long sweep stopped part-way already covers the whole grid.
+    let plan: Vec<(&Cell, u64)> = file.seeds.iter().flat_map(|&s| cells.iter().map(move |c| (c, s))).collect();
     if args.dry_run {
         for (c, s) in &plan {
             println!("{}-s{s}\t{}\ttrain {} --seed {s}", c.name, c.family, c.args.join(" "));
