@@ -41,6 +41,13 @@ pub struct Point {
     pub n: usize,
 }
 
+impl Point {
+    /// "mean ± std", or "mean (1 seed)" where there is no spread to show.
+    pub fn accuracy(&self) -> String {
+        if self.n > 1 { format!("{:.4} ± {:.4}", self.mean, self.std) } else { format!("{:.4} (1 seed)", self.mean) }
+    }
+}
+
 /// Reads results.csv and aggregates seeds per cell.
 pub fn read_points(path: &Path) -> Result<Vec<Point>> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
@@ -237,12 +244,11 @@ pub fn report(points: &[Point]) -> String {
     for i in order {
         let p = &points[i];
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.4} ± {:.4} | {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} |\n",
             p.family,
             p.cell,
             p.params,
-            p.mean,
-            p.std,
+            p.accuracy(),
             p.n,
             if front.contains(&i) { "★" } else { "" }
         ));
@@ -250,7 +256,7 @@ pub fn report(points: &[Point]) -> String {
     s.push_str("\n**Pareto front** (no other config has at most as many parameters and a higher mean accuracy):\n\n");
     for &i in &front {
         let p = &points[i];
-        s.push_str(&format!("- {:.0} params: {} — {:.4} ± {:.4}\n", p.params, p.cell, p.mean, p.std));
+        s.push_str(&format!("- {:.0} params: {} — {}\n", p.params, p.cell, p.accuracy()));
     }
     s.push_str("\n**Claims, read off the curve**\n\n");
     let lora = points.iter().filter(|p| p.family == "lora").min_by(|a, b| a.params.total_cmp(&b.params));
@@ -294,13 +300,11 @@ pub fn report(points: &[Point]) -> String {
         .max_by(|a, b| a.mean.total_cmp(&b.mean));
     match (tiny, head) {
         (Some(t), Some(h)) => s.push_str(&format!(
-            "- 2. Best config with ≤ 100 adapter parameters: {} ({:.0} params) {:.4} ± {:.4} vs head-only {:.4} ± {:.4}: {:+.2} points.\n",
+            "- 2. Best config with ≤ 100 adapter parameters: {} ({:.0} params) {} vs head-only {}: {:+.2} points.\n",
             t.cell,
             t.params,
-            t.mean,
-            t.std,
-            h.mean,
-            h.std,
+            t.accuracy(),
+            h.accuracy(),
             100.0 * (t.mean - h.mean)
         )),
         (None, _) => s.push_str("- 2. No config with ≤ 100 adapter parameters in the results.\n"),
@@ -380,5 +384,9 @@ mod tests {
         let r = report(&p);
         assert!(r.contains("tucker-m3: reaches it at"), "{r}");
         assert!(r.contains("+4.00 points"), "{r}");
+        // One seed has no spread to show: no "± 0.0000".
+        assert!(r.contains("0.7000 (1 seed)") && !r.contains("± 0.0000"), "{r}");
+        let three = Point { std: 0.0125, n: 3, ..pt("lora", 9216.0, 0.8) };
+        assert_eq!(three.accuracy(), "0.8000 ± 0.0125");
     }
 }
