@@ -70,7 +70,7 @@ def lr_of(summary):
     return train.get("lr")
 
 
-print("| adapter | flags | parameters | lr | held-out loss (v / ε) | conditional accuracy, w=1 / w=2 | Fréchet distance, w=1 / w=2 | train wall time | images/s |")
+print("| adapter | flags | parameters | lr | held-out loss (v / ε) | conditional accuracy, w=1 / w=2 | Fréchet distance, w=1 / w=2 | training time | images/s |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, label, flags, run in ROWS:
     ev = {w: load(os.path.join(ROOT, "eval", f"{name}-w{w}.json")) for w in (1, 2)}

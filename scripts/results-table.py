@@ -41,7 +41,7 @@ def main():
             finals[p.split("/")[-2]] = load(p)
         if finals:
             print("Final runs (same step budget, full validation and test splits):\n")
-            print("| method | adapter params | head params | test acc (final) | best valid acc (step) | test at best valid | wall time | samples/s | adapter lr | head lr |")
+            print("| method | adapter params | head params | test acc (final) | best valid acc (step) | test at best valid | training time | samples/s | adapter lr | head lr |")
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for m in sorted(finals, key=lambda m: ORDER.index(m) if m in ORDER else 99):
                 s = finals[m]

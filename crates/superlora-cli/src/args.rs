@@ -67,7 +67,8 @@ LoRA of rank 8 on the query and value weights); --head-only trains just the clas
 The run folder (--out, default runs/<preset>-<adapter>-s<seed>) gets run.json (the resolved \
 settings), metrics.jsonl (one line per evaluation: step, epoch, train loss and accuracy, validation \
 and test accuracy, adapter and head parameters, samples/s, peak RSS), checkpoints/ (atomic, the \
-newest two) and summary.json at the end. An existing run is never overwritten: continue it with \
+newest two), and at the end adapter/ (the adapter and head, for eval/predict/merge/export) and \
+summary.json. An existing run is never overwritten: continue it with \
 --resume or start over with --force.
 
 Assets are fetched by scripts/setup-assets.sh (the presets tell you if one is missing).";

@@ -13,6 +13,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     superlora_core::sys::ensure_malloc_tunables();
+    superlora_core::sys::default_sigpipe();
     let cli = args::Cli::parse();
     let result = match &cli.command {
         args::Command::Plan(a) => commands::plan::run(a),

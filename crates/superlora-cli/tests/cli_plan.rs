@@ -226,6 +226,21 @@ fn model_headers_and_targets() {
     assert!(stderr(&o).contains("not a valid safetensors file"), "{}", stderr(&o));
 }
 
+/// `superlora plan … | head`: a reader that stops early ends the command quietly (SIGPIPE), not
+/// with a Rust panic about a failed print.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_superlora"))
+        .args(["plan", "--shapes", "768x768*24", "--budget", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line is printed
+    let o = child.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
 #[test]
 fn help_teaches() {
     let o = superlora(&["plan", "--help"]);

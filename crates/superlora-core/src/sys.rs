@@ -45,3 +45,15 @@ pub fn ensure_malloc_tunables() {
         let _ = cmd.args(args).env("GLIBC_TUNABLES", value).exec();
     }
 }
+
+/// Restores the default action of SIGPIPE, so a command whose output is cut short
+/// (`superlora plan … | head`) ends quietly, as Unix tools do, instead of panicking in `println!`
+/// (Rust starts programs with SIGPIPE ignored). For binaries; call it first thing in `main`.
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: `signal` with a valid signal number and SIG_DFL only changes this process's
+    // disposition of SIGPIPE; it touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -215,7 +215,8 @@ fn derive_family(t: &toml::Table) -> String {
     let factor =
         get("factor").unwrap_or_else(|| if get("kron").is_some() { "kronecker".into() } else { "lora".into() });
     let base = match factor.as_str() {
-        "dense" if fold == "natural" && !ff => "full-ft".to_string(),
+        // Dense without fastfood trains every entry of ΔW, whatever the fold: full fine-tuning.
+        "dense" if !ff => "full-ft".to_string(),
         "dense" => "dense".to_string(),
         "lora" if fold == "natural" => "lora".to_string(),
         "lora" => "square2d".to_string(),
@@ -437,15 +438,30 @@ mod tests {
             order = 1
             factor = "dense"
             ratio = 0.001
+            [[run]]
+            fold = ["natural", "square"]
+            factor = "dense"
             "#,
         )
         .unwrap();
         let fam: Vec<&str> = cells.iter().map(|c| c.family.as_str()).collect();
         assert_eq!(
             fam,
-            ["head-only", "lora", "lora", "tucker-m3", "tucker-m3", "tucker-m3", "tucker-m3", "dense+fastfood"]
+            [
+                "head-only",
+                "lora",
+                "lora",
+                "tucker-m3",
+                "tucker-m3",
+                "tucker-m3",
+                "tucker-m3",
+                "dense+fastfood",
+                "full-ft",
+                "full-ft"
+            ]
         );
         assert_eq!(cells[0].args, ["--preset", "minilm-rt", "--steps", "10", "--head-only"]);
+        assert_ne!(cells[8].name, cells[9].name);
         let pair = |args: &[String], k: &str, v: &str| args.windows(2).any(|w| w[0] == k && w[1] == v);
         assert!(
             pair(&cells[2].args, "--rank", "8") && pair(&cells[2].args, "--adapter-lr", "0.01"),

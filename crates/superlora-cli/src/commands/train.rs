@@ -61,6 +61,14 @@ const DEFAULT_IMAGE_SIZE: usize = 56;
 /// Token limit when `--max-len` is not given.
 const DEFAULT_MAX_LEN: usize = 64;
 
+/// The task part of a default run folder: the preset as typed (`vit-fmnist`), else the dataset
+/// (`fashion-mnist`).
+fn task_slug(preset: Option<Preset>, dataset: Dataset) -> String {
+    use clap::ValueEnum;
+    let typed = preset.and_then(|p| p.to_possible_value()).or_else(|| dataset.to_possible_value());
+    typed.map_or_else(|| "run".to_string(), |v| v.get_name().to_string())
+}
+
 /// A short name for the adapter, used in the default run folder.
 pub fn adapter_slug(cfg: Option<&AdapterConfig>) -> String {
     let Some(c) = cfg else { return "head-only".into() };
@@ -177,8 +185,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         spec.train.warmup = args.warmup.unwrap_or(spec.train.steps / 20);
     }
     let out = args.out.clone().unwrap_or_else(|| {
-        let name =
-            spec.preset.as_deref().map_or_else(|| format!("{:?}", spec.task.dataset), str::to_string).to_lowercase();
+        let name = task_slug(args.preset, spec.task.dataset);
         PathBuf::from("runs").join(format!("{name}-{}-s{}", adapter_slug(spec.adapter.as_ref()), spec.train.seed))
     });
     if args.force && out.exists() {
@@ -263,4 +270,16 @@ pub fn save_artifact(
         .with_context(|| format!("writing {}", dir.display()))?;
     eprintln!("adapter written to {}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_run_folders_use_the_names_as_typed() {
+        assert_eq!(task_slug(Some(Preset::VitFmnist), Dataset::FashionMnist), "vit-fmnist");
+        assert_eq!(task_slug(Some(Preset::MinilmRt), Dataset::RottenTomatoes), "minilm-rt");
+        assert_eq!(task_slug(None, Dataset::FashionMnist), "fashion-mnist");
+    }
 }
