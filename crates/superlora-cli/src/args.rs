@@ -446,7 +446,7 @@ when some of its values are lists (crossed); every config runs once per seed, se
 configs with the first seed, then the next). Runs go one after another, each in its own process, \
 into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
 Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
-validation accuracy, test accuracy at that step, wall time, samples/s). Run the same command again to \
+validation accuracy, test accuracy at that step, training time, samples/s). Run the same command again to \
 continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint.";
 
 const SWEEP_EXAMPLE: &str = "\
