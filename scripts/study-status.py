@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Rewrites the study section of docs/RESULTS.md ("Parameter-efficiency study") with the study's
+status while it runs: both learning-rate selection tables (scripts/pick_lrs.py --table) and every
+finished study row so far, from runs/study/<preset>/. Run totals come from `sweep --dry-run`.
+
+    scripts/study-status.py DATE         BIN=target/release/superlora by default
+
+Replaced by the final section (plots, Pareto tables, claims) once the study is done.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+BIN = os.environ.get("BIN", "target/release/superlora")
+
+
+def total(grid):
+    out = subprocess.run([BIN, "sweep", "--grid", grid, "--dry-run"], capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1].split(" runs")[0].split("= ")[-1])
+
+
+def table(p):
+    return subprocess.run(["python3","scripts/pick_lrs.py","--table",f"runs/study/{p}/select/results.csv"],capture_output=True,text=True,check=True).stdout
+def count(path):
+    try: return sum(1 for _ in csv.DictReader(open(path)))
+    except FileNotFoundError: return 0
+def study_rows(p):
+    try: rows=list(csv.DictReader(open(f"runs/study/{p}/study/results.csv")))
+    except FileNotFoundError: return "", 0
+    out=["| family | config | adapter params | seed | best valid (step) | test at best valid | training time (evaluations excluded) |","|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        # the per-config flags: everything after the shared [train] flags (they end with `--steps N`)
+        flags = r['config'].split(' --steps 300', 1)[-1].strip()
+        out.append(f"| {r['family']} | `{flags}` | {int(float(r['adapter_params'])):,} | {r['seed']} | {float(r['best_valid_acc']):.4f} ({r['best_step']}) | {float(r['test_acc_at_best']):.4f} | {float(r['wall_s'])/60:.1f} min |")
+    return "\n".join(out)+"\n", len(rows)
+vs, vn = study_rows("vit-fmnist"); ms, mn = study_rows("minilm-rt")
+date = sys.argv[1]
+vs_text = vs if vn else "(none yet)\n"
+ms_text = ms if mn else "(none yet)\n"
+sec = f"""## Parameter-efficiency study (issue 5)
+
+**In progress: no claim is read yet.** The commands exist and are tested (`superlora sweep`,
+`superlora plot`, `scripts/study.sh`, grids in `sweeps/`; docs/GUIDE.md "Sweeps, plots and the
+study"). Both presets run side by side with one thread each (`RAYON_NUM_THREADS=1
+scripts/study.sh vit-fmnist &`, the same for `minilm-rt`); they resume where they stopped.
+Measured one-thread run times: a selection run 2.5 min (ViT) / 3.3 min (MiniLM); a ViT study run
+about 10 min, of which the final evaluation on the full splits (5,000 validation + 10,000 test
+images) is about 3.5 min. With ~100 study runs per preset the study needs about 16 hours of this
+machine, i.e. several more sessions. The study sweep runs seed by seed, so the whole curve at seed
+0 comes first, then seeds 1 and 2 add the spread. `scripts/study-status.py DATE` rewrites this
+section from the run files.
+
+Status on {date}: vit-fmnist selection done ({count('runs/study/vit-fmnist/select/results.csv')} runs), study {vn} of {total("runs/study/vit-fmnist/study.toml")} runs; minilm-rt
+selection {count("runs/study/minilm-rt/select/results.csv")} of {total("sweeps/minilm-rt-select.toml")} runs, study {mn} of {total("runs/study/minilm-rt/study.toml")}.
+
+### Stage 1: learning rates, chosen on validation only
+
+Each family's adapter learning rate: one representative config per family, seed 0, 120 steps,
+scored on ≤ 1,000 validation examples (`scripts/pick_lrs.py --table <select>/results.csv` prints
+these tables; `scripts/pick_lrs.py` writes the chosen rates into the study grid). The head's rate is
+3e-2 throughout: the linear probe's best above, and interior — the same 120-step probe with 0.1
+scored lower on both (MiniLM 0.726 vs 0.742, ViT 0.775 vs 0.799). The candidate ranges were widened wherever the best
+rate was at an edge: square 2D up to 3e-2 and dense + fastfood down to 1e-2 (from the preset
+comparison), full fine-tuning down to 3e-5, MiniLM LoRA up to 3e-2, MiniLM dense + fastfood up to
+3e-1. Still at an edge: ViT Kronecker K=3 (0.1, ahead of 0.01 by 0.001) and MiniLM full fine-tuning
+(1e-3, ahead of 3e-4 by 0.002; a reference line, not a SuperLoRA family) — both gaps far inside the
+±1.3-point standard error of 1,000 validation examples, as are most gaps between the top two rates
+here.
+
+vit-fmnist:
+
+{table('vit-fmnist')}
+minilm-rt:
+
+{table('minilm-rt')}
+### Stage 2: the study runs so far
+
+300 steps, batch 32, 3 seeds per config, evaluation every 100 steps on ≤ 1,000 examples and at
+the end on the full splits; "test at best valid" is what the plot uses. These are single rows, not
+yet means.
+
+vit-fmnist:
+
+{vs_text}
+minilm-rt:
+
+{ms_text}
+When both stages are done, this section gets both plots (`docs/results/<preset>/`), the Pareto
+tables and a plain statement on each of the paper's two claims.
+"""
+s=open("docs/RESULTS.md").read()
+i=s.index("## Parameter-efficiency study (issue 5)")
+open("docs/RESULTS.md","w").write(s[:i]+sec)
