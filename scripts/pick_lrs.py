@@ -32,17 +32,18 @@ def selection(path):
 
 
 def table(path):
+    """The selection as a Markdown table (family, config, every rate tried, the chosen one)."""
     tried, best = selection(path)
-    print("| family | config | lr → validation accuracy | chosen |")
-    print("|---|---|---|---|")
+    lines = ["| family | config | lr → validation accuracy | chosen |", "|---|---|---|---|"]
     for fam, (config, runs) in tried.items():
         cells = ", ".join(f"{lr:g} → {acc:.3f}" for lr, acc in sorted(runs))
-        print(f"| {fam} | `{config}` | {cells} | {best[fam][1]:g} |")
+        lines.append(f"| {fam} | `{config}` | {cells} | {best[fam][1]:g} |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--table":
-        return table(sys.argv[2])
+        return sys.stdout.write(table(sys.argv[2]))
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     _, best = selection(sys.argv[1])

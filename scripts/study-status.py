@@ -9,35 +9,60 @@ Replaced by the final section (plots, Pareto tables, claims) once the study is d
 """
 import csv
 import os
+import re
 import subprocess
 import sys
 
+from pick_lrs import table
+
 BIN = os.environ.get("BIN", "target/release/superlora")
+PRESETS = ["vit-fmnist", "minilm-rt"]
 
 
 def total(grid):
-    out = subprocess.run([BIN, "sweep", "--grid", grid, "--dry-run"], capture_output=True, text=True, check=True).stdout
-    return int(out.strip().splitlines()[-1].split(" runs")[0].split("= ")[-1])
+    """Runs in a grid (configs x seeds), from `sweep --dry-run`'s last line."""
+    out = subprocess.run([BIN, "sweep", "--grid", grid, "--dry-run"], capture_output=True, text=True, check=True)
+    return int(re.search(r"= (\d+) runs", out.stdout).group(1))
 
 
-def table(p):
-    return subprocess.run(["python3","scripts/pick_lrs.py","--table",f"runs/study/{p}/select/results.csv"],capture_output=True,text=True,check=True).stdout
-def count(path):
-    try: return sum(1 for _ in csv.DictReader(open(path)))
-    except FileNotFoundError: return 0
-def study_rows(p):
-    try: rows=list(csv.DictReader(open(f"runs/study/{p}/study/results.csv")))
-    except FileNotFoundError: return "", 0
-    out=["| family | config | adapter params | seed | best valid (step) | test at best valid | training time (evaluations excluded) |","|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        # the per-config flags: everything after the shared [train] flags (they end with `--steps N`)
-        flags = r['config'].split(' --steps 300', 1)[-1].strip()
-        out.append(f"| {r['family']} | `{flags}` | {int(float(r['adapter_params'])):,} | {r['seed']} | {float(r['best_valid_acc']):.4f} ({r['best_step']}) | {float(r['test_acc_at_best']):.4f} | {float(r['wall_s'])/60:.1f} min |")
-    return "\n".join(out)+"\n", len(rows)
-vs, vn = study_rows("vit-fmnist"); ms, mn = study_rows("minilm-rt")
+def rows(path):
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def status(p):
+    select, study = rows(f"runs/study/{p}/select/results.csv"), rows(f"runs/study/{p}/study/results.csv")
+    grid = f"runs/study/{p}/study.toml"
+    of = total(grid) if os.path.exists(grid) else "?"
+    return f"{p} selection {len(select)} of {total(f'sweeps/{p}-select.toml')} runs, study {len(study)} of {of}"
+
+
+def study_table(p):
+    done = rows(f"runs/study/{p}/study/results.csv")
+    if not done:
+        return "(none yet)\n"
+    out = [
+        "| family | config | adapter params | seed | best valid (step) | test at best valid | training time (evaluations excluded) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in done:
+        flags = re.split(r" --steps \d+", r["config"], maxsplit=1)[-1].strip()  # the config's own flags
+        out.append(
+            f"| {r['family']} | `{flags}` | {int(float(r['adapter_params'])):,} | {r['seed']} | "
+            f"{float(r['best_valid_acc']):.4f} ({r['best_step']}) | {float(r['test_acc_at_best']):.4f} | "
+            f"{float(r['wall_s']) / 60:.1f} min |"
+        )
+    return "\n".join(out) + "\n"
+
+
+if len(sys.argv) != 2:
+    sys.exit(__doc__)
 date = sys.argv[1]
-vs_text = vs if vn else "(none yet)\n"
-ms_text = ms if mn else "(none yet)\n"
+sel = {p: table(f"runs/study/{p}/select/results.csv") for p in PRESETS}
+done = {p: study_table(p) for p in PRESETS}
 sec = f"""## Parameter-efficiency study (issue 5)
 
 **In progress: no claim is read yet.** The commands exist and are tested (`superlora sweep`,
@@ -51,8 +76,9 @@ machine, i.e. several more sessions. The study sweep runs seed by seed, so the w
 0 comes first, then seeds 1 and 2 add the spread. `scripts/study-status.py DATE` rewrites this
 section from the run files.
 
-Status on {date}: vit-fmnist selection done ({count('runs/study/vit-fmnist/select/results.csv')} runs), study {vn} of {total("runs/study/vit-fmnist/study.toml")} runs; minilm-rt
-selection {count("runs/study/minilm-rt/select/results.csv")} of {total("sweeps/minilm-rt-select.toml")} runs, study {mn} of {total("runs/study/minilm-rt/study.toml")}.
+Status on {date}:
+{status("vit-fmnist")};
+{status("minilm-rt")}.
 
 ### Stage 1: learning rates, chosen on validation only
 
@@ -60,20 +86,20 @@ Each family's adapter learning rate: one representative config per family, seed 
 scored on ≤ 1,000 validation examples (`scripts/pick_lrs.py --table <select>/results.csv` prints
 these tables; `scripts/pick_lrs.py` writes the chosen rates into the study grid). The head's rate is
 3e-2 throughout: the linear probe's best above, and interior — the same 120-step probe with 0.1
-scored lower on both (MiniLM 0.726 vs 0.742, ViT 0.775 vs 0.799). The candidate ranges were widened wherever the best
-rate was at an edge: square 2D up to 3e-2 and dense + fastfood down to 1e-2 (from the preset
-comparison), full fine-tuning down to 3e-5, MiniLM LoRA up to 3e-2, MiniLM dense + fastfood up to
-3e-1. Still at an edge: ViT Kronecker K=3 (0.1, ahead of 0.01 by 0.001) and MiniLM full fine-tuning
+scored lower on both (MiniLM 0.726 vs 0.742, ViT 0.775 vs 0.799). The candidate ranges were
+widened wherever the best rate was at an edge: square 2D up to 3e-2 and dense + fastfood down to
+1e-2 (from the preset comparison), full fine-tuning down to 3e-5, MiniLM LoRA up to 3e-2, MiniLM
+dense + fastfood up to 3e-1. Still at an edge: ViT Kronecker K=3 (0.1, ahead of 0.01 by 0.001) and MiniLM full fine-tuning
 (1e-3, ahead of 3e-4 by 0.002; a reference line, not a SuperLoRA family) — both gaps far inside the
 ±1.3-point standard error of 1,000 validation examples, as are most gaps between the top two rates
 here.
 
 vit-fmnist:
 
-{table('vit-fmnist')}
+{sel['vit-fmnist']}
 minilm-rt:
 
-{table('minilm-rt')}
+{sel['minilm-rt']}
 ### Stage 2: the study runs so far
 
 300 steps, batch 32, 3 seeds per config, evaluation every 100 steps on ≤ 1,000 examples and at
@@ -82,13 +108,14 @@ yet means.
 
 vit-fmnist:
 
-{vs_text}
+{done['vit-fmnist']}
 minilm-rt:
 
-{ms_text}
+{done['minilm-rt']}
 When both stages are done, this section gets both plots (`docs/results/<preset>/`), the Pareto
 tables and a plain statement on each of the paper's two claims.
 """
-s=open("docs/RESULTS.md").read()
-i=s.index("## Parameter-efficiency study (issue 5)")
-open("docs/RESULTS.md","w").write(s[:i]+sec)
+with open("docs/RESULTS.md") as f:
+    doc = f.read()
+with open("docs/RESULTS.md", "w") as f:
+    f.write(doc[: doc.index("## Parameter-efficiency study (issue 5)")] + sec)
