@@ -5,7 +5,9 @@
 #   2. the chosen rates written into the study grid (scripts/pick_lrs.py);
 #   3. the study sweep: every config x 3 seeds, 300 steps;
 #   4. the plot, Pareto table and claims into docs/results/<preset>/.
-# Every step is resumable: run the script again after an interruption.
+# Every step is resumable: run the script again after an interruption. Several copies may run at
+# once (one per core, RAYON_NUM_THREADS=1): their sweeps split the runs of a shared folder, and
+# whichever finishes last draws the complete plot.
 #
 #   scripts/study.sh [PRESET...]        BIN=target/release/superlora by default
 set -euo pipefail

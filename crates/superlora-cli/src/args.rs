@@ -447,7 +447,9 @@ configs with the first seed, then the next). Runs go one after another, each in 
 into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
 Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
 validation accuracy, test accuracy at that step, training time, samples/s). Run the same command again to \
-continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint.";
+continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint. \
+Several sweep processes may share one grid and folder (start the same command once per core or GPU): \
+each run is locked while it trains (<out>/locks/), so every run is done once.";
 
 const SWEEP_EXAMPLE: &str = "\
 Example grid (docs/GUIDE.md has the full reference; sweeps/ holds the study's grids):

@@ -4,7 +4,7 @@
 //! Markdown report. Assets come from `scripts/setup-assets.sh` (the test names it if missing).
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_superlora")
@@ -122,4 +122,74 @@ fn a_small_sweep_writes_results_and_plots() {
     // Outputs are not replaced without --force.
     let o = Command::new(bin()).args(["plot", csv_path.to_str().unwrap()]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// Two named one-step configs of the small task, with the given seeds.
+fn named_grid(onnx: &Path, seeds: &str) -> String {
+    format!(
+        r#"
+seeds = {seeds}
+[train]
+dataset = "mnist5k"
+model = "{}"
+image-size = 28
+batch-size = 8
+eval-batch-size = 100
+eval-limit = 50
+final-eval-limit = 50
+steps = 2
+eval-every = 2
+[[run]]
+name = "a"
+rank = 1
+[[run]]
+name = "b"
+rank = 2
+"#,
+        onnx.display()
+    )
+}
+
+fn rows_of(csv_path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(csv_path).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    r.records().map(|r| r.unwrap()).map(|r| (r[0].to_string(), r[3].to_string())).collect()
+}
+
+#[test]
+fn sweep_processes_share_a_folder_and_run_each_run_once() {
+    let onnx = superlora_data::cache_dir().unwrap().join("assets/dinov2-onnx/vit_s_focus.onnx");
+    assert!(onnx.exists(), "missing {}: run `scripts/setup-assets.sh dinov2-onnx mnist-5k font`", onnx.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let sweep_cmd = |seeds: &str| {
+        let grid_path = dir.path().join(format!("grid{}.toml", seeds.len()));
+        std::fs::write(&grid_path, named_grid(&onnx, seeds)).unwrap();
+        let mut c = Command::new(bin());
+        c.args(["sweep", "--no-progress", "--grid", grid_path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        c
+    };
+    // A run claimed by another process (here: this test holds its lock) is skipped and named.
+    std::fs::create_dir_all(out.join("locks")).unwrap();
+    let held = std::fs::File::create(out.join("locks/a-s0.lock")).unwrap();
+    held.lock().unwrap();
+    let o = sweep_cmd("[0]").output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("another sweep process") && stderr.contains("a-s0"), "{stderr}");
+    assert_eq!(rows_of(&out.join("results.csv")), [("b".to_string(), "0".to_string())]);
+    drop(held);
+    // Two sweeps started together on the same folder share the three runs left: each once.
+    let mut first = sweep_cmd("[0, 1]").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let second = sweep_cmd("[0, 1]").output().unwrap();
+    let first_status = first.wait().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(first_status.success());
+    let mut rows = rows_of(&out.join("results.csv"));
+    rows.sort();
+    let expect: Vec<(String, String)> =
+        [("a", "0"), ("a", "1"), ("b", "0"), ("b", "1")].iter().map(|(c, s)| (c.to_string(), s.to_string())).collect();
+    assert_eq!(rows, expect, "every run exactly once");
+    let text = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(text.matches("cell,family").count(), 1, "one header: {text}");
 }

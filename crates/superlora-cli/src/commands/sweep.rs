@@ -24,6 +24,12 @@
 //! seed), so a sweep stopped part-way has already covered the whole grid. A run with a row in
 //! `results.csv` is never rerun; an interrupted one is continued with `train --resume`; a failed
 //! one is reported and the sweep goes on.
+//!
+//! Several sweep processes may work on the same grid and folder at once (one per core or GPU):
+//! each run is claimed with an exclusive lock on `<out>/locks/<run>.lock` for as long as it
+//! trains, a run claimed by another process is skipped, and rows are appended to `results.csv`
+//! under a lock. Locks are advisory file locks, released by the system when a process ends, so a
+//! killed sweep never leaves a run claimed.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -234,14 +240,21 @@ fn derive_family(t: &toml::Table) -> String {
     name
 }
 
-/// Rows already in results.csv, as (cell, seed).
+/// Rows already in results.csv, as (cell, seed); read under a shared lock so that a row being
+/// appended by another sweep process is never seen half-written.
 fn finished(csv_path: &Path) -> Result<BTreeSet<(String, u64)>> {
     let mut done = BTreeSet::new();
-    if !csv_path.exists() {
+    let file = match std::fs::File::open(csv_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", csv_path.display())),
+    };
+    file.lock_shared().with_context(|| format!("locking {}", csv_path.display()))?;
+    if file.metadata()?.len() == 0 {
         return Ok(done);
     }
-    let mut r = csv::Reader::from_path(csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
-    let headers = r.headers()?.clone();
+    let mut r = csv::Reader::from_reader(file);
+    let headers = r.headers().with_context(|| format!("reading {}", csv_path.display()))?.clone();
     if headers.iter().collect::<Vec<_>>() != COLUMNS {
         bail!(InputError(format!(
             "{} has columns {:?}, not those of this version ({:?}); move it away to start a new sweep",
@@ -256,6 +269,23 @@ fn finished(csv_path: &Path) -> Result<BTreeSet<(String, u64)>> {
         done.insert((row[0].to_string(), seed));
     }
     Ok(done)
+}
+
+/// This process's claim on one run: an exclusive lock on `<out>/locks/<run>.lock`, held until
+/// the returned file is dropped (or the process ends). `None` when another process holds it.
+fn claim(out: &Path, run_name: &str) -> Result<Option<std::fs::File>> {
+    let path = out.join("locks").join(format!("{run_name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 fn append_row(csv_path: &Path, cell: &Cell, seed: u64, run_dir: &Path) -> Result<String> {
@@ -282,12 +312,14 @@ fn append_row(csv_path: &Path, cell: &Cell, seed: u64, run_dir: &Path) -> Result
         num("samples_per_s")?,
         run_dir.display().to_string(),
     ];
-    let new = !csv_path.exists();
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(csv_path)
         .with_context(|| format!("opening {}", csv_path.display()))?;
+    // Other sweep processes may append to the same file: header and row under one lock.
+    f.lock().with_context(|| format!("locking {}", csv_path.display()))?;
+    let new = f.metadata()?.len() == 0;
     let mut w = csv::Writer::from_writer(f);
     if new {
         w.write_record(COLUMNS)?;
@@ -326,7 +358,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         println!("{} configs x {} seeds = {} runs into {}", cells.len(), file.seeds.len(), plan.len(), out.display());
         return Ok(());
     }
-    std::fs::create_dir_all(out.join("logs")).with_context(|| format!("creating {}", out.display()))?;
+    for sub in ["logs", "locks"] {
+        std::fs::create_dir_all(out.join(sub)).with_context(|| format!("creating {}", out.join(sub).display()))?;
+    }
     std::fs::copy(&args.grid, out.join("grid.toml"))
         .with_context(|| format!("copying the grid to {}", out.display()))?;
     let csv_path = out.join("results.csv");
@@ -348,10 +382,22 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     );
     let exe = std::env::current_exe().context("locating the superlora binary")?;
     let mut failed: Vec<String> = Vec::new();
+    let mut elsewhere: Vec<String> = Vec::new();
     for (cell, seed) in todo.into_iter().copied() {
         let run_name = format!("{}-s{seed}", cell.name);
         let run_dir = out.join("runs").join(&run_name);
         bar.set_message(run_name.clone());
+        // Held until this run's row is written; another sweep process on this folder skips it.
+        let Some(_claim) = claim(&out, &run_name)? else {
+            elsewhere.push(run_name);
+            bar.inc(1);
+            continue;
+        };
+        // Another process may have finished it since this one read results.csv.
+        if finished(&csv_path)?.contains(&(cell.name.clone(), seed)) {
+            bar.inc(1);
+            continue;
+        }
         if !run_dir.join("summary.json").exists() {
             let log_path = out.join("logs").join(format!("{run_name}.log"));
             let log = std::fs::OpenOptions::new()
@@ -396,6 +442,14 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if !elsewhere.is_empty() {
+        eprintln!(
+            "sweep: {} runs were running in another sweep process on {} ({}); they add their rows when they finish",
+            elsewhere.len(),
+            out.display(),
+            elsewhere.join(", ")
+        );
+    }
     if !failed.is_empty() {
         bail!("{} runs failed: {} (logs in {})", failed.len(), failed.join(", "), out.join("logs").display());
     }
