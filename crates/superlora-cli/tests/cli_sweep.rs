@@ -10,20 +10,18 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_superlora")
 }
 
-fn grid(onnx: &Path) -> String {
+/// The shared part of the test grids: DINOv2 ViT-S on the 5k MNIST digits at 28 px.
+fn small_task(onnx: &Path, seeds: &str, batch: usize, steps: usize, eval_limit: usize) -> String {
     format!(
-        r#"
-seeds = [0, 1]
-[train]
-dataset = "mnist5k"
-model = "{}"
-image-size = 28
-batch-size = 16
-eval-batch-size = 100
-eval-limit = 100
-final-eval-limit = 100
-steps = 6
-eval-every = 3
+        "seeds = {seeds}\n[train]\ndataset = \"mnist5k\"\nmodel = \"{}\"\nimage-size = 28\nbatch-size = {batch}\n\
+         eval-batch-size = 100\neval-limit = {eval_limit}\nfinal-eval-limit = {eval_limit}\nsteps = {steps}\n",
+        onnx.display()
+    )
+}
+
+fn grid(onnx: &Path) -> String {
+    small_task(onnx, "[0, 1]", 16, 6, 100)
+        + r#"eval-every = 3
 head-lr = 1e-2
 
 [[run]]
@@ -38,9 +36,7 @@ order = 3
 factor = "tucker"
 rank = 2
 adapter-lr = 1e-2
-"#,
-        onnx.display()
-    )
+"#
 }
 
 #[test]
@@ -124,30 +120,17 @@ fn a_small_sweep_writes_results_and_plots() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-/// Two named one-step configs of the small task, with the given seeds.
+/// Two named two-step configs of the small task, with the given seeds.
 fn named_grid(onnx: &Path, seeds: &str) -> String {
-    format!(
-        r#"
-seeds = {seeds}
-[train]
-dataset = "mnist5k"
-model = "{}"
-image-size = 28
-batch-size = 8
-eval-batch-size = 100
-eval-limit = 50
-final-eval-limit = 50
-steps = 2
-eval-every = 2
+    small_task(onnx, seeds, 8, 2, 50)
+        + r#"eval-every = 2
 [[run]]
 name = "a"
 rank = 1
 [[run]]
 name = "b"
 rank = 2
-"#,
-        onnx.display()
-    )
+"#
 }
 
 fn rows_of(csv_path: &Path) -> Vec<(String, String)> {
