@@ -69,7 +69,8 @@ settings), metrics.jsonl (one line per evaluation: step, epoch, train loss and a
 and test accuracy, adapter and head parameters, samples/s, peak RSS), checkpoints/ (atomic, the \
 newest two), and at the end adapter/ (the adapter and head, for eval/predict/merge/export) and \
 summary.json. An existing run is never overwritten: continue it with \
---resume or start over with --force.
+--resume or start over with --force. One process at a time trains into a folder (it holds \
+<out>/train.lock); a second is refused, even with --force.
 
 Assets are fetched by scripts/setup-assets.sh (the presets tell you if one is missing).";
 

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod rundir;
 mod runspec;
 mod settings;
 

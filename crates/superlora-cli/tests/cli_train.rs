@@ -258,3 +258,24 @@ fn head_only_refuses_adapter_flags() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--head-only trains no adapter"));
     assert!(!out.exists(), "nothing is written for a refused run");
 }
+
+#[test]
+fn a_folder_another_process_trains_into_is_refused_even_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+    std::fs::write(out.join("run.json"), "{}").unwrap();
+    // This test plays the other process: it holds the folder's lock.
+    let held = std::fs::File::create(out.join("train.lock")).unwrap();
+    held.lock().unwrap();
+    for extra in ["--resume", "--force"] {
+        let mut args = base_args(&out);
+        args.push(extra.into());
+        let o = run(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{extra}: {stderr}");
+        assert!(stderr.contains("another process") && stderr.contains("train.lock"), "{extra}: {stderr}");
+        assert_eq!(std::fs::read_to_string(out.join("run.json")).unwrap(), "{}", "{extra} touched the run");
+        assert!(out.join("checkpoints").exists(), "{extra} touched the run");
+    }
+}

@@ -27,6 +27,7 @@ use crate::args::{
     DiffusionPretrainArgs, DiffusionSampleArgs, DiffusionSamplingFlags, DiffusionTrainFlags, DiffusionTransferArgs,
     ScheduleArg,
 };
+use crate::rundir::{self, RunDirLock};
 use crate::settings::{InputError, resolve_adapter};
 
 /// `base_model.kind` of diffusion adapters.
@@ -96,20 +97,18 @@ fn train_settings(f: &DiffusionTrainFlags, steps: u64, lr: f64, eval_every: u64,
     Ok(s)
 }
 
-/// Prepares the run folder: --force deletes it, an existing run needs --resume with the same
-/// settings, a fresh run gets run.json.
-fn prepare_run(out: &Path, f: &DiffusionTrainFlags, spec: &serde_json::Value) -> Result<()> {
-    if f.force && out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {} (--force)", out.display()))?;
-    }
+/// Prepares the run folder: locked for this process (held while the returned guard lives),
+/// --force empties it, an existing run needs --resume with the same settings, a fresh run gets
+/// run.json.
+fn prepare_run(out: &Path, f: &DiffusionTrainFlags, spec: &serde_json::Value) -> Result<RunDirLock> {
     let run_json = out.join("run.json");
-    if !f.resume && run_json.exists() {
+    if !f.force && !f.resume && run_json.exists() {
         bail!(InputError(format!(
             "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
+    let lock = rundir::lock(out, f.force)?;
     if f.resume && run_json.exists() {
         let text = std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?;
         let previous: serde_json::Value =
@@ -124,7 +123,7 @@ fn prepare_run(out: &Path, f: &DiffusionTrainFlags, spec: &serde_json::Value) ->
         std::fs::write(&run_json, serde_json::to_string_pretty(spec)?)
             .with_context(|| format!("writing {}", run_json.display()))?;
     }
-    Ok(())
+    Ok(lock)
 }
 
 fn pretrain(a: &DiffusionPretrainArgs) -> Result<()> {
@@ -161,7 +160,7 @@ fn pretrain(a: &DiffusionPretrainArgs) -> Result<()> {
     if data.train.h * data.train.w != config.pixels() || data.classes().len() != config.classes {
         bail!(InputError(format!("{} is not 10 classes of 28x28 images", dataset_name(ds))));
     }
-    prepare_run(&out, &a.train, &spec)?;
+    let _lock = prepare_run(&out, &a.train, &spec)?;
     let model = Dit::new(config, a.seed, &device).map_err(lift)?;
     eprintln!(
         "pretraining a DiT (width {}, depth {}, heads {}, T = {}) with {} parameters on {}",
@@ -253,7 +252,7 @@ fn transfer(a: &DiffusionTransferArgs) -> Result<()> {
         "adapter": cfg,
         "train": settings,
     });
-    prepare_run(&out, &a.train, &spec)?;
+    let _lock = prepare_run(&out, &a.train, &spec)?;
     let adapter = SuperLora::from_shapes(&targets, &cfg, candle_core::DType::F32, &device)?;
     eprintln!(
         "adapter: {slug} on {} weights ({} entries) → {} trainable parameters; base frozen ({} parameters)",

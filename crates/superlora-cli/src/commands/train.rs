@@ -10,6 +10,7 @@ use superlora_train::schedule::Schedule;
 use superlora_train::trainer::{TrainSettings, Trainable, train};
 
 use crate::args::{Preset, ScheduleArg, TrainArgs};
+use crate::rundir;
 use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
 use crate::settings::{InputError, resolve_adapter};
 
@@ -176,6 +177,19 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
 /// Runs the command.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let mut spec = resolve(args)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name = task_slug(args.preset, spec.task.dataset);
+        PathBuf::from("runs").join(format!("{name}-{}-s{}", adapter_slug(spec.adapter.as_ref()), spec.train.seed))
+    });
+    let run_json = out.join("run.json");
+    if !args.force && !args.resume && run_json.exists() {
+        bail!(InputError(format!(
+            "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
+            out.display()
+        )));
+    }
+    // Held until the run ends: another process training into this folder is refused.
+    let _lock = rundir::lock(&out, args.force)?;
     let device = Device::Cpu;
     let task = build_task(&spec.task, &device)?;
     if let Some(epochs) = args.epochs {
@@ -184,21 +198,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         spec.train.steps = (epochs * per_epoch).ceil().max(1.0) as u64;
         spec.train.warmup = args.warmup.unwrap_or(spec.train.steps / 20);
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        let name = task_slug(args.preset, spec.task.dataset);
-        PathBuf::from("runs").join(format!("{name}-{}-s{}", adapter_slug(spec.adapter.as_ref()), spec.train.seed))
-    });
-    if args.force && out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("removing {} (--force)", out.display()))?;
-    }
-    let run_json = out.join("run.json");
-    if !args.resume && run_json.exists() {
-        bail!(InputError(format!(
-            "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
-            out.display()
-        )));
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     if args.resume && run_json.exists() {
         let previous = RunSpec::read(&out)?;
         if previous != spec {

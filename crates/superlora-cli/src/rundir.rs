@@ -1,0 +1,79 @@
+//! Run folders are used by one process at a time.
+//!
+//! `train` and the diffusion commands hold an advisory lock on `<out>/train.lock` while they
+//! write a run folder, so a second process pointed at the same folder (a second `train --resume`,
+//! a sweep restarted while an earlier one's run still trains) is refused instead of interleaving
+//! checkpoints. The system releases the lock when the process ends, however it ends; the file
+//! itself stays (removing it would let two processes lock two different files).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// The lock file's name inside a run folder.
+pub const LOCK_FILE: &str = "train.lock";
+
+/// This process's hold on a run folder; released when dropped.
+#[derive(Debug)]
+pub struct RunDirLock {
+    _file: File,
+}
+
+/// Creates `out` if needed and locks it for this process. With `force`, everything in it except
+/// the lock is then removed (a fresh start that never deletes a folder another process uses).
+pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
+    let path = out.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => bail!(
+            "{} is being written by another process (it holds {}); wait for it to end, stop it, or pick another --out",
+            out.display(),
+            path.display()
+        ),
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+    if force {
+        for entry in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
+            let entry = entry?;
+            if entry.file_name() == LOCK_FILE {
+                continue;
+            }
+            let p = entry.path();
+            let removed =
+                if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            removed.with_context(|| format!("removing {} (--force)", p.display()))?;
+        }
+    }
+    Ok(RunDirLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_force_keeps_only_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let held = lock(&out, false).unwrap();
+        std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+        std::fs::write(out.join("run.json"), "{}").unwrap();
+        // A second holder (flock locks conflict across open files, even in one process) is refused,
+        // and its --force deletes nothing.
+        let err = format!("{:#}", lock(&out, true).unwrap_err());
+        assert!(err.contains("another process") && err.contains("train.lock"), "{err}");
+        assert!(out.join("run.json").exists() && out.join("checkpoints").exists());
+        drop(held);
+        let _again = lock(&out, true).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [LOCK_FILE]);
+    }
+}
