@@ -25,21 +25,13 @@ pub struct RunDirLock {
 pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
     std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
     let path = out.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => bail!(
+    let Some(file) = try_lock(&path)? else {
+        bail!(
             "{} is being written by another process (it holds {}); wait for it to end, stop it, or pick another --out",
             out.display(),
             path.display()
-        ),
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-    }
+        )
+    };
     if force {
         for entry in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
             let entry = entry?;
@@ -53,6 +45,22 @@ pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
         }
     }
     Ok(RunDirLock { _file: file })
+}
+
+/// An exclusive advisory lock on `path` (created if missing), held while the returned file
+/// lives; `None` when another open file holds it.
+pub fn try_lock(path: &Path) -> Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 #[cfg(test)]

@@ -274,18 +274,7 @@ fn finished(csv_path: &Path) -> Result<BTreeSet<(String, u64)>> {
 /// This process's claim on one run: an exclusive lock on `<out>/locks/<run>.lock`, held until
 /// the returned file is dropped (or the process ends). `None` when another process holds it.
 fn claim(out: &Path, run_name: &str) -> Result<Option<std::fs::File>> {
-    let path = out.join("locks").join(format!("{run_name}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
+    crate::rundir::try_lock(&out.join("locks").join(format!("{run_name}.lock")))
 }
 
 fn append_row(csv_path: &Path, cell: &Cell, seed: u64, run_dir: &Path) -> Result<String> {
