@@ -132,7 +132,12 @@ impl AdamW {
             let wd = group.settings.weight_decay;
             for p in &mut group.params {
                 let Some(g) = grads.get(p.var.as_tensor()) else { continue };
-                let g = if clip == 1.0 { g.clone() } else { (g * clip)? };
+                // candle detaches the gradients of intermediate nodes but not of leaves: a leaf's
+                // gradient may still reference its backward graph (for A in A·Bᵀ, the whole ∂X).
+                // Moments built from it would chain every past step's graph together, so memory
+                // grew with the step count. Detached, the state holds plain values only.
+                let g = g.detach();
+                let g = if clip == 1.0 { g } else { (g * clip)? };
                 p.m = ((&p.m * b1)? + (&g * (1.0 - b1))?)?;
                 p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
                 let mhat = (&p.m / c1)?;
