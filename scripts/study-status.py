@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Rewrites the study section of docs/RESULTS.md ("Parameter-efficiency study") with the study's
-status while it runs: both learning-rate selection tables (scripts/pick_lrs.py --table) and every
-finished study row so far, from runs/study/<preset>/. Run totals come from `sweep --dry-run`.
+"""Rewrites the study section of docs/RESULTS.md ("Parameter-efficiency study") from the run files
+in runs/study/<preset>/: both learning-rate selection tables (scripts/pick_lrs.py --table), the
+plot, Pareto table and claims of every study row so far (`superlora plot` into
+docs/results/<preset>/, titled with the run count while the study is partial), and every finished
+run. Run totals come from `sweep --dry-run`.
 
     scripts/study-status.py DATE         BIN=target/release/superlora by default
 
-Replaced by the final section (plots, Pareto tables, claims) once the study is done.
+The prose reading of the claims is written by hand once the study is complete.
 """
 import csv
 import os
@@ -40,6 +42,24 @@ def status(p):
     return f"{p} selection {len(select)} of {total(f'sweeps/{p}-select.toml')} runs, study {len(study)} of {of}"
 
 
+def plot(p):
+    """Draws docs/results/<p>/accuracy_vs_params.* from the study rows so far; returns the Markdown
+    to embed (the plot and the Pareto table + claims that `superlora plot` wrote)."""
+    csv_path = f"runs/study/{p}/study/results.csv"
+    if not rows(csv_path):
+        return "(no study run finished yet)\n"
+    done, of = len(rows(csv_path)), total(f"runs/study/{p}/study.toml")
+    title = f"{p}: test accuracy vs trainable adapter parameters"
+    if done < of:
+        title += f" (partial: {done} of {of} runs)"
+    out = f"docs/results/{p}"
+    subprocess.run([BIN, "plot", csv_path, "--out", out, "--force", "--title", title], check=True, capture_output=True)
+    with open(f"{out}/accuracy_vs_params.md") as f:
+        body = [l for l in f.read().splitlines() if not l.startswith("# ") and not l.startswith("![plot]")]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(body).strip())
+    return f"![{title}](results/{p}/accuracy_vs_params.png)\n\n{text}\n"
+
+
 def study_table(p):
     done = rows(f"runs/study/{p}/study/results.csv")
     if not done:
@@ -63,6 +83,7 @@ if len(sys.argv) != 2:
 date = sys.argv[1]
 sel = {p: table(f"runs/study/{p}/select/results.csv") for p in PRESETS}
 done = {p: study_table(p) for p in PRESETS}
+plots = {p: plot(p) for p in PRESETS}
 sec = f"""## Parameter-efficiency study (issue 5)
 
 **In progress: no claim is read yet.** The commands exist and are tested (`superlora sweep`,
@@ -102,11 +123,21 @@ vit-fmnist:
 minilm-rt:
 
 {sel['minilm-rt']}
-### Stage 2: the study runs so far
+### Stage 2: the study so far
 
 300 steps, batch 32, 3 seeds per config, evaluation every 100 steps on ≤ 1,000 examples and at
-the end on the full splits; "test at best valid" is what the plot uses. These are single rows, not
-yet means.
+the end on the full splits; "test at best valid" is what the plot uses. While the study is
+partial, most points are one seed (the sweep goes seed by seed) and the claims below are
+indications only. Plots and tables: `superlora plot runs/study/<preset>/study/results.csv --out
+docs/results/<preset> --force` (run by this script).
+
+#### vit-fmnist
+
+{plots['vit-fmnist']}
+#### minilm-rt
+
+{plots['minilm-rt']}
+<details><summary>Every finished study run</summary>
 
 vit-fmnist:
 
@@ -114,8 +145,10 @@ vit-fmnist:
 minilm-rt:
 
 {done['minilm-rt']}
-When both stages are done, this section gets both plots (`docs/results/<preset>/`), the Pareto
-tables and a plain statement on each of the paper's two claims.
+</details>
+
+When the study is complete, this section states plainly what each of the paper's two claims
+gives on these tasks.
 """
 with open("docs/RESULTS.md") as f:
     doc = f.read()

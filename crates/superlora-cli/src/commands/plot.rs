@@ -201,7 +201,7 @@ where
         for p in refs {
             let color = if j == 0 { RGBColor(90, 90, 90) } else { RGBColor(0, 0, 0) };
             let label = if p.params > 0.0 {
-                format!("{family} ({:.0} params): {:.3}", p.params, p.mean)
+                format!("{family} ({} params): {:.3}", count(p.params), p.mean)
             } else {
                 format!("{family}: {:.3}", p.mean)
             };
@@ -234,6 +234,11 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
+/// A parameter count (whole, or interpolated and rounded) with thousands separators.
+fn count(params: f64) -> String {
+    super::plan::thousands(params.round().max(0.0) as usize)
+}
+
 /// Markdown: all points, the Pareto front, the two claims.
 pub fn report(points: &[Point]) -> String {
     let mut s = String::new();
@@ -244,10 +249,10 @@ pub fn report(points: &[Point]) -> String {
     for i in order {
         let p = &points[i];
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             p.family,
             p.cell,
-            p.params,
+            count(p.params),
             p.accuracy(),
             p.n,
             if front.contains(&i) { "★" } else { "" }
@@ -256,7 +261,7 @@ pub fn report(points: &[Point]) -> String {
     s.push_str("\n**Pareto front** (no other config has at most as many parameters and a higher mean accuracy):\n\n");
     for &i in &front {
         let p = &points[i];
-        s.push_str(&format!("- {:.0} params: {} — {}\n", p.params, p.cell, p.accuracy()));
+        s.push_str(&format!("- {} params: {} — {}\n", count(p.params), p.cell, p.accuracy()));
     }
     s.push_str("\n**Claims, read off the curve**\n\n");
     let lora = points.iter().filter(|p| p.family == "lora").min_by(|a, b| a.params.total_cmp(&b.params));
@@ -264,8 +269,10 @@ pub fn report(points: &[Point]) -> String {
         None => s.push_str("- No `lora` family in the results: claim 1 cannot be read.\n"),
         Some(l) => {
             s.push_str(&format!(
-                "- 1. Reference: the smallest LoRA ({}, {:.0} params) reaches {:.4}.\n",
-                l.cell, l.params, l.mean
+                "- 1. Reference: the smallest LoRA ({}, {} params) reaches {:.4}.\n",
+                l.cell,
+                count(l.params),
+                l.mean
             ));
             for (family, pts) in series(points) {
                 if family == "lora" {
@@ -274,20 +281,21 @@ pub fn report(points: &[Point]) -> String {
                 let curve: Vec<(f64, f64)> = pts.iter().map(|p| (p.params, p.mean)).collect();
                 match params_to_reach(&curve, l.mean) {
                     Some(p) if p <= curve[0].0 => s.push_str(&format!(
-                        "  - {family}: already at its smallest point ({:.0} params, {:.4}): ≥ {:.1}x fewer parameters\n",
-                        curve[0].0,
+                        "  - {family}: already at its smallest point ({} params, {:.4}): ≥ {:.1}x fewer parameters\n",
+                        count(curve[0].0),
                         curve[0].1,
                         l.params / p
                     )),
                     Some(p) => s.push_str(&format!(
-                        "  - {family}: reaches it at ≈ {p:.0} params (interpolated): {:.1}x {} parameters\n",
+                        "  - {family}: reaches it at ≈ {} params (interpolated): {:.1}x {} parameters\n",
+                        count(p),
                         if p <= l.params { l.params / p } else { p / l.params },
                         if p <= l.params { "fewer" } else { "more" }
                     )),
                     None => s.push_str(&format!(
-                        "  - {family}: does not reach it (best {:.4} at {:.0} params)\n",
+                        "  - {family}: does not reach it (best {:.4} at {} params)\n",
                         pts.iter().map(|p| p.mean).fold(f64::NEG_INFINITY, f64::max),
-                        pts.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map_or(0.0, |p| p.params)
+                        count(pts.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map_or(0.0, |p| p.params))
                     )),
                 }
             }
@@ -300,9 +308,9 @@ pub fn report(points: &[Point]) -> String {
         .max_by(|a, b| a.mean.total_cmp(&b.mean));
     match (tiny, head) {
         (Some(t), Some(h)) => s.push_str(&format!(
-            "- 2. Best config with ≤ 100 adapter parameters: {} ({:.0} params) {} vs head-only {}: {:+.2} points.\n",
+            "- 2. Best config with ≤ 100 adapter parameters: {} ({} params) {} vs head-only {}: {:+.2} points.\n",
             t.cell,
-            t.params,
+            count(t.params),
             t.accuracy(),
             h.accuracy(),
             100.0 * (t.mean - h.mean)
@@ -383,6 +391,7 @@ mod tests {
         ];
         let r = report(&p);
         assert!(r.contains("tucker-m3: reaches it at"), "{r}");
+        assert!(r.contains("(lora-9216, 9,216 params) reaches 0.8000"), "{r}");
         assert!(r.contains("+4.00 points"), "{r}");
         // One seed has no spread to show: no "± 0.0000".
         assert!(r.contains("0.7000 (1 seed)") && !r.contains("± 0.0000"), "{r}");
