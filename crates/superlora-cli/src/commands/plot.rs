@@ -5,7 +5,9 @@
 //!
 //! A family's curve is its own Pareto front (its configs that no config of the same family beats
 //! with at most as many parameters), drawn as a line through filled dots; its other configs (e.g.
-//! a rank past the family's best, or a second grouping at the same count) are hollow dots.
+//! a rank past the family's best, or a second grouping at the same count) are hollow dots. The
+//! accuracy axis spans the curves and references; a hollow dot below it sits on the bottom edge
+//! (its value is in the table).
 //!
 //! 1. parameters SuperLoRA needs to match LoRA r = 1: for each non-LoRA family, the smallest
 //!    parameter count at which its curve (piecewise linear in log parameters) reaches the accuracy
@@ -159,7 +161,14 @@ where
         (xmin, xmax) = (1.0, 10.0);
     }
     let (xmin, xmax) = (xmin / 2.0, xmax * 2.0);
-    let (mut ymin, mut ymax) = points
+    // The accuracy axis spans the curves and the references; a config its own family beats (a
+    // hollow dot) far below them would squash the curves, so it is drawn on the bottom edge instead.
+    let on_curves: Vec<&Point> = series(points)
+        .values()
+        .flat_map(|pts| family_curve(pts))
+        .chain(points.iter().filter(|p| REFERENCES.contains(&p.family.as_str())))
+        .collect();
+    let (mut ymin, mut ymax) = on_curves
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.mean - p.std), hi.max(p.mean + p.std)));
     let pad = ((ymax - ymin) * 0.08).max(0.005);
@@ -203,13 +212,13 @@ where
             .draw_series(
                 pts.iter()
                     .filter(|p| !curve.iter().any(|c| std::ptr::eq(*c, **p)))
-                    .map(|p| Circle::new((p.params, p.mean), 5, color.stroke_width(2))),
+                    .map(|p| Circle::new((p.params, p.mean.max(ymin)), 5, color.stroke_width(2))),
             )
             .map_err(err)?;
         chart
             .draw_series(
                 pts.iter()
-                    .filter(|p| p.std > 0.0)
+                    .filter(|p| p.std > 0.0 && p.mean >= ymin)
                     .map(|p| ErrorBar::new_vertical(p.params, p.mean - p.std, p.mean, p.mean + p.std, color, 6)),
             )
             .map_err(err)?;
@@ -235,7 +244,7 @@ where
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft) // accuracy rises with parameters: this corner stays empty
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
@@ -298,11 +307,16 @@ pub fn report(points: &[Point]) -> String {
                 }
                 let curve: Vec<(f64, f64)> = family_curve(&pts).iter().map(|p| (p.params, p.mean)).collect();
                 match params_to_reach(&curve, l.mean) {
+                    // Reached at the first point: the crossing may lie below it, so the ratio is a bound.
                     Some(p) if p <= curve[0].0 => s.push_str(&format!(
-                        "  - {family}: already at its smallest point ({} params, {:.4}): ≥ {:.1}x fewer parameters\n",
+                        "  - {family}: already at its smallest point ({} params, {:.4}): {}\n",
                         count(curve[0].0),
                         curve[0].1,
-                        l.params / p
+                        if p <= l.params {
+                            format!("≥ {:.1}x fewer parameters", l.params / p)
+                        } else {
+                            format!("≤ {:.1}x more parameters (no smaller config of this family ran)", p / l.params)
+                        }
                     )),
                     Some(p) => s.push_str(&format!(
                         "  - {family}: reaches it at ≈ {} params (interpolated): {:.1}x {} parameters\n",
@@ -423,6 +437,10 @@ mod tests {
         let r = report(&p);
         assert!(r.contains("tucker-m3: reaches it at"), "{r}");
         assert!(r.contains("(lora-9216, 9,216 params) reaches 0.8000"), "{r}");
+        // A family whose smallest config already beats LoRA r=1 but has more parameters: a bound.
+        let big = [p.clone(), vec![pt("kron", 12000.0, 0.81)]].concat();
+        let r = report(&big);
+        assert!(r.contains("kron: already at its smallest point (12,000 params, 0.8100): ≤ 1.3x more"), "{r}");
         assert!(r.contains("+4.00 points"), "{r}");
         // One seed has no spread to show: no "± 0.0000".
         assert!(r.contains("0.7000 (1 seed)") && !r.contains("± 0.0000"), "{r}");
