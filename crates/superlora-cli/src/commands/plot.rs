@@ -11,8 +11,10 @@
 //!
 //! 1. parameters SuperLoRA needs to match LoRA r = 1: for each non-LoRA family, the smallest
 //!    parameter count at which its curve (piecewise linear in log parameters) reaches the accuracy
-//!    of the smallest LoRA point; the ratio to that LoRA point's count;
-//! 2. the best config with at most 100 adapter parameters against head-only.
+//!    of the smallest LoRA point; the ratio to that LoRA point's count.
+//!    With several LoRA seeds the ratio is also read at LoRA's mean ∓ one standard deviation.
+//! 2. the best config with at most 100 adapter parameters against head-only, with the standard
+//!    error of the difference of the two means where both have several seeds.
 //!
 //! The accuracy read is `test_acc_at_best` (test accuracy at the best-validation step).
 
@@ -309,20 +311,17 @@ pub fn report(points: &[Point]) -> String {
                 match params_to_reach(&curve, l.mean) {
                     // Reached at the first point: the crossing may lie below it, so the ratio is a bound.
                     Some(p) if p <= curve[0].0 => s.push_str(&format!(
-                        "  - {family}: already at its smallest point ({} params, {:.4}): {}\n",
+                        "  - {family}: already at its smallest point ({} params, {:.4}): {}{}\n",
                         count(curve[0].0),
                         curve[0].1,
-                        if p <= l.params {
-                            format!("≥ {:.1}x fewer parameters", l.params / p)
-                        } else {
-                            format!("≤ {:.1}x more parameters (no smaller config of this family ran)", p / l.params)
-                        }
+                        ratio(l.params, p, curve[0].0),
+                        spread(l, &curve)
                     )),
                     Some(p) => s.push_str(&format!(
-                        "  - {family}: reaches it at ≈ {} params (interpolated): {:.1}x {} parameters\n",
+                        "  - {family}: reaches it at ≈ {} params (interpolated): {}{}\n",
                         count(p),
-                        if p <= l.params { l.params / p } else { p / l.params },
-                        if p <= l.params { "fewer" } else { "more" }
+                        ratio(l.params, p, curve[0].0),
+                        spread(l, &curve)
                     )),
                     None => s.push_str(&format!(
                         "  - {family}: does not reach it (best {:.4} at {} params)\n",
@@ -340,17 +339,61 @@ pub fn report(points: &[Point]) -> String {
         .max_by(|a, b| a.mean.total_cmp(&b.mean));
     match (tiny, head) {
         (Some(t), Some(h)) => s.push_str(&format!(
-            "- 2. Best config with ≤ 100 adapter parameters: {} ({} params) {} vs head-only {}: {:+.2} points.\n",
+            "- 2. Best config with ≤ 100 adapter parameters: {} ({} params) {} vs head-only {}: {:+.2} points{}.\n",
             t.cell,
             count(t.params),
             t.accuracy(),
             h.accuracy(),
-            100.0 * (t.mean - h.mean)
+            100.0 * (t.mean - h.mean),
+            if t.n > 1 && h.n > 1 {
+                let se = (t.std.powi(2) / t.n as f64 + h.std.powi(2) / h.n as f64).sqrt();
+                format!(
+                    " (standard error of the difference {:.2} points: {:.1} standard errors)",
+                    100.0 * se,
+                    (t.mean - h.mean) / se.max(1e-12)
+                )
+            } else {
+                " (one seed on a side: no spread to compare with)".to_string()
+            }
         )),
         (None, _) => s.push_str("- 2. No config with ≤ 100 adapter parameters in the results.\n"),
         (_, None) => s.push_str("- 2. No head-only run in the results to compare with.\n"),
     }
     s
+}
+
+/// "5.2x fewer parameters" for a crossing at `p` against LoRA's `lora` parameters; a bound ("≥",
+/// "≤") when the crossing is the curve's first point (`first`), below which nothing ran.
+fn ratio(lora: f64, p: f64, first: f64) -> String {
+    let bound = p <= first;
+    if p <= lora {
+        format!("{}{:.1}x fewer parameters", if bound { "≥ " } else { "" }, lora / p)
+    } else if bound {
+        format!("≤ {:.1}x more parameters (no smaller config of this family ran)", p / lora)
+    } else {
+        format!("{:.1}x more parameters", p / lora)
+    }
+}
+
+/// With several LoRA seeds: the same ratio read at LoRA's mean minus and plus one std, so the
+/// seed spread of the target shows in the claim.
+fn spread(l: &Point, curve: &[(f64, f64)]) -> String {
+    if l.n < 2 || l.std <= 0.0 {
+        return String::new();
+    }
+    let at = |target: f64| match params_to_reach(curve, target) {
+        Some(p) => ratio(l.params, p, curve[0].0)
+            .replace(" parameters", "")
+            .replace(" (no smaller config of this family ran)", ""),
+        None => "not reached".to_string(),
+    };
+    format!(
+        "; at LoRA's mean ∓ 1 std ({:.4} / {:.4}): {} / {}",
+        l.mean - l.std,
+        l.mean + l.std,
+        at(l.mean - l.std),
+        at(l.mean + l.std)
+    )
 }
 
 /// Runs the command.
@@ -446,5 +489,32 @@ mod tests {
         assert!(r.contains("0.7000 (1 seed)") && !r.contains("± 0.0000"), "{r}");
         let three = Point { std: 0.0125, n: 3, ..pt("lora", 9216.0, 0.8) };
         assert_eq!(three.accuracy(), "0.8000 ± 0.0125");
+        assert!(r.contains("(one seed on a side: no spread to compare with)"), "{r}");
+    }
+
+    #[test]
+    fn claims_carry_the_seed_spread() {
+        let seeds = |p: Point, std: f64| Point { std, n: 3, ..p };
+        let p = vec![
+            seeds(pt("head-only", 0.0, 0.70), 0.01),
+            seeds(pt("lora", 10000.0, 0.80), 0.01),
+            seeds(pt("dense", 10.0, 0.72), 0.01),
+            seeds(pt("dense", 1000.0, 0.82), 0.01),
+        ];
+        let r = report(&p);
+        // 0.80 is reached at 10^(1 + 2·0.8) ≈ 398 params; 0.79 at 10^(1 + 2·0.7) ≈ 251, 0.81 at
+        // 10^(1 + 2·0.9) ≈ 631.
+        assert!(r.contains("dense: reaches it at ≈ 398 params (interpolated): 25.1x fewer parameters"), "{r}");
+        assert!(r.contains("at LoRA's mean ∓ 1 std (0.7900 / 0.8100): 39.8x fewer / 15.8x fewer"), "{r}");
+        // +2 points with a standard error of sqrt(2·0.01²/3) = 0.82 points.
+        assert!(r.contains("+2.00 points (standard error of the difference 0.82 points: 2.4 standard errors)"), "{r}");
+        let out_of_reach = vec![p[1].clone(), seeds(pt("tiny", 50.0, 0.805), 0.0)];
+        let r = report(&out_of_reach);
+        assert!(
+            r.contains(
+                "≥ 200.0x fewer parameters; at LoRA's mean ∓ 1 std (0.7900 / 0.8100): ≥ 200.0x fewer / not reached"
+            ),
+            "{r}"
+        );
     }
 }
