@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use superlora_train::output::Kind;
 
 /// The lock file's name inside a run folder.
 pub const LOCK_FILE: &str = "train.lock";
@@ -20,9 +21,26 @@ pub struct RunDirLock {
     _file: File,
 }
 
+/// Everything `train` and the diffusion commands write into a run folder.
+pub const RUN_ENTRIES: [&str; 9] = [
+    LOCK_FILE,
+    "run.json",
+    "summary.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "adapter",
+    "base.safetensors",
+    "run.json.tmp",
+    "summary.json.tmp",
+];
+
 /// Creates `out` if needed and locks it for this process. With `force`, everything in it except
-/// the lock is then removed (a fresh start that never deletes a folder another process uses).
+/// the lock is then removed (a fresh start that never deletes a folder another process uses);
+/// a folder holding anything a run does not write is refused instead (`--out .` in a project).
 pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
+    if force {
+        superlora_train::output::check_replace(out, true, Kind::Folder(&RUN_ENTRIES), "--out")?;
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
     let path = out.join(LOCK_FILE);
     let Some(file) = try_lock(&path)? else {
@@ -80,8 +98,15 @@ mod tests {
         assert!(err.contains("another process") && err.contains("train.lock"), "{err}");
         assert!(out.join("run.json").exists() && out.join("checkpoints").exists());
         drop(held);
-        let _again = lock(&out, true).unwrap();
+        let again = lock(&out, true).unwrap();
         let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, [LOCK_FILE]);
+        drop(again);
+        // A folder that holds something a run does not write is refused, and nothing is deleted.
+        std::fs::write(out.join("run.json"), "{}").unwrap();
+        std::fs::write(out.join("thesis.tex"), "mine").unwrap();
+        let err = format!("{:#}", lock(&out, true).unwrap_err());
+        assert!(err.contains("`thesis.tex`") && err.contains("did not write"), "{err}");
+        assert!(out.join("thesis.tex").exists() && out.join("run.json").exists());
     }
 }

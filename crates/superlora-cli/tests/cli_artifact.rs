@@ -224,6 +224,68 @@ fn a_corpus_of_corrupted_adapters_is_refused_with_exit_code_2() {
     }
 }
 
+/// Runs the binary in `cwd`: (exit code, stderr).
+fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(bin()).current_dir(cwd).args(args).output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Hidden temporaries (`.<name>.tmp-<pid>`) left in `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect()
+}
+
+#[test]
+fn force_replaces_only_our_outputs_and_a_refused_write_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = root.join("a");
+    make(&a);
+    let a_str = a.to_str().unwrap();
+    // A folder holding someone's file is not emptied by --force, whether named or `.`.
+    let mine = root.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("thesis.tex"), "mine").unwrap();
+    let (code, err) = run_in(root, &["export", "--format", "delta", "--adapter", a_str, "--out", "mine", "--force"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`thesis.tex`") && err.contains("did not write"), "{err}");
+    let (code, err) = run_in(&mine, &["export", "--format", "delta", "--adapter", a_str, "--out", ".", "--force"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("names no file or folder of its own"), "{err}");
+    assert_eq!(std::fs::read_to_string(mine.join("thesis.tex")).unwrap(), "mine");
+    // Our own export is replaced with --force.
+    for _ in 0..2 {
+        let (code, err) = run_in(root, &["export", "--format", "delta", "--adapter", a_str, "--out", "e", "--force"]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    // Flags refused once the temporary exists (a rank past the layer) leave nothing behind.
+    for bad in [
+        &["--format", "peft", "--rank", "0"][..],
+        &["--format", "delta", "--rank", "2"][..],
+        &["--format", "peft", "--rank", "99"][..],
+    ] {
+        let mut args = vec!["export", "--adapter", a_str, "--out", "x"];
+        args.extend_from_slice(bad);
+        let (code, err) = run_in(root, &args);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+        assert!(!root.join("x").exists() && leftovers(root).is_empty(), "{bad:?}: {:?}", leftovers(root));
+    }
+    // merge never writes into the adapter folder, and a bad tolerance is refused before anything.
+    let inside = a.join(artifact::TENSOR_FILE);
+    let before = std::fs::read(&inside).unwrap();
+    let (code, err) = run_in(root, &["merge", "--adapter", a_str, "--out", inside.to_str().unwrap(), "--force"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("inside the adapter folder"), "{err}");
+    assert_eq!(std::fs::read(&inside).unwrap(), before);
+    let (code, err) = run_in(root, &["merge", "--adapter", a_str, "--out", "m.safetensors", "--tolerance", "NaN"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a tolerance"), "{err}");
+}
+
 fn peft_dir(root: &Path, name: &str, config: serde_json::Value, tensors: &[(&str, Tensor)]) -> PathBuf {
     let d = root.join(name);
     std::fs::create_dir_all(&d).unwrap();

@@ -163,17 +163,14 @@ pub fn save(
         let p = p.display().to_string();
         move |cause| Error::Io { path: p.clone(), cause }
     };
-    if dir.exists() && !force {
-        return Err(Error::Checkpoint(format!("{} already exists; pass --force to replace it", dir.display())));
-    }
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir.file_name().map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    crate::output::check_replace(
+        dir,
+        force,
+        crate::output::Kind::Folder(&[CONFIG_FILE, TENSOR_FILE]),
+        "adapter folder",
+    )?;
+    let staged = crate::output::Staged::new(dir, true)?;
+    let tmp = staged.path();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     if let Some(a) = adapter {
         for (n, v) in a.named_vars() {
@@ -191,12 +188,8 @@ pub fn save(
     let meta = HashMap::from([("format".to_string(), FORMAT.to_string())]);
     save_tensors(&tmp.join(TENSOR_FILE), &tensors, Some(meta))?;
     let json = serde_json::to_string_pretty(file).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    std::fs::write(tmp.join(CONFIG_FILE), json).map_err(io(&tmp))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
-    Ok(())
+    std::fs::write(tmp.join(CONFIG_FILE), json).map_err(io(tmp))?;
+    staged.commit()
 }
 
 /// An adapter folder read back and checked.

@@ -9,6 +9,7 @@ pub mod head;
 pub mod lowrank;
 pub mod metrics;
 pub mod optim;
+pub mod output;
 pub mod schedule;
 pub mod task;
 pub mod trainer;
@@ -37,6 +38,9 @@ pub enum Error {
     /// From the adapter core.
     #[error(transparent)]
     Core(#[from] superlora_core::Error),
+    /// An output that may not be written (exists without --force, or is not ours to replace).
+    #[error("{0}")]
+    Output(String),
     /// Reading or writing run files.
     #[error("{path}: {cause}")]
     Io {

@@ -18,9 +18,13 @@ use superlora_core::{Factorization, Fold, Projection};
 use superlora_train::artifact;
 use superlora_train::checkpoint::save_tensors;
 use superlora_train::lowrank::best_rank;
+use superlora_train::output::{Kind, Staged, check_replace};
 
 use crate::args::{ExportArgs, ExportFormat};
 use crate::settings::InputError;
+
+/// What an export folder holds (both formats): `--force` replaces only such a folder.
+const EXPORT_ENTRIES: [&str; 3] = ["delta_weights.safetensors", "adapter_model.safetensors", "adapter_config.json"];
 
 /// The PEFT key prefix of a module.
 fn key(module: &str) -> String {
@@ -34,19 +38,17 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let Some(adapter) = &loaded.adapter else {
         bail!(InputError(format!("{} is head-only: nothing to export", args.adapter.display())))
     };
-    if args.out.exists() && !args.force {
-        bail!(InputError(format!("{} exists; pass --force to replace it", args.out.display())));
+    if args.rank.is_some() && matches!(args.format, ExportFormat::Delta) {
+        bail!(InputError("--rank applies to --format peft; --format delta writes the exact ΔW".into()));
     }
+    if args.rank == Some(0) {
+        bail!(InputError("--rank must be at least 1".into()));
+    }
+    check_replace(&args.out, args.force, Kind::Folder(&EXPORT_ENTRIES), "--out")?;
     let cfg = adapter.config();
-    let tmp = args.out.with_file_name(format!(
-        ".{}.tmp-{}",
-        args.out.file_name().map_or("export".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Removed again if anything below fails; moved into place at the end.
+    let staged = Staged::new(&args.out, true)?;
+    let tmp = staged.path();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     match args.format {
         ExportFormat::Delta => {
@@ -138,13 +140,11 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 "revision": null,
                 "base_model_name_or_path": loaded.file.base_model.path,
             });
-            std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
+            std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)
+                .with_context(|| format!("writing {}", tmp.display()))?;
         }
     }
-    if args.out.exists() {
-        std::fs::remove_dir_all(&args.out)?;
-    }
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("moving {} into place", args.out.display()))?;
+    staged.commit().with_context(|| format!("moving the export into {}", args.out.display()))?;
     println!("written to {}", args.out.display());
     Ok(())
 }

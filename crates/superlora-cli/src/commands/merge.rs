@@ -1,10 +1,12 @@
 //! `superlora merge` / `unmerge`: W ± ΔW written into a copy of the base weights file.
 //!
 //! Every tensor keeps its name, dtype and order; only the targeted `<module>.weight` tensors
-//! change (they must be f32). The file is written atomically and never replaces an existing one
-//! without `--force`. `merge` then builds the model from the merged file and compares its
-//! features with the unmerged model (base + ΔW at run time) on real inputs from the adapter's
-//! test split, and fails if they differ by more than the tolerance.
+//! change (they must be f32). The file is written to a hidden temporary beside `--out`, checked,
+//! and moved into place only if the check passes; it never replaces an existing file without
+//! `--force`, and never the base weights, the `--merged` input or a file of the adapter. `merge`
+//! checks by building the model from the merged file and comparing its features with the unmerged
+//! model (base + ΔW at run time) on real inputs from the adapter's test split; `unmerge` compares
+//! the restored weights with the base. Either fails, writing nothing, above the tolerance.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::TensorView;
 use superlora_models::adapt::Deltas;
 use superlora_train::artifact::{self, Loaded};
+use superlora_train::output::{Kind, Staged, check_replace};
 use superlora_train::task::Split;
 
 use crate::args::{MergeArgs, UnmergeArgs};
@@ -26,9 +29,7 @@ const CHECK_EXAMPLES: usize = 8;
 /// The adapter, its task description and the base weights file (identity checked).
 fn open(adapter: &Path) -> Result<(Loaded, TaskSpec, PathBuf)> {
     let file = artifact::read_config(adapter)?;
-    let spec: TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
-        format!("{}: the adapter's task description is not one this program can rebuild", adapter.display())
-    })?;
+    let spec: TaskSpec = crate::runspec::task_of(&file, adapter)?;
     let weights = if spec.dataset.is_text() {
         if spec.model.is_dir() { spec.model.join("model.safetensors") } else { spec.model.clone() }
     } else {
@@ -63,18 +64,45 @@ fn deltas_by_weight(loaded: &Loaded) -> Result<HashMap<String, Vec<f32>>> {
         .collect()
 }
 
-/// Copies `src` to `out` with `sign`·ΔW added to the targeted weights; returns how many changed.
+/// Refuses an `--out` that is one of the inputs (`base` weights, the `merged` file) or lies inside
+/// the adapter folder: replacing it would destroy what the adapter and its checks rely on.
+fn check_out(out: &Path, force: bool, adapter: &Path, inputs: &[&Path]) -> Result<()> {
+    check_replace(out, force, Kind::File, "--out")?;
+    let canon = |p: &Path| p.canonicalize().ok();
+    if let Some(o) = canon(out) {
+        for i in inputs {
+            if canon(i).as_ref() == Some(&o) {
+                bail!(InputError(format!(
+                    "--out {} is the input file {}; write to a new file instead",
+                    out.display(),
+                    i.display()
+                )));
+            }
+        }
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let (Some(p), Some(a)) = (canon(parent), canon(adapter))
+        && p.starts_with(&a)
+    {
+        bail!(InputError(format!(
+            "--out {} lies inside the adapter folder {}; write it elsewhere",
+            out.display(),
+            adapter.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a copy of `src` with `sign`·ΔW added to the targeted weights into a staged temporary
+/// beside `out` (moved into place only when the caller commits it); returns it and how many
+/// weights changed.
 fn write_with(
     src: &Path,
     out: &Path,
     deltas: &HashMap<String, Vec<f32>>,
     sign: f32,
-    force: bool,
     note: &str,
-) -> Result<usize> {
-    if out.exists() && !force {
-        bail!(InputError(format!("{} exists; pass --force to replace it", out.display())));
-    }
+) -> Result<(Staged, usize)> {
     let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", src.display()))?;
@@ -113,30 +141,21 @@ fn write_with(
     }
     let mut metadata = meta.metadata().clone().unwrap_or_default();
     metadata.insert("superlora".into(), note.into());
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp-{}",
-        out.file_name().map_or("merged".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
-    Ok(found)
+    let staged = Staged::new(out, false)?;
+    safetensors::serialize_to_file(views, Some(metadata), staged.path())
+        .with_context(|| format!("writing {}", staged.path().display()))?;
+    Ok((staged, found))
 }
 
 /// Runs `merge`.
 pub fn run(args: &MergeArgs) -> Result<()> {
+    check_out(&args.out, args.force, &args.adapter, &[])?;
     let (loaded, spec, weights) = open(&args.adapter)?;
+    check_out(&args.out, args.force, &args.adapter, &[&weights])?;
     let deltas = deltas_by_weight(&loaded)?;
-    let n = write_with(
-        &weights,
-        &args.out,
-        &deltas,
-        1.0,
-        args.force,
-        &format!("merged W + ΔW of {}", args.adapter.display()),
-    )?;
-    eprintln!("{}: {n} weights merged", args.out.display());
+    let (staged, n) =
+        write_with(&weights, &args.out, &deltas, 1.0, &format!("merged W + ΔW of {}", args.adapter.display()))?;
+    eprintln!("{n} weights merged; checking the merged model before writing {}", args.out.display());
     // Same features from the merged file as from base + ΔW, on real test inputs.
     let device = Device::Cpu;
     let task = build_task(&spec, &device)?;
@@ -144,10 +163,12 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     let d: Vec<Tensor> = loaded.adapter.as_ref().context("no adapter")?.delta_weights()?;
     let unmerged = task.features(Split::Test, &idx, &Deltas::new(&loaded.targets, &d)?)?;
     let mut merged_spec = spec.clone();
-    if spec.dataset.is_text() {
+    // Removed when dropped (a text model needs a folder around the merged weights).
+    let check_dir = if spec.dataset.is_text() {
         // A BERT folder needs config.json and tokenizer.json beside the weights: use a temporary
         // folder of links to the originals plus the merged weights.
-        let dir = tempdir_beside(&args.out)?;
+        let check_dir = Staged::new(&args.out.with_file_name("superlora-merge-check"), true)?;
+        let dir = check_dir.path().to_path_buf();
         let base_dir = if spec.model.is_dir() {
             spec.model.clone()
         } else {
@@ -156,16 +177,17 @@ pub fn run(args: &MergeArgs) -> Result<()> {
         for f in ["config.json", "tokenizer.json"] {
             std::fs::copy(base_dir.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
         }
-        std::fs::copy(&args.out, dir.join("model.safetensors"))?;
+        std::fs::copy(staged.path(), dir.join("model.safetensors"))
+            .with_context(|| format!("copying {}", staged.path().display()))?;
         merged_spec.model = dir;
+        check_dir
     } else {
-        merged_spec.model = args.out.clone();
-    }
+        merged_spec.model = staged.path().to_path_buf();
+        Staged::new(&args.out.with_file_name("superlora-merge-check"), false)?
+    };
     let merged_task = build_task(&merged_spec, &device)?;
     let merged = merged_task.features(Split::Test, &idx, &Deltas::none())?;
-    if spec.dataset.is_text() {
-        let _ = std::fs::remove_dir_all(&merged_spec.model);
-    }
+    drop(check_dir);
     let diff = (merged - &unmerged)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let scale = unmerged.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
     println!(
@@ -176,36 +198,33 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     );
     if diff / scale > args.tolerance {
         bail!(
-            "merged and unmerged outputs differ by {:.3e} (relative), above the tolerance {:.1e}",
+            "merged and unmerged outputs differ by {:.3e} (relative), above the tolerance {:.1e}; {} was not written",
             diff / scale,
-            args.tolerance
+            args.tolerance,
+            args.out.display()
         );
     }
+    staged.commit().with_context(|| format!("moving the merged weights into {}", args.out.display()))?;
+    println!("{}: written", args.out.display());
     Ok(())
-}
-
-fn tempdir_beside(out: &Path) -> Result<PathBuf> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let dir = parent.join(format!(".superlora-merge-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// Runs `unmerge`.
 pub fn unmerge(args: &UnmergeArgs) -> Result<()> {
+    check_out(&args.out, args.force, &args.adapter, &[&args.merged])?;
     let (loaded, _spec, weights) = open(&args.adapter)?;
+    check_out(&args.out, args.force, &args.adapter, &[&weights, &args.merged])?;
     let deltas = deltas_by_weight(&loaded)?;
-    let n = write_with(
+    let (staged, n) = write_with(
         &args.merged,
         &args.out,
         &deltas,
         -1.0,
-        args.force,
         &format!("unmerged W + ΔW − ΔW of {}", args.adapter.display()),
     )?;
     // Compare every targeted weight with the base.
     let base = candle_core::safetensors::load(&weights, &Device::Cpu)?;
-    let back = candle_core::safetensors::load(&args.out, &Device::Cpu)?;
+    let back = candle_core::safetensors::load(staged.path(), &Device::Cpu)?;
     let (mut worst, mut scale) = (0f64, 1f64);
     for name in deltas.keys() {
         let key = if base.contains_key(name) { name.clone() } else { format!("bert.{name}") };
@@ -213,17 +232,17 @@ pub fn unmerge(args: &UnmergeArgs) -> Result<()> {
         worst = worst.max((a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
         scale = scale.max(a.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
     }
-    println!(
-        "{}: {n} weights restored; max |restored − base| = {worst:.3e} (relative {:.3e})",
-        args.out.display(),
-        worst / scale
-    );
+    println!("{n} weights restored; max |restored − base| = {worst:.3e} (relative {:.3e})", worst / scale);
     if worst / scale > args.tolerance {
         bail!(
-            "restored weights differ from the base by {:.3e} (relative), above {:.1e}",
+            "restored weights differ from the base by {:.3e} (relative), above {:.1e}; {} was not written \
+             (is --merged a merge of this adapter?)",
             worst / scale,
-            args.tolerance
+            args.tolerance,
+            args.out.display()
         );
     }
+    staged.commit().with_context(|| format!("moving the restored weights into {}", args.out.display()))?;
+    println!("{}: written", args.out.display());
     Ok(())
 }
