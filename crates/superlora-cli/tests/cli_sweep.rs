@@ -53,8 +53,22 @@ fn a_small_sweep_writes_results_and_plots() {
             .output()
             .unwrap()
     };
+    // A typo in any config fails the dry run (and the sweep) before anything trains, naming it.
+    let bad_path = dir.path().join("bad.toml");
+    std::fs::write(&bad_path, grid(&onnx) + "[[run]]\nrnak = 1\n").unwrap();
+    let o = Command::new(bin())
+        .args(["sweep", "--dry-run", "--grid", bad_path.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("rnak") && err.contains("config `"), "{err}");
+    assert!(!out.exists(), "a refused sweep writes nothing");
     let o = sweep();
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // With --no-progress every finished run is still reported, one line each.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches(": test ").count(), 4, "{err}");
     let csv_path = out.join("results.csv");
     let text = std::fs::read_to_string(&csv_path).unwrap();
     let mut r = csv::Reader::from_reader(text.as_bytes());

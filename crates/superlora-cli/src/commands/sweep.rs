@@ -332,11 +332,20 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     if file.seeds.is_empty() {
         bail!(InputError(format!("{}: `seeds` is empty", args.grid.display())));
     }
+    let mut seen = BTreeSet::new();
+    if let Some(s) = file.seeds.iter().find(|&&s| !seen.insert(s)) {
+        bail!(InputError(format!("{}: `seeds` lists {s} twice", args.grid.display())));
+    }
     let cells = expand(&file).with_context(|| format!("in {}", args.grid.display()))?;
     let out = args.out.clone().or(file.out.clone()).unwrap_or_else(|| {
         let stem = args.grid.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(format!("sweep-{stem}"))
     });
+    // Every config's flags are checked as `train` reads them before anything runs, so a typo in
+    // the last config of a long grid fails now, not hours in.
+    for c in &cells {
+        check_cell(c, &out).with_context(|| format!("in {}, config `{}`", args.grid.display(), c.name))?;
+    }
     // Seed-major: every config with the first seed, then every config with the next one, so a
     // long sweep stopped part-way already covers the whole grid.
     let plan: Vec<(&Cell, u64)> = file.seeds.iter().flat_map(|&s| cells.iter().map(move |c| (c, s))).collect();
@@ -350,8 +359,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     for sub in ["logs", "locks"] {
         std::fs::create_dir_all(out.join(sub)).with_context(|| format!("creating {}", out.join(sub).display()))?;
     }
-    std::fs::copy(&args.grid, out.join("grid.toml"))
-        .with_context(|| format!("copying the grid to {}", out.display()))?;
+    keep_grid(&args.grid, &text, &out)?;
     let csv_path = out.join("results.csv");
     let done = finished(&csv_path)?;
     let todo: Vec<&(&Cell, u64)> = plan.iter().filter(|(c, s)| !done.contains(&(c.name.clone(), *s))).collect();
@@ -415,19 +423,22 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             if !status.success() {
                 let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let last: Vec<&str> = tail.lines().rev().take(3).collect();
-                bar.println(format!(
-                    "FAILED {run_name} (exit {}): {} — log {}",
-                    status.code().map_or("signal".into(), |c| c.to_string()),
-                    last.into_iter().rev().collect::<Vec<_>>().join(" | "),
-                    log_path.display()
-                ));
+                say(
+                    &bar,
+                    format!(
+                        "FAILED {run_name} (exit {}): {} — log {}",
+                        status.code().map_or("signal".into(), |c| c.to_string()),
+                        last.into_iter().rev().collect::<Vec<_>>().join(" | "),
+                        log_path.display()
+                    ),
+                );
                 failed.push(run_name);
                 bar.inc(1);
                 continue;
             }
         }
         let line = append_row(&csv_path, cell, seed, &run_dir)?;
-        bar.println(line);
+        say(&bar, line);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -444,6 +455,50 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     println!("results in {}", csv_path.display());
     Ok(())
+}
+
+/// Parses a config's `train` flags as `train` would and resolves its settings (model present,
+/// adapter valid, counts ≥ 1), without loading data.
+fn check_cell(cell: &Cell, out: &Path) -> Result<()> {
+    use clap::Parser;
+    let argv = ["superlora".to_string(), "train".into()]
+        .into_iter()
+        .chain(cell.args.iter().cloned())
+        .chain(["--out".to_string(), out.join("runs").join(&cell.name).display().to_string()]);
+    let cli = crate::args::Cli::try_parse_from(argv).map_err(|e| {
+        let msg = e.render().to_string();
+        let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+        InputError(format!("`train {}`: {first}", cell.args.join(" ")))
+    })?;
+    if let crate::args::Command::Train(t) = &cli.command {
+        crate::commands::train::resolve(t)?;
+    }
+    Ok(())
+}
+
+/// Copies the grid to `<out>/grid.toml`; an earlier, different grid there is kept as
+/// `grid-<n>.toml` (a folder run with two grids says so).
+fn keep_grid(grid: &Path, text: &str, out: &Path) -> Result<()> {
+    let dest = out.join("grid.toml");
+    if let Ok(old) = std::fs::read_to_string(&dest) {
+        if old == text {
+            return Ok(());
+        }
+        let kept = (1..).map(|n| out.join(format!("grid-{n}.toml"))).find(|p| !p.exists()).context("no free name")?;
+        std::fs::rename(&dest, &kept).with_context(|| format!("keeping {} as {}", dest.display(), kept.display()))?;
+        eprintln!(
+            "sweep: {} differs from the grid this folder ran before; the earlier one is kept as {}",
+            grid.display(),
+            kept.display()
+        );
+    }
+    std::fs::write(&dest, text).with_context(|| format!("copying the grid to {}", dest.display()))
+}
+
+/// Prints above the progress bar, or to stderr when the bar is hidden (`--no-progress`), where
+/// `ProgressBar::println` would print nothing.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
 }
 
 /// Families and cells of a grid without running it.
