@@ -197,7 +197,7 @@ pub struct PlanArgs {
     #[arg(long, value_name = "P")]
     pub budget: Option<usize>,
     /// With --budget: how many configs to list per family.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least_one)]
     pub per_family: usize,
     /// Print JSON (with `trainable_params` and a `groups` array) instead of a table.
     #[arg(long)]
@@ -239,25 +239,25 @@ pub struct TrainArgs {
     #[arg(long)]
     pub head_only: bool,
     /// Optimizer steps [preset].
-    #[arg(long, conflicts_with = "epochs")]
+    #[arg(long, conflicts_with = "epochs", value_parser = at_least_one_u64)]
     pub steps: Option<u64>,
     /// Epochs over the training split, instead of --steps.
     #[arg(long)]
     pub epochs: Option<f64>,
     /// Examples per step [default: 32].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub batch_size: Option<usize>,
     /// Examples per evaluation batch [default: 64].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub eval_batch_size: Option<usize>,
     /// Evaluate and checkpoint every N steps (and at the end) [preset].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one_u64)]
     pub eval_every: Option<u64>,
     /// Evaluate on at most N validation/test examples, except at the end (full splits) [preset].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub eval_limit: Option<usize>,
     /// Evaluate on at most N validation/test examples at the end too (default: the full splits).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub final_eval_limit: Option<usize>,
     /// Peak learning rate of the adapter [default: 1e-3].
     #[arg(long, value_name = "LR")]
@@ -281,7 +281,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
     /// Use at most N training examples (stratified subset).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub train_subset: Option<usize>,
     /// Image side in pixels, a multiple of 14 [default: 56].
     #[arg(long, value_name = "PX")]
@@ -298,7 +298,8 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
-    /// Delete an existing run in --out and start over.
+    /// Delete an existing run in --out and start over (refused if the folder holds anything a run
+    /// does not write).
     #[arg(long)]
     pub force: bool,
     /// No progress bar (evaluation lines are still printed).
@@ -328,13 +329,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Examples per step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Tokens per example (texts with at least this many tokens, truncated to it).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub seq_len: usize,
     /// Timed steps per config (after the warm-up).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub steps: usize,
     /// Untimed warm-up steps per config.
     #[arg(long, default_value_t = 3)]
@@ -356,7 +357,7 @@ pub struct PredictArgs {
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// How many classes to list per input.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub top: usize,
     /// Print one JSON object per input (class, all probabilities, and the feature vector the head
     /// reads: the pooled sentence embedding, or the image features) instead of a table line.
@@ -378,7 +379,7 @@ pub struct MergeArgs {
     pub force: bool,
     /// Largest accepted difference between merged and unmerged outputs, relative to their largest
     /// magnitude.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = tolerance)]
     pub tolerance: f64,
 }
 
@@ -398,7 +399,7 @@ pub struct UnmergeArgs {
     #[arg(long)]
     pub force: bool,
     /// Largest accepted difference to the base weights, relative to their largest magnitude.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = tolerance)]
     pub tolerance: f64,
 }
 
@@ -758,7 +759,8 @@ pub struct DiffusionTrainFlags {
     /// Continue the run in --out from its latest checkpoint (same flags).
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
-    /// Delete an existing run in --out and start over.
+    /// Delete an existing run in --out and start over (refused if the folder holds anything a run
+    /// does not write).
     #[arg(long)]
     pub force: bool,
     /// No progress bar (evaluation lines are still printed).
@@ -811,7 +813,7 @@ pub struct DiffusionTransferArgs {
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     pub dataset: DiffusionDatasetArg,
     /// Train on at most N images (a seeded stratified subset).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub train_subset: Option<usize>,
     /// Adapted weights: names or dotted suffixes, comma-separated [default: query,key,value,output].
     #[arg(long, value_name = "NAMES", conflicts_with = "targets_regex")]
@@ -837,7 +839,7 @@ pub struct DiffusionSamplingFlags {
     #[arg(long, default_value_t = 2.0, value_name = "W", allow_negative_numbers = true)]
     pub guidance: f64,
     /// DDIM steps (at most the model's T).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     pub steps: usize,
     /// DDIM η: 0 deterministic, 1 DDPM-like ancestral noise.
     #[arg(long, default_value_t = 0.0)]
@@ -846,7 +848,7 @@ pub struct DiffusionSamplingFlags {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images per model call.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub batch_size: usize,
 }
 
@@ -887,10 +889,10 @@ pub struct DiffusionClassifierArgs {
     pub out: PathBuf,
     /// Passes over the training images (15: MNIST 0.947 / Fashion-MNIST 0.897 held out, against
     /// 0.896 / 0.880 after 5).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = at_least_one_u64)]
     pub epochs: u64,
     /// Images per step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW, cosine decay).
     #[arg(long, default_value_t = 1e-3)]
@@ -942,4 +944,25 @@ pub struct DiffusionEvalArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// A tolerance: a finite number ≥ 0 (NaN would switch the check off).
+fn tolerance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a tolerance: give a finite number ≥ 0, e.g. 1e-4")),
+    }
+}
+
+/// A count of at least 1 (0 steps, examples or tokens would do nothing, or divide by zero).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!("`{s}` is not a count: give a whole number ≥ 1")),
+    }
+}
+
+/// [`at_least_one`] for u64 counts.
+fn at_least_one_u64(s: &str) -> Result<u64, String> {
+    at_least_one(s).map(|v| v as u64)
 }

@@ -48,8 +48,27 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             || c.downcast_ref::<toml::de::Error>().is_some()
             || c.downcast_ref::<std::io::Error>().is_some()
             || c.downcast_ref::<superlora_data::Error>().is_some()
-            || c.downcast_ref::<superlora_train::Error>()
-                .is_some_and(|e| matches!(e, superlora_train::Error::Checkpoint(_)))
+            || c.downcast_ref::<superlora_models::Error>().is_some_and(|e| {
+                matches!(
+                    e,
+                    superlora_models::Error::Weights(_)
+                        | superlora_models::Error::Adapter(_)
+                        | superlora_models::Error::Io(_)
+                )
+            })
+            || c.downcast_ref::<superlora_train::Error>().is_some_and(|e| {
+                matches!(
+                    e,
+                    superlora_train::Error::Checkpoint(_)
+                        | superlora_train::Error::Output(_)
+                        | superlora_train::Error::Io { .. }
+                        | superlora_train::Error::Data(_)
+                        | superlora_train::Error::DataLoad(_)
+                )
+            })
+            || c.downcast_ref::<csv::Error>().is_some()
+            || c.downcast_ref::<safetensors::SafeTensorError>().is_some()
+            || c.downcast_ref::<serde_json::Error>().is_some()
     });
     if input { 2 } else { 1 }
 }

@@ -190,3 +190,21 @@ pub fn build_model(spec: &RunSpec, task: &dyn Task) -> Result<(Option<SuperLora>
     let head = Head::new(task.feature_dim(), task.num_classes(), spec.train.seed, DType::F32, task.device())?;
     Ok((adapter, targets, head))
 }
+
+/// The task an adapter was trained on, from its `adapter_config.json` (`dir` names it in errors).
+pub fn task_of(file: &superlora_train::artifact::AdapterFile, dir: &Path) -> Result<TaskSpec> {
+    serde_json::from_value(file.task.clone()).map_err(|e| {
+        let diffusion =
+            file.task.get("experiment").and_then(|x| x.as_str()).is_some_and(|x| x.starts_with("diffusion"));
+        let hint = if diffusion {
+            "; it is a diffusion adapter: use `superlora diffusion sample` or `superlora diffusion eval`"
+        } else {
+            ""
+        };
+        InputError(format!(
+            "{}: the adapter's task description is not one this program can rebuild ({e}){hint}",
+            dir.display()
+        ))
+        .into()
+    })
+}

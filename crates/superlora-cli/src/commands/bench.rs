@@ -16,6 +16,7 @@ use superlora_train::trainer::{TrainSettings, Trainable, optimizer, train_step};
 
 use crate::args::BenchArgs;
 use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
+use crate::settings::InputError;
 
 /// The configs measured: (label, adapter spec; None = head only).
 fn configs() -> Vec<(&'static str, Option<AdapterSpec>)> {
@@ -127,6 +128,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(i) = args.only {
         println!("{}", serde_json::to_string(&measure(args, i)?)?);
         return Ok(());
+    }
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => superlora_data::cache_dir()?.join("assets").join("minilm"),
+    };
+    if !model.join("config.json").is_file() {
+        bail!(InputError(format!(
+            "--model {}: not a BERT folder (no config.json in it); omit --model for the minilm asset \
+             (`scripts/setup-assets.sh minilm` fetches it)",
+            model.display()
+        )));
     }
     let exe = std::env::current_exe()?;
     eprintln!(

@@ -51,9 +51,7 @@ fn eval_adapter(dir: &std::path::Path, args: &EvalArgs) -> Result<()> {
     use superlora_train::artifact;
     let device = Device::Cpu;
     let file = artifact::read_config(dir)?;
-    let task_spec: crate::runspec::TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
-        format!("{}: the adapter's task description is not one this program can rebuild", dir.display())
-    })?;
+    let task_spec: crate::runspec::TaskSpec = crate::runspec::task_of(&file, dir)?;
     let task = build_task(&task_spec, &device)?;
     let (kind, weights) = task.base_model();
     let sha = artifact::file_sha256(&weights)?;

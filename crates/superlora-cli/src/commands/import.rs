@@ -155,9 +155,7 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     let (spec, like): (TaskSpec, Option<(AdapterFile, Option<Head>)>) = match (&args.like, args.preset) {
         (Some(like), _) => {
             let file = artifact::read_config(like)?;
-            let spec: TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
-                format!("{}: the adapter's task description is not one this program can rebuild", like.display())
-            })?;
+            let spec: TaskSpec = crate::runspec::task_of(&file, like)?;
             let loaded = artifact::load(like, &device)?;
             (spec, Some((file, loaded.head)))
         }

@@ -79,6 +79,14 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>> {
             })
         };
         let (params, acc) = (num(4)?, num(8)?);
+        if params < 0.0 || !(0.0..=1.0).contains(&acc) {
+            bail!(InputError(format!(
+                "{}: row {}: adapter_params = {params} and test_acc_at_best = {acc}; expected a count ≥ 0 and an \
+                 accuracy in [0, 1]",
+                path.display(),
+                i + 2
+            )));
+        }
         let e = cells.entry(row[0].to_string()).or_insert_with(|| (row[1].to_string(), params, Vec::new()));
         e.2.push(acc);
     }
@@ -403,6 +411,9 @@ pub fn run(args: &PlotArgs) -> Result<()> {
         args.out.clone().unwrap_or_else(|| args.results.parent().unwrap_or(Path::new(".")).to_path_buf());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let stem = args.name.as_deref().unwrap_or("accuracy_vs_params");
+    if stem.is_empty() || stem.contains(['/', '\\']) || stem.starts_with('.') {
+        bail!(InputError(format!("--name `{stem}`: give a plain file name stem, e.g. accuracy_vs_params")));
+    }
     let (png, svg, md) =
         (out.join(format!("{stem}.png")), out.join(format!("{stem}.svg")), out.join(format!("{stem}.md")));
     for p in [&png, &svg, &md] {

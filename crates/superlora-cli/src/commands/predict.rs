@@ -22,9 +22,7 @@ enum Encoder {
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = Device::Cpu;
     let file = artifact::read_config(&args.adapter)?;
-    let spec: TaskSpec = serde_json::from_value(file.task.clone()).with_context(|| {
-        format!("{}: the adapter's task description is not one this program can rebuild", args.adapter.display())
-    })?;
+    let spec: TaskSpec = crate::runspec::task_of(&file, &args.adapter)?;
     let (encoder, weights) = if spec.dataset.is_text() {
         let bert =
             Bert::load(&spec.model, &device).with_context(|| format!("loading BERT from {}", spec.model.display()))?;

@@ -139,6 +139,17 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
     if batch_size == 0 {
         bail!(InputError("--batch-size must be at least 1".into()));
     }
+    if !dataset.is_text()
+        && let Some(px) = args.image_size
+    {
+        superlora_data::preprocess::check_size(px)
+            .map_err(|e| InputError(format!("--image-size {px}: {e} (e.g. 56 or 224)")))?;
+    }
+    if let (Some(w), Some(s)) = (args.warmup, args.steps)
+        && w > s
+    {
+        bail!(InputError(format!("--warmup {w} is longer than --steps {s}; give at most {s}")));
+    }
     Ok(RunSpec {
         preset: args.preset.map(|p| format!("{p:?}")),
         task: TaskSpec {
