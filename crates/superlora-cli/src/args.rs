@@ -116,7 +116,8 @@ pub struct ShapeSource {
     /// e.g. `768x768*24,3072x768*12`.
     #[arg(long, value_name = "LIST")]
     pub shapes: Option<String>,
-    /// A .safetensors file, or a folder of them (only the headers are read).
+    /// A model: a DINOv2 .onnx or a BERT folder (its linear layers, exactly as `train` adapts
+    /// them), or any .safetensors file or folder of them (its 2-D `.weight` tensors, headers only).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
 }

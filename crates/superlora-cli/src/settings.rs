@@ -63,16 +63,45 @@ pub fn resolve_shapes(source: &ShapeSource, targets: Option<&str>, regex: Option
             parse_shapes(list)
         }
         (None, Some(path)) => {
-            let tensors = read_model_headers(path).with_context(|| format!("reading --model {}", path.display()))?;
             let pattern = match (targets, regex) {
                 (_, Some(re)) => TargetPattern::regex(re)?,
                 (Some(names), None) => TargetPattern::names(names)?,
                 (None, None) => TargetPattern::names("query,value")?,
             };
+            if let Some(linears) = trainable_linears(path)? {
+                return Ok(superlora_models::adapt::select(&linears, &pattern)
+                    .with_context(|| format!("choosing targets among the linear layers of {}", path.display()))?);
+            }
+            let tensors = read_model_headers(path).with_context(|| format!("reading --model {}", path.display()))?;
             Ok(select_targets(&tensors, &pattern).with_context(|| format!("choosing targets in {}", path.display()))?)
         }
         _ => input_bail!("give exactly one of --shapes or --model"),
     }
+}
+
+/// The linear layers `train` can adapt, for a model this program trains: a DINOv2 `.onnx` (converted
+/// once, as `train` does) or a BERT (a folder with `config.json` + `model.safetensors`, or that
+/// `.safetensors` file with its `config.json` beside it). None for any
+/// other model, whose 2-D `.weight` tensors are then read from the headers — so `plan` and `train`
+/// count the same weights (headers alone would also offer embedding tables and BERT's pooler).
+fn trainable_linears(path: &Path) -> Result<Option<Vec<superlora_models::adapt::LinearInfo>>> {
+    let cpu = candle_core::Device::Cpu;
+    if path.extension().is_some_and(|e| e == "onnx") {
+        let weights = crate::runspec::vit_weights(path)?;
+        let vit = superlora_models::vit::Vit::load(&weights, &cpu)
+            .with_context(|| format!("reading --model {}", path.display()))?;
+        return Ok(Some(vit.linears()));
+    }
+    let dir = if path.is_dir() { Some(path) } else { path.parent().filter(|_| path.is_file()) };
+    let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+    if dir.is_some_and(|d| d.join("config.json").is_file()) && weights.is_file() {
+        // Not every folder with a config is a BERT (e.g. a decoder-only model): those fall back
+        // to the headers.
+        if let Ok(bert) = superlora_models::bert::Bert::load(path, &cpu) {
+            return Ok(Some(bert.linears()));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads a TOML adapter-settings file.

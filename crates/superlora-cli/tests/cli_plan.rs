@@ -226,6 +226,34 @@ fn model_headers_and_targets() {
     assert!(stderr(&o).contains("not a valid safetensors file"), "{}", stderr(&o));
 }
 
+/// On a model `train` can fine-tune, `plan` counts exactly the linear layers `train` adapts: a
+/// regex over everything does not pick up the embedding tables or BERT's unused pooler, and the
+/// preset's DINOv2 `.onnx` is read like `train` reads it.
+#[test]
+fn plan_counts_the_weights_train_adapts() {
+    let assets = superlora_data::cache_dir().unwrap().join("assets");
+    let (minilm, onnx) = (assets.join("minilm"), assets.join("dinov2-onnx/vit_s_focus.onnx"));
+    assert!(
+        minilm.join("config.json").exists() && onnx.exists(),
+        "missing {} or {}: run `scripts/setup-assets.sh minilm dinov2-onnx`",
+        minilm.display(),
+        onnx.display()
+    );
+    // 6 layers x (4 square 384x384 + 1536x384 + 384x1536), LoRA r=1: 24·768 + 12·1920.
+    for m in [minilm.clone(), minilm.join("model.safetensors")] {
+        let o = superlora(&["plan", "--model", m.to_str().unwrap(), "--targets-regex", ".*", "--rank", "1", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["layers"].as_array().unwrap().len(), 36);
+        assert_eq!(v["trainable_params"], 41_472, "{v}");
+    }
+    // The ViT preset's query+value, r=1: 12 layers x 2 x (384 + 384).
+    assert_eq!(
+        params_line(&["plan", "--model", onnx.to_str().unwrap(), "--rank", "1"]),
+        "trainable parameters: 18,432"
+    );
+}
+
 /// `superlora plan … | head`: a reader that stops early ends the command quietly (SIGPIPE), not
 /// with a Rust panic about a failed print.
 #[test]
