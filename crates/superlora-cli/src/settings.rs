@@ -69,8 +69,8 @@ pub fn resolve_shapes(source: &ShapeSource, targets: Option<&str>, regex: Option
                 (None, None) => TargetPattern::names("query,value")?,
             };
             if let Some(linears) = trainable_linears(path)? {
-                return Ok(superlora_models::adapt::select(&linears, &pattern)
-                    .with_context(|| format!("choosing targets among the linear layers of {}", path.display()))?);
+                return superlora_models::adapt::select(&linears, &pattern)
+                    .with_context(|| format!("choosing targets among the linear layers of {}", path.display()));
             }
             let tensors = read_model_headers(path).with_context(|| format!("reading --model {}", path.display()))?;
             Ok(select_targets(&tensors, &pattern).with_context(|| format!("choosing targets in {}", path.display()))?)
