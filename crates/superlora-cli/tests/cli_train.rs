@@ -260,6 +260,23 @@ fn head_only_refuses_adapter_flags() {
 }
 
 #[test]
+fn a_run_refused_after_loading_leaves_no_run_so_the_fix_needs_no_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = base_args(&out);
+    args.extend(["--targets", "pooler.dense"].map(String::from));
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pooler.dense"));
+    assert!(!out.join("run.json").exists(), "a refused run leaves no run.json");
+    // The corrected command runs without --force (a two-step run).
+    let mut args = base_args(&out);
+    args.extend(["--steps", "2", "--eval-every", "2"].map(String::from));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn a_folder_another_process_trains_into_is_refused_even_with_force() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");

@@ -209,7 +209,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         spec.train.steps = (epochs * per_epoch).ceil().max(1.0) as u64;
         spec.train.warmup = args.warmup.unwrap_or(spec.train.steps / 20);
     }
-    if args.resume && run_json.exists() {
+    let resuming = args.resume && run_json.exists();
+    if resuming {
         let previous = RunSpec::read(&out)?;
         if previous != spec {
             bail!(InputError(format!(
@@ -217,11 +218,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 out.display()
             )));
         }
-    } else {
+    }
+    let (adapter, targets, head) = build_model(&spec, task.as_ref())?;
+    // Written once the model is built: settings refused up to here (targets, adapter shape) leave
+    // no run behind, so the corrected command needs no --force.
+    if !resuming {
         std::fs::write(&run_json, serde_json::to_string_pretty(&spec)?)
             .with_context(|| format!("writing {}", run_json.display()))?;
     }
-    let (adapter, targets, head) = build_model(&spec, task.as_ref())?;
     if let Some(a) = &adapter {
         eprintln!(
             "adapter: {} on {} weights ({} entries) → {} trainable parameters",
