@@ -518,6 +518,7 @@ pub struct PlotArgs {
 
 /// `superlora import`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("base").required(true).multiple(false)))]
 pub struct ImportArgs {
     /// What to import.
     #[arg(long, value_enum)]
@@ -526,10 +527,10 @@ pub struct ImportArgs {
     #[arg(value_name = "DIR")]
     pub input: PathBuf,
     /// Take the base model, task and head from this adapter folder of ours.
-    #[arg(long, value_name = "DIR", conflicts_with = "preset", required_unless_present = "preset")]
+    #[arg(long, value_name = "DIR", group = "base")]
     pub like: Option<PathBuf>,
     /// Take the base model and task from a preset (no head).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, group = "base")]
     pub preset: Option<Preset>,
     /// The adapter folder to write.
     #[arg(long, value_name = "DIR")]
@@ -557,12 +558,13 @@ pub enum ExportFormat {
 
 /// `superlora eval`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(false)))]
 pub struct EvalArgs {
     /// A run folder (with run.json and checkpoints/): scores its latest checkpoint.
-    #[arg(long, value_name = "DIR", conflicts_with = "adapter", required_unless_present = "adapter")]
+    #[arg(long, value_name = "DIR", group = "source")]
     pub run: Option<PathBuf>,
     /// An adapter folder (adapter_config.json + adapter_model.safetensors, e.g. <run>/adapter).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "source")]
     pub adapter: Option<PathBuf>,
     /// Which split to score.
     #[arg(long, value_enum, default_value = "test")]
@@ -727,7 +729,7 @@ pub struct DiffusionTrainFlags {
     #[arg(long)]
     pub steps: Option<u64>,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW) [pretrain: 1e-3, transfer: 1e-3; few-parameter adapters want more].
     #[arg(long, value_name = "LR")]

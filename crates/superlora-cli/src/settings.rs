@@ -30,7 +30,11 @@ macro_rules! input_bail {
 pub fn parse_shapes(list: &str) -> Result<Vec<LayerShape>> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let bad = || InputError(format!("--shapes: `{item}` is not OUTxIN or OUTxIN*COUNT (e.g. 768x768*24)"));
+        let bad = || {
+            InputError(format!(
+                "--shapes: `{item}` is not OUTxIN or OUTxIN*COUNT with whole numbers ≥ 1 (e.g. 768x768*24)"
+            ))
+        };
         let (dims, count) = match item.split_once('*') {
             Some((d, c)) => (d, c.trim().parse::<usize>().ok().filter(|c| *c > 0).ok_or_else(bad)?),
             None => (item, 1),

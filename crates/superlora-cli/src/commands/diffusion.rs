@@ -358,9 +358,7 @@ fn images_bar(total: usize, what: &str, show: bool) -> ProgressBar {
 
 /// Refuses to replace `path` without --force (`flag` names the output flag).
 fn check_output(path: &Path, force: bool, flag: &str) -> Result<()> {
-    if path.exists() && !force {
-        bail!(InputError(format!("{flag} {} already exists; pass --force to replace it", path.display())));
-    }
+    superlora_train::output::check_replace(path, force, superlora_train::output::Kind::File, flag)?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -369,6 +367,9 @@ fn check_output(path: &Path, force: bool, flag: &str) -> Result<()> {
 
 fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
     let device = Device::Cpu;
+    if !a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        bail!(InputError(format!("--out {}: the grid is written as PNG; give a .png file name", a.out.display())));
+    }
     check_output(&a.out, a.force, "--out")?;
     if a.per_class == 0 {
         bail!(InputError("--per-class must be at least 1".into()));

@@ -67,8 +67,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         let features = match &encoder {
             Encoder::Image(vit, size) => {
                 let path = std::path::Path::new(input);
+                if !path.exists() {
+                    bail!(InputError(format!("`{input}`: no such file (this adapter classifies image files)")));
+                }
                 if !path.is_file() {
-                    bail!(InputError(format!("`{input}` is not an image file (this adapter classifies images)")));
+                    bail!(InputError(format!("`{input}` is not a file (this adapter classifies image files)")));
                 }
                 let (pixels, h, w) = superlora_data::decode::load_grey(path)?;
                 let set = ImageSet::new(pixels, vec![0], h, w, classes.clone(), input)?;
@@ -76,6 +79,12 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 vit.features(&images, &deltas)?
             }
             Encoder::Text(bert, tok, max_len) => {
+                if looks_like_image_path(input) {
+                    eprintln!(
+                        "note: `{input}` looks like an image file name, but this adapter classifies texts; it is \
+                         classified as the text itself"
+                    );
+                }
                 let batch = tok.encode_batch(&[input.as_str()], *max_len, &device)?;
                 let x = bert.forward(&batch.input_ids, &batch.attention_mask, &deltas)?;
                 mean_pool(&x, &batch.attention_mask)?
@@ -115,4 +124,12 @@ fn softmax(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// A single word ending in an image extension that names an existing file: probably meant as an image.
+fn looks_like_image_path(input: &str) -> bool {
+    let lower = input.to_ascii_lowercase();
+    !input.contains(char::is_whitespace)
+        && [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e))
+        && std::path::Path::new(input).is_file()
 }
