@@ -39,8 +39,12 @@ pub fn save_tensors(
     meta: Option<HashMap<String, String>>,
 ) -> Result<()> {
     let data: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    safetensors::serialize_to_file(data, meta, path)
-        .map_err(|e| Error::Checkpoint(format!("writing {}: {e}", path.display())))
+    // Serialized in memory and written with std (callers stage the file): safetensors'
+    // `serialize_to_file` goes through a private temporary file and leaves mode 0600, where
+    // every other output is created with the user's umask like any file.
+    let bytes = safetensors::serialize(data, meta)
+        .map_err(|e| Error::Checkpoint(format!("writing {}: {e}", path.display())))?;
+    std::fs::write(path, bytes).map_err(|cause| Error::Io { path: path.display().to_string(), cause })
 }
 
 /// Reads a safetensors file written by [`save_tensors`].

@@ -83,6 +83,13 @@ fn save_then_load_is_identical() {
         assert_eq!(bits(head.weight.as_tensor()), bits(h.weight.as_tensor()));
         // Refuses to overwrite without force.
         assert!(artifact::save(&dir, &loaded.file, Some(&b), Some(&h), false).is_err());
+        // Both files are created like any file (the user's umask), not the tensors privately (0600).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(artifact::TENSOR_FILE), mode(artifact::CONFIG_FILE));
+        }
     }
 }
 

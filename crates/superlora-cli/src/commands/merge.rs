@@ -142,8 +142,10 @@ fn write_with(
     let mut metadata = meta.metadata().clone().unwrap_or_default();
     metadata.insert("superlora".into(), note.into());
     let staged = Staged::new(out, false)?;
-    safetensors::serialize_to_file(views, Some(metadata), staged.path())
-        .with_context(|| format!("writing {}", staged.path().display()))?;
+    // In memory, then std's write: created with the user's umask (serialize_to_file leaves 0600).
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .with_context(|| format!("serializing {}", staged.path().display()))?;
+    std::fs::write(staged.path(), bytes).with_context(|| format!("writing {}", staged.path().display()))?;
     Ok((staged, found))
 }
 
