@@ -165,10 +165,9 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     let d: Vec<Tensor> = loaded.adapter.as_ref().context("no adapter")?.delta_weights()?;
     let unmerged = task.features(Split::Test, &idx, &Deltas::new(&loaded.targets, &d)?)?;
     let mut merged_spec = spec.clone();
-    // Removed when dropped (a text model needs a folder around the merged weights).
+    // A BERT folder needs config.json and tokenizer.json beside the weights: a temporary folder
+    // with copies of them and of the merged weights, removed when dropped.
     let check_dir = if spec.dataset.is_text() {
-        // A BERT folder needs config.json and tokenizer.json beside the weights: use a temporary
-        // folder of links to the originals plus the merged weights.
         let check_dir = Staged::new(&args.out.with_file_name("superlora-merge-check"), true)?;
         let dir = check_dir.path().to_path_buf();
         let base_dir = if spec.model.is_dir() {
@@ -182,10 +181,10 @@ pub fn run(args: &MergeArgs) -> Result<()> {
         std::fs::copy(staged.path(), dir.join("model.safetensors"))
             .with_context(|| format!("copying {}", staged.path().display()))?;
         merged_spec.model = dir;
-        check_dir
+        Some(check_dir)
     } else {
         merged_spec.model = staged.path().to_path_buf();
-        Staged::new(&args.out.with_file_name("superlora-merge-check"), false)?
+        None
     };
     let merged_task = build_task(&merged_spec, &device)?;
     let merged = merged_task.features(Split::Test, &idx, &Deltas::none())?;
