@@ -123,7 +123,7 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
         (None, None) => "query,value".into(),
     };
     let batch_size = args.batch_size.unwrap_or(32);
-    let eval_every = args.eval_every.or(defaults.as_ref().map(|d| d.eval_every)).unwrap_or(100).max(1);
+    let eval_every = args.eval_every.or(defaults.as_ref().map(|d| d.eval_every)).unwrap_or(100);
     let max_grad_norm = match args.max_grad_norm {
         Some(x) if x <= 0.0 => None,
         Some(x) => Some(x),
@@ -135,9 +135,6 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
         {
             bail!(InputError(format!("{name} = {v}: a learning rate must be a positive number")));
         }
-    }
-    if batch_size == 0 {
-        bail!(InputError("--batch-size must be at least 1".into()));
     }
     if !dataset.is_text()
         && let Some(px) = args.image_size
