@@ -98,10 +98,19 @@ fn trainable_linears(path: &Path) -> Result<Option<Vec<superlora_models::adapt::
     }
     let dir = if path.is_dir() { Some(path) } else { path.parent().filter(|_| path.is_file()) };
     let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    if dir.is_some_and(|d| d.join("config.json").is_file()) && weights.is_file() {
-        // Not every folder with a config is a BERT (e.g. a decoder-only model): those fall back
-        // to the headers.
-        if let Ok(bert) = superlora_models::bert::Bert::load(path, &cpu) {
+    let config = dir.map(|d| d.join("config.json")).filter(|c| c.is_file());
+    if let Some(config) = config
+        && weights.is_file()
+    {
+        // A BERT (by its config's `model_type`) must load; any other model with a config (e.g. a
+        // decoder-only one) is read from its headers.
+        let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+        let kind = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("model_type").and_then(|t| t.as_str()).map(str::to_string));
+        if kind.as_deref() == Some("bert") {
+            let bert = superlora_models::bert::Bert::load(path, &cpu)
+                .with_context(|| format!("reading --model {} as a BERT", path.display()))?;
             return Ok(Some(bert.linears()));
         }
     }

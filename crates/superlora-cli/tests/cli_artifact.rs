@@ -274,12 +274,19 @@ fn force_replaces_only_our_outputs_and_a_refused_write_leaves_nothing() {
         assert_eq!(code, Some(2), "{bad:?}: {err}");
         assert!(!root.join("x").exists() && leftovers(root).is_empty(), "{bad:?}: {:?}", leftovers(root));
     }
+    // An export never replaces (or holds) the adapter it reads, even with --force: an adapter
+    // folder has the same file names as a PEFT export.
+    let (code, err) =
+        run_in(root, &["export", "--format", "peft", "--rank", "1", "--adapter", a_str, "--out", a_str, "--force"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is the input"), "{err}");
+    assert!(artifact::load(&a, &Device::Cpu).unwrap().head.is_some(), "the adapter is intact");
     // merge never writes into the adapter folder, and a bad tolerance is refused before anything.
     let inside = a.join(artifact::TENSOR_FILE);
     let before = std::fs::read(&inside).unwrap();
     let (code, err) = run_in(root, &["merge", "--adapter", a_str, "--out", inside.to_str().unwrap(), "--force"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("inside the adapter folder"), "{err}");
+    assert!(err.contains("lies inside the input"), "{err}");
     assert_eq!(std::fs::read(&inside).unwrap(), before);
     let (code, err) = run_in(root, &["merge", "--adapter", a_str, "--out", "m.safetensors", "--tolerance", "NaN"]);
     assert_eq!(code, Some(2), "{err}");
@@ -370,4 +377,16 @@ fn hostile_peft_folders_are_refused_by_import() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not JSON"));
+    // Importing a PEFT folder onto itself is refused before anything is read or written.
+    let own = peft_dir(tmp.path(), "own", ok.clone(), &[(&ka, a.clone()), (&kb, b.clone())]);
+    let before = std::fs::read(own.join("adapter_model.safetensors")).unwrap();
+    let o = Command::new(bin())
+        .args(["import", "--format", "peft", own.to_str().unwrap(), "--preset", "minilm-rt", "--force", "--out"])
+        .arg(&own)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is the input"), "{err}");
+    assert_eq!(std::fs::read(own.join("adapter_model.safetensors")).unwrap(), before);
 }

@@ -113,6 +113,13 @@ fn pretrain_transfer_sample_classifier_eval() {
     ok(&resume);
     assert_eq!(metrics(&base_run).len(), 4);
 
+    // A transfer into the base's own run folder would delete the base with --force: refused.
+    let into_base =
+        run(&["diffusion", "transfer", "--base", base.to_str().unwrap(), "--steps", "1", "--force", "--out", b]);
+    assert_eq!(into_base.status.code(), Some(2), "{}", String::from_utf8_lossy(&into_base.stderr));
+    assert!(String::from_utf8_lossy(&into_base.stderr).contains("contains the input"));
+    assert!(base.is_file());
+
     // Transfer to Fashion-MNIST with LoRA r=1 on q, k, v, o of both blocks: 8 x (32 + 32).
     let tr_run = dir.path().join("lora-r1");
     let t = tr_run.to_str().unwrap();

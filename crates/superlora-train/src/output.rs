@@ -27,14 +27,18 @@ fn refused(msg: String) -> Error {
 /// Checks that `dest` may be written: it is absent, or `force` is given and it is an output of the
 /// same kind (see the module docs). `flag` names the option in messages (`--out`).
 pub fn check_replace(dest: &Path, force: bool, kind: Kind, flag: &str) -> Result<()> {
-    if dest.file_name().is_none() {
+    // `Path` drops a trailing `.` (`runs/x/.` has file name `x`), so look at the text too.
+    let text = dest.to_string_lossy();
+    let dotted = [".", ".."].iter().any(|d| text == *d || text.ends_with(&format!("/{d}")));
+    if dest.file_name().is_none() || dotted {
         return Err(refused(format!(
             "{flag} `{}` names no file or folder of its own; give a new name inside it, e.g. `{}`",
             dest.display(),
             dest.join("out").display()
         )));
     }
-    let Ok(meta) = std::fs::symlink_metadata(dest) else { return Ok(()) };
+    // Follows a link (a link to a run folder is a folder); a dangling link is a file.
+    let Ok(meta) = std::fs::metadata(dest).or_else(|_| std::fs::symlink_metadata(dest)) else { return Ok(()) };
     if !force {
         return Err(refused(format!("{flag} {} exists; pass --force to replace it", dest.display())));
     }
@@ -49,10 +53,10 @@ pub fn check_replace(dest: &Path, force: bool, kind: Kind, flag: &str) -> Result
             dest.display()
         ))),
         Kind::Folder(allowed) => {
-            let (Ok(d), Ok(cwd)) = (dest.canonicalize(), std::env::current_dir().and_then(|c| c.canonicalize())) else {
-                return Ok(());
-            };
-            if cwd.starts_with(&d) {
+            let canon = (dest.canonicalize(), std::env::current_dir().and_then(|c| c.canonicalize()));
+            if let (Ok(d), Ok(cwd)) = canon
+                && cwd.starts_with(&d)
+            {
                 return Err(refused(format!(
                     "{flag} {} holds the current folder; --force would delete it, pick another {flag}",
                     dest.display()
@@ -74,6 +78,44 @@ pub fn check_replace(dest: &Path, force: bool, kind: Kind, flag: &str) -> Result
             }
         }
     }
+}
+
+/// Refuses a destination that is one of the command's `inputs`, lies inside one, or contains one:
+/// writing it would replace or delete what the command reads (`export --adapter A --out A`, a
+/// transfer run folder holding its own `--base`).
+pub fn refuse_inputs(dest: &Path, inputs: &[&Path], flag: &str) -> Result<()> {
+    // Resolve what exists of the destination: its nearest existing ancestor, plus the rest.
+    let mut existing = dest.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+            }
+            _ => return Ok(()),
+        }
+    }
+    let Ok(mut d) = existing.canonicalize() else { return Ok(()) };
+    d.extend(rest.iter().rev());
+    for input in inputs {
+        let Ok(i) = input.canonicalize() else { continue };
+        if d == i || d.starts_with(&i) || i.starts_with(&d) {
+            return Err(refused(format!(
+                "{flag} {} {} the input {}; write the output somewhere else",
+                dest.display(),
+                if d == i {
+                    "is"
+                } else if d.starts_with(&i) {
+                    "lies inside"
+                } else {
+                    "contains"
+                },
+                input.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Entries of `dir` not among `allowed` (hidden temporaries `.<name>.tmp*` left by an earlier
@@ -135,7 +177,10 @@ impl Staged {
             let p = p.display().to_string();
             move |cause| Error::Io { path: p.clone(), cause }
         };
-        remove(&self.dest).map_err(io(&self.dest))?;
+        // A file replaces a file in one atomic rename; a folder has to go first.
+        if std::fs::symlink_metadata(&self.dest).is_ok_and(|m| m.is_dir()) || self.tmp.is_dir() {
+            remove(&self.dest).map_err(io(&self.dest))?;
+        }
         std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
         self.done = true;
         Ok(())
@@ -187,6 +232,23 @@ mod tests {
         let e = check_replace(Path::new("."), true, Kind::Folder(ADAPTER), "--out").unwrap_err().to_string();
         assert!(e.contains("names no file or folder"), "{e}");
         assert!(out.join("notes.txt").exists());
+        let e = check_replace(&out.join("."), true, Kind::Folder(ADAPTER), "--out").unwrap_err().to_string();
+        assert!(e.contains("names no file or folder"), "{e}");
+    }
+
+    #[test]
+    fn an_output_may_not_be_an_input_or_hold_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("sub")).unwrap();
+        std::fs::write(a.join("base.safetensors"), "x").unwrap();
+        let flag = "--out";
+        assert!(refuse_inputs(&a, &[&a], flag).unwrap_err().to_string().contains(" is the input"));
+        let e = refuse_inputs(&a.join("sub/new/x"), &[&a], flag).unwrap_err().to_string();
+        assert!(e.contains("lies inside"), "{e}");
+        let e = refuse_inputs(&a, &[&a.join("base.safetensors")], flag).unwrap_err().to_string();
+        assert!(e.contains("contains"), "{e}");
+        assert!(refuse_inputs(&dir.path().join("b"), &[&a], flag).is_ok());
     }
 
     #[test]

@@ -252,6 +252,9 @@ fn transfer(a: &DiffusionTransferArgs) -> Result<()> {
         "adapter": cfg,
         "train": settings,
     });
+    // The base usually sits in its pretraining run folder: a transfer run there (with --force)
+    // would delete the base its adapter points to.
+    superlora_train::output::refuse_inputs(&out, &[&a.base], "--out")?;
     let _lock = prepare_run(&out, &a.train, &spec)?;
     let adapter = SuperLora::from_shapes(&targets, &cfg, candle_core::DType::F32, &device)?;
     eprintln!(

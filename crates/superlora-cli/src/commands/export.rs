@@ -18,7 +18,7 @@ use superlora_core::{Factorization, Fold, Projection};
 use superlora_train::artifact;
 use superlora_train::checkpoint::save_tensors;
 use superlora_train::lowrank::best_rank;
-use superlora_train::output::{Kind, Staged, check_replace};
+use superlora_train::output::{Kind, Staged, check_replace, refuse_inputs};
 
 use crate::args::{ExportArgs, ExportFormat};
 use crate::settings::InputError;
@@ -45,6 +45,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         bail!(InputError("--rank must be at least 1".into()));
     }
     check_replace(&args.out, args.force, Kind::Folder(&EXPORT_ENTRIES), "--out")?;
+    refuse_inputs(&args.out, &[&args.adapter], "--out")?;
     let cfg = adapter.config();
     // Removed again if anything below fails; moved into place at the end.
     let staged = Staged::new(&args.out, true)?;

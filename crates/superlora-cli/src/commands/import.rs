@@ -124,6 +124,9 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     if args.out.exists() && !args.force {
         bail!(InputError(format!("{} exists; pass --force to replace it", args.out.display())));
     }
+    let mut inputs: Vec<&std::path::Path> = vec![&args.input];
+    inputs.extend(args.like.as_deref());
+    superlora_train::output::refuse_inputs(&args.out, &inputs, "--out")?;
     let dir = &args.input;
     let peft = read_peft_config(dir)?;
     let tensor_path = dir.join("adapter_model.safetensors");

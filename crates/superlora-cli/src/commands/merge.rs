@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::TensorView;
 use superlora_models::adapt::Deltas;
 use superlora_train::artifact::{self, Loaded};
-use superlora_train::output::{Kind, Staged, check_replace};
+use superlora_train::output::{Kind, Staged, check_replace, refuse_inputs};
 use superlora_train::task::Split;
 
 use crate::args::{MergeArgs, UnmergeArgs};
@@ -68,29 +68,8 @@ fn deltas_by_weight(loaded: &Loaded) -> Result<HashMap<String, Vec<f32>>> {
 /// the adapter folder: replacing it would destroy what the adapter and its checks rely on.
 fn check_out(out: &Path, force: bool, adapter: &Path, inputs: &[&Path]) -> Result<()> {
     check_replace(out, force, Kind::File, "--out")?;
-    let canon = |p: &Path| p.canonicalize().ok();
-    if let Some(o) = canon(out) {
-        for i in inputs {
-            if canon(i).as_ref() == Some(&o) {
-                bail!(InputError(format!(
-                    "--out {} is the input file {}; write to a new file instead",
-                    out.display(),
-                    i.display()
-                )));
-            }
-        }
-    }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let (Some(p), Some(a)) = (canon(parent), canon(adapter))
-        && p.starts_with(&a)
-    {
-        bail!(InputError(format!(
-            "--out {} lies inside the adapter folder {}; write it elsewhere",
-            out.display(),
-            adapter.display()
-        )));
-    }
-    Ok(())
+    let all: Vec<&Path> = std::iter::once(adapter).chain(inputs.iter().copied()).collect();
+    Ok(refuse_inputs(out, &all, "--out")?)
 }
 
 /// Writes a copy of `src` with `sign`·ΔW added to the targeted weights into a staged temporary

@@ -353,21 +353,28 @@ pub fn report(points: &[Point]) -> String {
             t.accuracy(),
             h.accuracy(),
             100.0 * (t.mean - h.mean),
-            if t.n > 1 && h.n > 1 {
-                let se = (t.std.powi(2) / t.n as f64 + h.std.powi(2) / h.n as f64).sqrt();
-                format!(
-                    " (standard error of the difference {:.2} points: {:.1} standard errors)",
-                    100.0 * se,
-                    (t.mean - h.mean) / se.max(1e-12)
-                )
-            } else {
-                " (one seed on a side: no spread to compare with)".to_string()
-            }
+            difference_error(t, h)
         )),
         (None, _) => s.push_str("- 2. No config with ≤ 100 adapter parameters in the results.\n"),
         (_, None) => s.push_str("- 2. No head-only run in the results to compare with.\n"),
     }
     s
+}
+
+/// How the difference of two means compares with its standard error (Welch: √(s₁²/n₁ + s₂²/n₂)).
+fn difference_error(t: &Point, h: &Point) -> String {
+    let se = (t.std.powi(2) / t.n as f64 + h.std.powi(2) / h.n as f64).sqrt();
+    if t.n > 1 && h.n > 1 && se > 0.0 {
+        format!(
+            " (standard error of the difference {:.2} points: {:.1} standard errors)",
+            100.0 * se,
+            (t.mean - h.mean) / se
+        )
+    } else if t.n > 1 && h.n > 1 {
+        " (no spread over the seeds on either side)".to_string()
+    } else {
+        " (one seed on a side: no spread to compare with)".to_string()
+    }
 }
 
 /// "5.2x fewer parameters" for a crossing at `p` against LoRA's `lora` parameters; a bound ("≥",
