@@ -40,6 +40,7 @@ pub const RUN_ENTRIES: [&str; 9] = [
 pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
     if force {
         superlora_train::output::check_replace(out, true, Kind::Folder(&RUN_ENTRIES), "--out")?;
+        check_subfolders(out)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
     let path = out.join(LOCK_FILE);
@@ -63,6 +64,47 @@ pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
         }
     }
     Ok(RunDirLock { _file: file })
+}
+
+/// One level down: `adapter/` holds an adapter's two files and `checkpoints/` only `latest` and
+/// `ckpt-<step>` folders of a checkpoint's three files, so `--force` deletes nothing a user put
+/// inside them either.
+fn check_subfolders(out: &Path) -> Result<()> {
+    use superlora_train::artifact::{CONFIG_FILE, TENSOR_FILE};
+    use superlora_train::output::foreign_entries;
+    let refuse = |dir: &Path, foreign: &[String]| -> Result<()> {
+        match foreign.first() {
+            None => Ok(()),
+            Some(f) => bail!(superlora_train::Error::Output(format!(
+                "--out {}: {} holds `{f}`, which a run does not write; --force replaces only a run folder \
+                 as the program wrote it: move it or pick another --out",
+                out.display(),
+                dir.display()
+            ))),
+        }
+    };
+    let adapter = out.join("adapter");
+    if adapter.is_dir() {
+        refuse(&adapter, &foreign_entries(&adapter, &[CONFIG_FILE, TENSOR_FILE])?)?;
+    }
+    let ckpts = out.join("checkpoints");
+    if ckpts.is_dir() {
+        let is_ckpt = |n: &str| {
+            let step =
+                n.strip_prefix("ckpt-").or_else(|| n.strip_prefix(".ckpt-").and_then(|r| r.strip_suffix(".tmp")));
+            step.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let names = foreign_entries(&ckpts, &["latest", ".latest.tmp"])?;
+        let (steps, other): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| is_ckpt(n));
+        refuse(&ckpts, &other)?;
+        for step in steps {
+            let d = ckpts.join(&step);
+            if d.is_dir() {
+                refuse(&d, &foreign_entries(&d, &["params.safetensors", "optimizer.safetensors", "state.json"])?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive advisory lock on `path` (created if missing), held while the returned file
@@ -108,5 +150,21 @@ mod tests {
         let err = format!("{:#}", lock(&out, true).unwrap_err());
         assert!(err.contains("`thesis.tex`") && err.contains("did not write"), "{err}");
         assert!(out.join("thesis.tex").exists() && out.join("run.json").exists());
+        // One level down too: a note in the adapter folder or among the checkpoints.
+        std::fs::remove_file(out.join("thesis.tex")).unwrap();
+        for (dir, name) in [("adapter", "notes.md"), ("checkpoints", "best"), ("checkpoints/ckpt-00000010", "mine.txt")]
+        {
+            std::fs::create_dir_all(out.join(dir)).unwrap();
+            std::fs::write(out.join(dir).join(name), "mine").unwrap();
+            let err = format!("{:#}", lock(&out, true).unwrap_err());
+            assert!(err.contains(&format!("`{name}`")), "{err}");
+            std::fs::remove_file(out.join(dir).join(name)).unwrap();
+        }
+        std::fs::write(out.join("checkpoints/latest"), "ckpt-00000010").unwrap();
+        std::fs::write(out.join("checkpoints/ckpt-00000010/state.json"), "{}").unwrap();
+        std::fs::write(out.join("adapter/adapter_config.json"), "{}").unwrap();
+        drop(lock(&out, true).unwrap());
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [LOCK_FILE]);
     }
 }

@@ -274,6 +274,11 @@ fn a_run_refused_after_loading_leaves_no_run_so_the_fix_needs_no_force() {
     args.extend(["--steps", "2", "--eval-every", "2"].map(String::from));
     let o = run(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A finished run (run.json, metrics, checkpoints, adapter) is what --force may replace.
+    args.push("--force".into());
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("adapter/adapter_model.safetensors").is_file());
 }
 
 #[test]
