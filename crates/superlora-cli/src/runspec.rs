@@ -146,6 +146,14 @@ pub fn build_task(spec: &TaskSpec, device: &Device) -> Result<Box<dyn Task>> {
         } else {
             spec.model.parent().map(Path::to_path_buf).unwrap_or_default()
         };
+        if spec.max_len > model.config.max_position_embeddings {
+            bail!(InputError(format!(
+                "max_len (--max-len) = {}: {} has only {} positions; give at most that",
+                spec.max_len,
+                spec.model.display(),
+                model.config.max_position_embeddings
+            )));
+        }
         let tokenizer = superlora_data::TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let set = superlora_data::load_rotten_tomatoes()?;
         let s = superlora_data::text::default_split(&set, spec.data_seed)?;
@@ -156,6 +164,8 @@ pub fn build_task(spec: &TaskSpec, device: &Device) -> Result<Box<dyn Task>> {
         let splits = Splits { train, valid: s.valid, test: s.test };
         return Ok(Box::new(TextTask::new(model, tokenizer, set, splits, spec.max_len, &name, device)));
     }
+    superlora_data::preprocess::check_size(spec.image_size)
+        .map_err(|e| InputError(format!("image_size (--image-size) = {}: {e}", spec.image_size)))?;
     let weights = vit_weights(&spec.model)?;
     let model = Vit::load(&weights, device).with_context(|| format!("loading DINOv2 from {}", weights.display()))?;
     let (train, test, splits) = match spec.dataset {

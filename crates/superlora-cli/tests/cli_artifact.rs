@@ -286,7 +286,7 @@ fn force_replaces_only_our_outputs_and_a_refused_write_leaves_nothing() {
     let before = std::fs::read(&inside).unwrap();
     let (code, err) = run_in(root, &["merge", "--adapter", a_str, "--out", inside.to_str().unwrap(), "--force"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("lies inside the input"), "{err}");
+    assert!(err.contains("lies inside"), "{err}");
     assert_eq!(std::fs::read(&inside).unwrap(), before);
     let (code, err) = run_in(root, &["merge", "--adapter", a_str, "--out", "m.safetensors", "--tolerance", "NaN"]);
     assert_eq!(code, Some(2), "{err}");
@@ -354,6 +354,31 @@ fn hostile_peft_folders_are_refused_by_import() {
             "floating point",
         ),
         ("empty", peft_dir(tmp.path(), "empty", ok.clone(), &[]), "no LoRA factors"),
+        (
+            "targets disagree",
+            peft_dir(
+                tmp.path(),
+                "tm",
+                with("target_modules", serde_json::json!(["value"])),
+                &[(&ka, a.clone()), (&kb, b.clone())],
+            ),
+            "does not name it",
+        ),
+        (
+            "no targets",
+            peft_dir(
+                tmp.path(),
+                "tm0",
+                with("target_modules", serde_json::json!([])),
+                &[(&ka, a.clone()), (&kb, b.clone())],
+            ),
+            "does not name it",
+        ),
+        (
+            "alpha beyond f32",
+            peft_dir(tmp.path(), "alpha", with("lora_alpha", 1e39.into()), &[(&ka, a.clone()), (&kb, b.clone())]),
+            "overflow f32",
+        ),
     ];
     for (name, dir, want) in cases {
         let out = tmp.path().join(format!("{name}-out"));

@@ -270,3 +270,80 @@ fn pretrain_transfer_sample_classifier_eval() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// Bad numbers, bad base files and unsafe outputs fail with exit code 2 before any work (no
+/// assets needed): a base whose config has `image = 0` panicked in `sample` (exit 101) and huge
+/// sizes aborted on allocation (134); NaN flags ran; `--force` replaced any file; outputs landed
+/// inside their inputs.
+#[test]
+fn bad_numbers_files_and_outputs_exit_2() {
+    use superlora_diffusion::{Dit, DitConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let refused = |args: &[&str], want: &str| {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "superlora {}\n{err}", args.join(" "));
+        assert!(err.contains(want), "superlora {}: wanted `{want}` in\n{err}", args.join(" "));
+    };
+
+    // Flags: NaN, negative or unbounded numbers are refused by the parser.
+    refused(&["diffusion", "pretrain", "--weight-decay", "NaN", "--out", &p("r")], "--weight-decay");
+    refused(&["diffusion", "pretrain", "--lr", "inf", "--out", &p("r")], "--lr");
+    refused(&["diffusion", "classifier", "--lr=-1", "--out", &p("c.safetensors")], "--lr");
+    refused(&["diffusion", "sample", "--base", "b", "--out", &p("x.png"), "--guidance", "NaN"], "--guidance");
+    refused(&["diffusion", "sample", "--base", "b", "--out", &p("x.png"), "--per-class", "100000000"], "--per-class");
+    refused(&["diffusion", "eval", "--base", "b", "--classifier", "c", "--batch-size", "1000000000"], "--batch-size");
+    assert!(!dir.path().join("r").exists());
+
+    // Base files: a tiny valid one, one with `image = 0`, one with a huge depth, one holding NaN.
+    let config = DitConfig { width: 8, depth: 1, heads: 2, mlp: 8, freq_dim: 4, timesteps: 10, ..Default::default() };
+    let model = Dit::new(config.clone(), 0, &candle_core::Device::Cpu).unwrap();
+    let base = dir.path().join("base.safetensors");
+    superlora_diffusion::train::save_base(&base, &model, &[]).unwrap();
+    let write = |name: &str, key: &str, value: serde_json::Value, nan: bool| {
+        let mut c = serde_json::to_value(&config).unwrap();
+        c[key] = value;
+        let meta = std::collections::HashMap::from([
+            ("format".to_string(), "superlora-dit".to_string()),
+            ("config".to_string(), c.to_string()),
+        ]);
+        let mut t = model.tensors();
+        if nan {
+            let dev = candle_core::Device::Cpu;
+            t.insert("patch.bias".into(), candle_core::Tensor::from_vec(vec![f32::NAN; 8], 8, &dev).unwrap());
+        }
+        superlora_train::checkpoint::save_tensors(&dir.path().join(name), &t, Some(meta)).unwrap();
+        p(name)
+    };
+    let zero = write("zero.safetensors", "image", 0.into(), false);
+    let deep = write("deep.safetensors", "depth", 1_000_000_000.into(), false);
+    let nan = write("nan.safetensors", "image", 28.into(), true);
+    refused(&["diffusion", "sample", "--base", &zero, "--out", &p("z.png"), "--steps", "2"], "`image` = 0");
+    refused(&["diffusion", "eval", "--base", &zero, "--classifier", &p("none"), "--steps", "2"], "`image` = 0");
+    refused(&["diffusion", "sample", "--base", &deep, "--out", &p("d.png"), "--steps", "2"], "`depth` = 1000000000");
+    refused(&["diffusion", "sample", "--base", &nan, "--out", &p("n.png"), "--steps", "2"], "NaN");
+    assert!(!dir.path().join("z.png").exists() && !dir.path().join("n.png").exists());
+
+    // --force replaces only a file of the same kind, never an input, never inside an adapter.
+    let notes = p("notes.png");
+    std::fs::write(&notes, "mine").unwrap();
+    let b = base.to_str().unwrap();
+    refused(&["diffusion", "sample", "--base", b, "--out", &notes, "--force", "--steps", "2"], "not a PNG");
+    refused(&["diffusion", "classifier", "--out", b, "--force"], "not a classifier");
+    let adapter = dir.path().join("t_d").join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::write(adapter.join("adapter_config.json"), "{}").unwrap();
+    std::fs::write(adapter.join("adapter_model.safetensors"), "x").unwrap();
+    let a = adapter.to_str().unwrap();
+    let into = adapter.join("x.png");
+    refused(
+        &["diffusion", "sample", "--base", b, "--adapter", a, "--out", into.to_str().unwrap()],
+        "lies inside the input",
+    );
+    let clf = adapter.join("c.safetensors");
+    refused(&["diffusion", "classifier", "--out", clf.to_str().unwrap()], "inside the adapter folder");
+    refused(&["diffusion", "eval", "--base", b, "--classifier", &p("none"), "--json", b, "--force"], "is the input");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    assert!(!into.exists() && !clf.exists());
+}

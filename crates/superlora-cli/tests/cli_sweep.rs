@@ -190,3 +190,35 @@ fn sweep_processes_share_a_folder_and_run_each_run_once() {
     let text = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(text.matches("cell,family").count(), 1, "one header: {text}");
 }
+
+#[test]
+fn a_sweep_writes_only_into_a_new_empty_or_sweep_folder() {
+    let onnx = superlora_data::cache_dir().unwrap().join("assets/dinov2-onnx/vit_s_focus.onnx");
+    assert!(onnx.exists(), "missing {}: run `scripts/setup-assets.sh dinov2-onnx mnist-5k`", onnx.display());
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.toml");
+    std::fs::write(&g, grid(&onnx)).unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("run.json"), "{}").unwrap();
+    let sweep = |out: &Path| {
+        let o = Command::new(bin())
+            .args(["sweep", "--grid", g.to_str().unwrap(), "--dry-run", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = sweep(&run);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not a sweep folder"), "{err}");
+    let (code, err) = sweep(&run.join("run.json"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a file"), "{err}");
+    for ok in [dir.path().join("new"), {
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        dir.path().join("empty")
+    }] {
+        let (code, err) = sweep(&ok);
+        assert_eq!(code, Some(0), "{}: {err}", ok.display());
+    }
+}

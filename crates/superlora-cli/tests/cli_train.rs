@@ -137,6 +137,22 @@ fn a_short_run_lowers_the_loss_and_eval_reproduces_its_accuracy() {
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(2), "an existing output is not replaced without --force");
+    // --force replaces a merged file, never a file this program did not write.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let m = Command::new(bin())
+        .args(["merge", "--adapter", adapter.to_str().unwrap(), "--force", "--out", notes.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&m.stderr);
+    assert_eq!(m.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a safetensors file this program wrote"), "{err}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    let m = Command::new(bin())
+        .args(["merge", "--adapter", adapter.to_str().unwrap(), "--force", "--out", merged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "merged weights are replaced with --force: {}", String::from_utf8_lossy(&m.stderr));
     let restored = dir.path().join("restored.safetensors");
     let u = Command::new(bin())
         .args([
@@ -299,5 +315,51 @@ fn a_folder_another_process_trains_into_is_refused_even_with_force() {
         assert!(stderr.contains("another process") && stderr.contains("train.lock"), "{extra}: {stderr}");
         assert_eq!(std::fs::read_to_string(out.join("run.json")).unwrap(), "{}", "{extra} touched the run");
         assert!(out.join("checkpoints").exists(), "{extra} touched the run");
+    }
+}
+
+#[test]
+fn a_folder_holding_files_but_no_run_is_not_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["summary.json", "metrics.jsonl"] {
+        std::fs::write(out.join(f), "precious").unwrap();
+    }
+    for extra in [None, Some("--resume")] {
+        let mut args = base_args(&out);
+        args.extend(extra.map(String::from));
+        let o = run(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains("but no run (no run.json)"), "{extra:?}: {stderr}");
+        for f in ["summary.json", "metrics.jsonl"] {
+            assert_eq!(std::fs::read_to_string(out.join(f)).unwrap(), "precious", "{extra:?} wrote {f}");
+        }
+    }
+}
+
+#[test]
+fn numbers_out_of_their_domain_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    for (flags, want) in [
+        (&["--weight-decay", "NaN"][..], "finite number ≥ 0"),
+        (&["--head-weight-decay", "inf"][..], "finite number ≥ 0"),
+        (&["--max-grad-norm=-1"][..], "finite number ≥ 0"),
+        (&["--epochs", "0"][..], "finite number > 0"),
+        (&["--image-size", "532"][..], "at most 518"),
+        (&["--max-len", "16"][..], "--max-len applies to text datasets"),
+    ] {
+        let mut args = base_args(&out);
+        match args.iter().position(|a| a == flags[0]) {
+            Some(i) => args[i + 1] = flags[1].to_string(), // base_args sets --image-size
+            None => args.extend(flags.iter().map(|s| s.to_string())),
+        }
+        let o = run(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(want), "{flags:?}: want `{want}` in {stderr}");
+        assert!(!out.exists(), "{flags:?}: a refused run wrote {}", out.display());
     }
 }

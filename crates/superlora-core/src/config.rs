@@ -21,6 +21,9 @@ use crate::math::DecimalRatio;
 pub const MAX_ORDER: usize = 8;
 /// Highest number of Kronecker factors K.
 pub const MAX_KRON: usize = 8;
+/// The largest |α| accepted: far beyond any useful scale, and small enough that α times an update
+/// of ordinary size stays finite in f32.
+pub const MAX_SCALE: f64 = 1e6;
 
 /// How the concatenated update vector is cut into groups (spec §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,8 +317,12 @@ impl AdapterSpec {
             (Fold::Square, None) => Some(1),
         };
         let scale = self.scale.unwrap_or(1.0);
-        if !scale.is_finite() {
-            return Err(Error::config("scale", scale, "must be a finite number"));
+        if !scale.is_finite() || scale.abs() > MAX_SCALE {
+            return Err(Error::config(
+                "scale",
+                scale,
+                format!("must be a finite number of magnitude at most {MAX_SCALE:e} (beyond that ΔW overflows f32)"),
+            ));
         }
         Ok(AdapterConfig { fold, groups, order, factorization, projection, scale, seed: self.seed.unwrap_or(0) })
     }
@@ -416,6 +423,7 @@ mod tests {
                 "`ratio` = 0.5",
             ),
             (AdapterSpec { scale: Some(f64::INFINITY), ..spec() }, "`scale` = inf"),
+            (AdapterSpec { scale: Some(-1e39), ..spec() }, "`scale` = -1000000000000000000000000000000000000000"),
             (AdapterSpec { factor: Some(FactorKind::Tucker), fold: Some(Fold::Natural), ..spec() }, "`order` = 3"),
         ];
         for (s, want) in cases {

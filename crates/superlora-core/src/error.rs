@@ -38,3 +38,40 @@ impl Error {
 
 /// Result with the core crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether an OS error of this kind is the user's to fix (a missing or unreadable file, a bad
+/// path, corrupt content) rather than the machine's (disk full, interrupted, out of memory).
+/// The CLI exits with 2 for the first, 1 for the second.
+pub fn io_is_input(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::NotFound
+            | K::PermissionDenied
+            | K::AlreadyExists
+            | K::InvalidInput
+            | K::InvalidData
+            | K::UnexpectedEof
+            | K::IsADirectory
+            | K::NotADirectory
+            | K::DirectoryNotEmpty
+            | K::ReadOnlyFilesystem
+            | K::InvalidFilename
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::io_is_input;
+    use std::io::ErrorKind as K;
+
+    #[test]
+    fn user_errors_and_machine_errors_are_told_apart() {
+        for kind in [K::NotFound, K::PermissionDenied, K::InvalidData, K::IsADirectory, K::UnexpectedEof] {
+            assert!(io_is_input(kind), "{kind:?}");
+        }
+        for kind in [K::StorageFull, K::Interrupted, K::OutOfMemory, K::WriteZero, K::Other, K::BrokenPipe] {
+            assert!(!io_is_input(kind), "{kind:?}");
+        }
+    }
+}

@@ -294,10 +294,14 @@ impl Plan {
     }
 
     /// Segments of layer `l`, in order of their offset inside the layer, as (group, segment).
+    /// Groups lie in offset order, so only those overlapping the layer are visited.
     pub fn layer_segments(&self, l: usize) -> Vec<(usize, Segment)> {
-        let mut v: Vec<(usize, Segment)> = self
-            .groups
+        let Some(layer) = self.layers.get(l) else { return Vec::new() };
+        let (ls, le) = (layer.offset, layer.offset + layer.rows * layer.cols);
+        let first = self.groups.partition_point(|g| g.start + g.len <= ls);
+        let mut v: Vec<(usize, Segment)> = self.groups[first..]
             .iter()
+            .take_while(|g| g.start < le)
             .flat_map(|g| g.segments.iter().filter(|s| s.layer == l).map(move |s| (g.index, *s)))
             .collect();
         v.sort_by_key(|(_, s)| s.layer_offset);
@@ -370,18 +374,32 @@ fn square_ranges(total: usize, g: usize) -> Result<Vec<Range>> {
         .collect())
 }
 
-/// The pieces where group `[start, start+len)` meets each layer.
+/// The pieces where group `[start, start+len)` meets each layer. Layers lie in offset order, so
+/// only the layers from the first one ending after `start` to the last one beginning before the
+/// group's end are visited (a binary search, not a scan: plans of many layers and groups stay
+/// linear). [`segments_scan`] is the obvious version, compared with this one in the tests.
 fn segments_of(layers: &[LayerPlan], start: usize, len: usize) -> Vec<Segment> {
     let end = start + len;
-    layers
+    let first = layers.partition_point(|l| l.offset + l.rows * l.cols <= start);
+    layers[first..]
         .iter()
+        .take_while(|l| l.offset < end)
         .enumerate()
-        .filter_map(|(i, l)| {
-            let (ls, le) = (l.offset, l.offset + l.rows * l.cols);
-            let (s, e) = (start.max(ls), end.min(le));
-            (s < e).then(|| Segment { layer: i, layer_offset: s - ls, group_offset: s - start, len: e - s })
-        })
+        .filter_map(|(k, l)| meet(first + k, l, start, end))
         .collect()
+}
+
+/// Where group `[start, end)` meets layer `l` (index `i`), if it does.
+fn meet(i: usize, l: &LayerPlan, start: usize, end: usize) -> Option<Segment> {
+    let (ls, le) = (l.offset, l.offset + l.rows * l.cols);
+    let (s, e) = (start.max(ls), end.min(le));
+    (s < e).then(|| Segment { layer: i, layer_offset: s - ls, group_offset: s - start, len: e - s })
+}
+
+/// The oracle of [`segments_of`]: every layer checked.
+#[cfg(test)]
+fn segments_scan(layers: &[LayerPlan], start: usize, len: usize) -> Vec<Segment> {
+    layers.iter().enumerate().filter_map(|(i, l)| meet(i, l, start, start + len)).collect()
 }
 
 /// Factor shapes of one group with fold sides `sides` producing `n` values.
@@ -492,6 +510,32 @@ mod tests {
         for (spec, want) in rows {
             let p = plan(&s, spec.clone()).unwrap();
             assert_eq!(p.trainable_params, want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn segment_search_agrees_with_the_scan() {
+        // Uneven layers, groups from one to more than the layers, both folds.
+        let s: Vec<_> = (0..7).map(|i| LayerShape::new(format!("l{i}"), 2 + i % 3, 3 + (i * 5) % 4)).collect();
+        for groups in [1, 2, 3, 5, 7, 11, 40] {
+            for spec in [
+                square(groups, 1, FactorKind::Dense, None, None),
+                AdapterSpec { factor: Some(FactorKind::Dense), ..Default::default() },
+            ] {
+                let p = plan(&s, spec.clone()).unwrap();
+                for g in &p.groups {
+                    assert_eq!(g.segments, segments_scan(&p.layers, g.start, g.len), "{spec:?} group {}", g.index);
+                }
+                for l in 0..p.layers.len() {
+                    let mut want: Vec<(usize, Segment)> = p
+                        .groups
+                        .iter()
+                        .flat_map(|g| g.segments.iter().filter(|x| x.layer == l).map(move |x| (g.index, *x)))
+                        .collect();
+                    want.sort_by_key(|(_, x)| x.layer_offset);
+                    assert_eq!(p.layer_segments(l), want, "{spec:?} layer {l}");
+                }
+            }
         }
     }
 

@@ -21,6 +21,10 @@ use crate::{Error, Result, data, seeds};
 pub const HIDDEN: [usize; 2] = [256, 128];
 /// Metadata `format` value.
 pub const FORMAT: &str = "superlora-classifier";
+/// Most classes a classifier file may name.
+pub const MAX_CLASSES: usize = 256;
+/// Most input pixels a classifier file may take (a 256x256 image, the largest a DiT takes).
+pub const MAX_PIXELS: usize = crate::dit::MAX_IMAGE * crate::dit::MAX_IMAGE;
 
 /// The classifier.
 pub struct Classifier {
@@ -123,6 +127,22 @@ impl Classifier {
         device: &Device,
         report: &mut dyn FnMut(u64, u64, f64, f64),
     ) -> Result<()> {
+        if !(s.lr.is_finite() && s.lr > 0.0) {
+            return Err(Error::setting("lr", s.lr, "a finite number > 0"));
+        }
+        if s.epochs == 0 {
+            return Err(Error::setting("epochs", 0, "at least 1"));
+        }
+        if s.batch_size == 0 {
+            return Err(Error::setting("batch-size", 0, "at least 1"));
+        }
+        if train.h * train.w != self.pixels {
+            return Err(Error::setting(
+                "image size",
+                format!("{}x{}", train.h, train.w),
+                format!("the classifier takes {} pixels", self.pixels),
+            ));
+        }
         let order = EpochOrder::new(train.n, s.seed);
         let per_epoch = order.num_batches(s.batch_size, true) as u64;
         if per_epoch == 0 {
@@ -153,10 +173,17 @@ impl Classifier {
         Ok(())
     }
 
-    /// Writes the classifier (atomically) to `path`, with `extra` metadata.
+    /// Writes the classifier (atomically) to `path`, with `extra` metadata; weights holding NaN or
+    /// an infinity are refused (nothing is written).
     pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
         let tensors: HashMap<String, Tensor> =
             self.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
+        if let Some((name, bad)) = crate::first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t)))? {
+            return Err(Error::NonFinite(format!(
+                "classifier tensor `{name}` holds {bad} NaN or infinite values; {} not written",
+                path.display()
+            )));
+        }
         let mut meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("classes".to_string(), serde_json::to_string(&self.classes).map_err(|e| Error::File(e.to_string()))?),
@@ -165,16 +192,22 @@ impl Classifier {
         for (k, v) in extra {
             meta.insert((*k).to_string(), v.clone());
         }
-        let tmp = path.with_extension("safetensors.tmp");
-        superlora_train::checkpoint::save_tensors(&tmp, &tensors, Some(meta))?;
-        std::fs::rename(&tmp, path).map_err(crate::io_err(path))
+        let staged = superlora_train::output::Staged::new(path, false)?;
+        superlora_train::checkpoint::save_tensors(staged.path(), &tensors, Some(meta))?;
+        Ok(staged.commit()?)
     }
 
-    /// Reads a classifier written by [`Self::save`].
+    /// Reads a classifier written by [`Self::save`]. The metadata is checked (class count, pixels
+    /// at most [`MAX_PIXELS`]) before anything is allocated, and weights holding NaN or an
+    /// infinity are refused.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let meta = read_metadata(path)?;
         let bad = |what: &str| {
-            Error::File(format!("{}: {what} (write one with `superlora diffusion classifier`)", path.display()))
+            Error::File(format!(
+                "{}: {what} (write a classifier with `superlora diffusion classifier --out {}`)",
+                path.display(),
+                path.display()
+            ))
         };
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(bad("not a classifier file (metadata `format` is not superlora-classifier)"));
@@ -182,30 +215,128 @@ impl Classifier {
         let classes: Vec<String> = meta
             .get("classes")
             .and_then(|c| serde_json::from_str(c).ok())
-            .filter(|c: &Vec<String>| !c.is_empty() && c.len() <= 256)
-            .ok_or_else(|| bad("metadata `classes` is missing or invalid"))?;
+            .filter(|c: &Vec<String>| !c.is_empty() && c.len() <= MAX_CLASSES)
+            .ok_or_else(|| bad(&format!("metadata `classes` is missing or invalid (1..={MAX_CLASSES} names)")))?;
         let pixels: usize = meta
             .get("pixels")
             .and_then(|p| p.parse().ok())
-            .filter(|p| *p > 0 && *p <= 1 << 20)
-            .ok_or_else(|| bad("metadata `pixels` is missing or invalid"))?;
-        let c = Classifier::new(pixels, classes, 0, device)?;
+            .filter(|p| (1..=MAX_PIXELS).contains(p))
+            .ok_or_else(|| bad(&format!("metadata `pixels` is missing or invalid (1..={MAX_PIXELS})")))?;
+        let dims = [pixels, HIDDEN[0], HIDDEN[1], classes.len()];
         let tensors = superlora_train::checkpoint::load_tensors(path, device)?;
-        for (name, var) in c.named_vars() {
+        let take = |name: String, shape: &[usize]| -> Result<Var> {
             let t = tensors.get(&name).ok_or_else(|| bad(&format!("tensor `{name}` is missing")))?;
-            if t.dims() != var.dims() {
-                return Err(bad(&format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+            if t.dims() != shape {
+                return Err(bad(&format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims())));
             }
-            var.set(&t.to_dtype(DType::F32)?)?;
+            if let Some((_, n)) = crate::first_non_finite([(name.as_str(), t)])? {
+                return Err(bad(&format!(
+                    "tensor `{name}` holds {n} NaN or infinite values (a diverged or corrupt classifier)"
+                )));
+            }
+            Ok(Var::from_tensor(&t.to_dtype(DType::F32)?)?)
+        };
+        let mut layers = Vec::new();
+        for k in 0..3 {
+            let w = take(format!("fc{}.weight", k + 1), &[dims[k + 1], dims[k]])?;
+            let b = take(format!("fc{}.bias", k + 1), &[dims[k + 1]])?;
+            layers.push((w, b));
         }
-        Ok(c)
+        Ok(Classifier { layers, classes, pixels })
     }
 }
 
-/// The `__metadata__` of a safetensors file.
+/// Whether `path` is a classifier file [`Classifier::save`] wrote (reads only the header).
+pub fn is_classifier_file(path: &Path) -> bool {
+    read_metadata(path).is_ok_and(|m| m.get("format").map(String::as_str) == Some(FORMAT))
+}
+
+/// The `__metadata__` of a safetensors file, reading only its header (at most
+/// `superlora_io::header::MAX_HEADER` bytes), not the tensors.
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).map_err(crate::io_err(path))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::File(format!("{}: not a safetensors file: {e}", path.display())))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    use std::io::Read;
+    let not = |why: String| Error::File(format!("{}: not a safetensors file: {why}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(crate::io_err(path))?;
+    let file_len = f.metadata().map_err(crate::io_err(path))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| not(format!("{file_len} bytes, shorter than the 8-byte header length")))?;
+    let n = u64::from_le_bytes(len);
+    if n > superlora_io::header::MAX_HEADER || n > file_len.saturating_sub(8) {
+        return Err(not(format!("header length {n} does not fit the file ({file_len} bytes)")));
+    }
+    let mut buf = vec![0u8; n as usize];
+    f.read_exact(&mut buf).map_err(crate::io_err(path))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&buf).map_err(|e| not(format!("the header is not a JSON object: {e}")))?;
+    let Some(meta) = header.get("__metadata__") else { return Ok(HashMap::new()) };
+    serde_json::from_value(meta.clone()).map_err(|e| not(format!("`__metadata__` is not a map of strings: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize) -> ImageSet {
+        let images: Vec<u8> = (0..n * 4).map(|i| ((i * 37) % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        ImageSet::new(images, labels, 2, 2, vec!["a".into(), "b".into()], "t").unwrap()
+    }
+
+    #[test]
+    fn a_learning_rate_that_is_not_a_positive_number_is_refused() {
+        let dev = Device::Cpu;
+        let c = Classifier::new(4, vec!["a".into(), "b".into()], 0, &dev).unwrap();
+        let ok = ClassifierSettings { epochs: 1, batch_size: 2, lr: 1e-3, seed: 0 };
+        c.fit(&set(4), &ok, &dev, &mut |_, _, _, _| {}).unwrap();
+        for (s, name) in [
+            (ClassifierSettings { lr: -1.0, ..ok }, "lr"),
+            (ClassifierSettings { lr: 0.0, ..ok }, "lr"),
+            (ClassifierSettings { lr: f64::NAN, ..ok }, "lr"),
+            (ClassifierSettings { lr: f64::INFINITY, ..ok }, "lr"),
+            (ClassifierSettings { epochs: 0, ..ok }, "epochs"),
+            (ClassifierSettings { batch_size: 0, ..ok }, "batch-size"),
+        ] {
+            let e = c.fit(&set(4), &s, &dev, &mut |_, _, _, _| {}).unwrap_err();
+            assert!(e.is_input() && e.to_string().starts_with(&format!("`{name}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_classifier_file_with_nan_weights_or_huge_sizes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let c = Classifier::new(4, vec!["a".into(), "b".into()], 0, &dev).unwrap();
+        let path = dir.path().join("c.safetensors");
+        c.save(&path, &[]).unwrap();
+        assert!(is_classifier_file(&path));
+        let back = Classifier::load(&path, &dev).unwrap();
+        assert_eq!((back.pixels, back.classes.len()), (4, 2));
+
+        let mut tensors: HashMap<String, Tensor> =
+            c.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
+        let meta = |pixels: &str| {
+            HashMap::from([
+                ("format".to_string(), FORMAT.to_string()),
+                ("classes".to_string(), r#"["a","b"]"#.to_string()),
+                ("pixels".to_string(), pixels.to_string()),
+            ])
+        };
+        let huge = dir.path().join("huge.safetensors");
+        superlora_train::checkpoint::save_tensors(&huge, &tensors, Some(meta("1000000000"))).unwrap();
+        let e = Classifier::load(&huge, &dev).err().expect("refused");
+        assert!(e.is_input() && e.to_string().contains("`pixels`") && e.to_string().contains("huge"), "{e}");
+
+        tensors.insert("fc3.bias".into(), Tensor::from_vec(vec![f32::NAN, 0.0], 2, &dev).unwrap());
+        let nan = dir.path().join("nan.safetensors");
+        superlora_train::checkpoint::save_tensors(&nan, &tensors, Some(meta("4"))).unwrap();
+        let e = Classifier::load(&nan, &dev).err().expect("refused");
+        assert!(e.is_input() && e.to_string().contains("`fc3.bias` holds 1 NaN"), "{e}");
+        assert!(e.to_string().contains("nan.safetensors"), "{e}");
+
+        // A text file is not a classifier, and reading its "header" allocates nothing.
+        let text = dir.path().join("t.safetensors");
+        std::fs::write(&text, "\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{ff}\u{7f} text").unwrap();
+        assert!(!is_classifier_file(&text));
+        assert!(Classifier::load(&text, &dev).err().expect("refused").is_input());
+    }
 }

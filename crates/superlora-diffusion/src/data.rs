@@ -104,7 +104,7 @@ pub struct Heldout {
 }
 
 /// The held-out denoising losses (module docs) of `model` with ΔW `deltas`, over the first `limit`
-/// held-out images, `batch` at a time.
+/// held-out images, `batch` at a time (at most [`crate::DitConfig::max_batch`]).
 pub fn heldout_loss(model: &Dit, deltas: &Deltas, set: &ImageSet, limit: usize, batch: usize) -> Result<Heldout> {
     let n = limit.min(set.n);
     if n == 0 {
@@ -116,10 +116,11 @@ pub fn heldout_loss(model: &Dit, deltas: &Deltas, set: &ImageSet, limit: usize, 
     }
     let schedule = cfg.noise_schedule()?;
     let d = cfg.pixels();
+    let batch = batch.clamp(1, cfg.max_batch());
     let dev: &Device = model.device();
     let (mut total_v, mut total_eps) = (0f64, 0f64);
-    for start in (0..n).step_by(batch.max(1)) {
-        let idx: Vec<usize> = (start..(start + batch.max(1)).min(n)).collect();
+    for start in (0..n).step_by(batch) {
+        let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
         let (mut t, mut eps) = (Vec::with_capacity(idx.len()), Vec::with_capacity(idx.len() * d));
         for &i in &idx {
             let mut rng = seeds::heldout(i);

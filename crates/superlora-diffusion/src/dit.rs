@@ -24,7 +24,7 @@
 //! Two modes: [`Mode::TrainBase`] runs with plain candle ops so every base weight gets a gradient
 //! (pretraining); [`Mode::Frozen`] runs every base weight through `superlora_models`' frozen ops
 //! (no gradient is computed for them) and the targeted linears with W + ΔW (transfer). All ops have
-//! a backward (candle-notes trap 1): `superlora_models::ops::{layer_norm, attention, gelu}`
+//! a backward (candle's fused ones silently have none): `superlora_models::ops::{layer_norm, attention, gelu}`
 //! (tested against their composed twins there), candle's `silu`, `index_select`, `matmul`.
 
 use std::collections::HashMap;
@@ -80,35 +80,145 @@ impl Default for DitConfig {
     }
 }
 
+/// Largest image side (the shipped base is 28).
+pub const MAX_IMAGE: usize = 256;
+/// Most tokens per image, (image / patch)² (attention is quadratic in them; the shipped base has 49).
+pub const MAX_TOKENS: usize = 1024;
+/// Largest width D (the shipped base: 96).
+pub const MAX_WIDTH: usize = 4096;
+/// Most blocks (the shipped base: 4).
+pub const MAX_DEPTH: usize = 64;
+/// Most attention heads (the shipped base: 4).
+pub const MAX_HEADS: usize = 64;
+/// Largest MLP hidden width (the shipped base: 192).
+pub const MAX_MLP: usize = 16_384;
+/// Most real classes (labels are stored as u8; the null class is one more).
+pub const MAX_CLASSES: usize = 255;
+/// Largest width of the timestep features (the shipped base: 64).
+pub const MAX_FREQ_DIM: usize = 4096;
+/// Most diffusion timesteps T (the shipped base: 400).
+pub const MAX_TIMESTEPS: usize = 100_000;
+/// Most parameters of a model (400 MB of f32; the shipped base has 559,504).
+pub const MAX_PARAMS: usize = 100_000_000;
+/// Most values the activations of one forward pass may hold (an estimate, see
+/// [`DitConfig::values_per_image`]): 4 GiB of f32.
+pub const MAX_FORWARD_VALUES: usize = 1 << 30;
+
 impl DitConfig {
-    /// Checks every field; the error names the field.
+    /// Checks every field against its rule and upper bound (a base file's metadata is untrusted:
+    /// nothing is allocated from a config that fails); the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name: &str, v: usize, rule: &str| Err(Error::setting(name, v, rule));
-        if self.patch == 0 || !self.image.is_multiple_of(self.patch) {
-            return bad("patch", self.patch, "the image side must be a positive multiple of the patch side");
+        let bad = |name: &str, v: usize, rule: String| Err(Error::setting(name, v, rule));
+        if !(1..=MAX_IMAGE).contains(&self.image) {
+            return bad("image", self.image, format!("the image side must be in 1..={MAX_IMAGE} pixels"));
         }
-        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
-            return bad("heads", self.heads, "the width must be a multiple of the number of heads");
+        if !(1..=self.image).contains(&self.patch) || !self.image.is_multiple_of(self.patch) {
+            return bad(
+                "patch",
+                self.patch,
+                format!("the image side {} must be a positive multiple of the patch side", self.image),
+            );
         }
-        if self.width == 0 || !self.width.is_multiple_of(4) {
-            return bad("width", self.width, "must be a positive multiple of 4 (2-D sin-cos positions)");
+        if self.grid() * self.grid() > MAX_TOKENS {
+            return bad(
+                "patch",
+                self.patch,
+                format!(
+                    "(image / patch)² = {} tokens; at most {MAX_TOKENS} (use a larger patch)",
+                    self.grid() * self.grid()
+                ),
+            );
         }
-        if self.depth == 0 {
-            return bad("depth", 0, "at least one block");
+        if self.width == 0 || !self.width.is_multiple_of(4) || self.width > MAX_WIDTH {
+            return bad(
+                "width",
+                self.width,
+                format!("must be a positive multiple of 4 (2-D sin-cos positions), at most {MAX_WIDTH}"),
+            );
         }
-        if self.mlp == 0 {
-            return bad("mlp", 0, "at least 1");
+        if !(1..=MAX_HEADS).contains(&self.heads) || !self.width.is_multiple_of(self.heads) {
+            return bad("heads", self.heads, format!("must be in 1..={MAX_HEADS} and divide the width {}", self.width));
         }
-        if self.classes == 0 || self.classes > 255 {
-            return bad("classes", self.classes, "1..=255");
+        if !(1..=MAX_DEPTH).contains(&self.depth) {
+            return bad("depth", self.depth, format!("1..={MAX_DEPTH} blocks"));
         }
-        if self.freq_dim < 2 || !self.freq_dim.is_multiple_of(2) {
-            return bad("freq_dim", self.freq_dim, "a positive even number");
+        if !(1..=MAX_MLP).contains(&self.mlp) {
+            return bad("mlp", self.mlp, format!("1..={MAX_MLP}"));
         }
-        if self.timesteps < 2 || self.timesteps > 100_000 {
-            return bad("timesteps", self.timesteps, "2..=100000");
+        if !(1..=MAX_CLASSES).contains(&self.classes) {
+            return bad("classes", self.classes, format!("1..={MAX_CLASSES}"));
+        }
+        if !(2..=MAX_FREQ_DIM).contains(&self.freq_dim) || !self.freq_dim.is_multiple_of(2) {
+            return bad("freq_dim", self.freq_dim, format!("an even number in 2..={MAX_FREQ_DIM}"));
+        }
+        if !(2..=MAX_TIMESTEPS).contains(&self.timesteps) {
+            return bad("timesteps", self.timesteps, format!("2..={MAX_TIMESTEPS}"));
+        }
+        let params = self.num_params();
+        if params > MAX_PARAMS {
+            return Err(Error::setting(
+                "width, depth, mlp",
+                format!("{}, {}, {}", self.width, self.depth, self.mlp),
+                format!("the model would have {params} parameters; at most {MAX_PARAMS}: make it smaller"),
+            ));
         }
         Ok(())
+    }
+
+    /// Number of scalars of a model of this config (computed from the shapes, nothing allocated;
+    /// meaningful for a config that passes [`Self::validate`]'s field bounds).
+    pub fn num_params(&self) -> usize {
+        let (d, pp) = (self.width, self.patch * self.patch);
+        let linear = |out: usize, inp: usize| out.saturating_mul(inp).saturating_add(out);
+        let block = linear(6 * d, d)
+            .saturating_add(4usize.saturating_mul(linear(d, d)))
+            .saturating_add(linear(self.mlp, d))
+            .saturating_add(linear(d, self.mlp));
+        linear(d, pp)
+            .saturating_add(linear(d, self.freq_dim))
+            .saturating_add(linear(d, d))
+            .saturating_add(block.saturating_mul(self.depth))
+            .saturating_add(linear(2 * d, d))
+            .saturating_add(linear(pp, d))
+            .saturating_add((self.classes + 1).saturating_mul(d))
+    }
+
+    /// An estimate of the values one forward pass holds per image, graph included (per block:
+    /// the normalised and modulated inputs, q, k, v, context, output, residuals, the MLP hidden
+    /// layer before and after GELU, and the attention scores and weights of every head).
+    pub fn values_per_image(&self) -> usize {
+        let n = self.grid() * self.grid();
+        let per_block = n.saturating_mul(
+            (12 * self.width).saturating_add(3 * self.mlp).saturating_add(2usize.saturating_mul(self.heads * n)),
+        );
+        per_block
+            .saturating_mul(self.depth)
+            .saturating_add(n.saturating_mul(6 * self.width + 2 * self.patch * self.patch))
+    }
+
+    /// Most images one forward pass may take (at least 1) under [`MAX_FORWARD_VALUES`].
+    pub fn max_batch(&self) -> usize {
+        (MAX_FORWARD_VALUES / self.values_per_image().max(1)).max(1)
+    }
+
+    /// Checks that `images` per call, each run as `rows_per_image` rows (2 with guidance), fit
+    /// one forward pass; `flag` names the batch setting.
+    pub fn check_batch(&self, images: usize, rows_per_image: usize, flag: &str) -> Result<()> {
+        let rows = images.saturating_mul(rows_per_image.max(1));
+        if rows <= self.max_batch() {
+            return Ok(());
+        }
+        let gib = rows.saturating_mul(self.values_per_image()) as f64 * 4.0 / f64::from(1u32 << 30);
+        Err(Error::setting(
+            flag,
+            images,
+            format!(
+                "{rows} rows per forward pass of this model would hold about {gib:.1} GiB of activations; \
+                 at most {} images per call fit the {} GiB limit: lower it",
+                (self.max_batch() / rows_per_image.max(1)).max(1),
+                (MAX_FORWARD_VALUES * 4) >> 30
+            ),
+        ))
     }
 
     /// Pixels per image.
@@ -216,6 +326,11 @@ impl Dit {
                 return Err(Error::File(format!(
                     "tensor `{name}` has shape {:?}, the config needs {shape:?}",
                     t.dims()
+                )));
+            }
+            if let Some((_, bad)) = crate::first_non_finite([(name.as_str(), t)])? {
+                return Err(Error::File(format!(
+                    "tensor `{name}` holds {bad} NaN or infinite values (a diverged or corrupt model)"
                 )));
             }
             index.insert(name.clone(), vars.len());
@@ -426,4 +541,92 @@ pub fn sincos_2d(d: usize, g: usize) -> Vec<f32> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> DitConfig {
+        DitConfig { width: 16, depth: 2, heads: 2, mlp: 24, freq_dim: 8, timesteps: 50, ..DitConfig::default() }
+    }
+
+    /// A base file's config is untrusted: `image = 0` used to pass ("0 is a multiple of the
+    /// patch") and panic in the sampler; huge sizes aborted on allocation.
+    #[test]
+    fn every_size_must_be_positive_and_bounded() {
+        let ok = DitConfig::default();
+        ok.validate().unwrap();
+        tiny().validate().unwrap();
+        let cases = [
+            (DitConfig { image: 0, ..ok.clone() }, "`image` = 0"),
+            (DitConfig { image: 100_000, ..ok.clone() }, "`image` = 100000"),
+            (DitConfig { image: 114_688, ..ok.clone() }, "`image` = 114688"),
+            (DitConfig { depth: 1_000_000_000, ..ok.clone() }, "`depth` = 1000000000"),
+            (DitConfig { depth: 0, ..ok.clone() }, "`depth` = 0"),
+            (DitConfig { patch: 0, ..ok.clone() }, "`patch` = 0"),
+            (DitConfig { patch: 5, ..ok.clone() }, "`patch` = 5"),
+            (DitConfig { patch: 56, ..ok.clone() }, "`patch` = 56"),
+            (DitConfig { image: 256, patch: 2, ..ok.clone() }, "16384 tokens"),
+            (DitConfig { width: 0, ..ok.clone() }, "`width` = 0"),
+            (DitConfig { width: 8192, heads: 4, ..ok.clone() }, "`width` = 8192"),
+            (DitConfig { heads: 0, ..ok.clone() }, "`heads` = 0"),
+            (DitConfig { width: 384, heads: 128, ..ok.clone() }, "`heads` = 128"),
+            (DitConfig { heads: 5, ..ok.clone() }, "`heads` = 5"),
+            (DitConfig { mlp: 0, ..ok.clone() }, "`mlp` = 0"),
+            (DitConfig { mlp: 1 << 30, ..ok.clone() }, "`mlp`"),
+            (DitConfig { classes: 0, ..ok.clone() }, "`classes` = 0"),
+            (DitConfig { classes: 100_000, ..ok.clone() }, "`classes`"),
+            (DitConfig { freq_dim: 0, ..ok.clone() }, "`freq_dim` = 0"),
+            (DitConfig { freq_dim: 1 << 30, ..ok.clone() }, "`freq_dim`"),
+            (DitConfig { timesteps: 1, ..ok.clone() }, "`timesteps` = 1"),
+            (DitConfig { timesteps: usize::MAX, ..ok.clone() }, "`timesteps`"),
+            (DitConfig { width: 4096, heads: 4, depth: 64, mlp: 16_384, ..ok.clone() }, "parameters"),
+        ];
+        for (c, want) in cases {
+            let e = c.validate().unwrap_err();
+            assert!(e.is_input(), "{e}");
+            assert!(e.to_string().contains(want), "{c:?}: {e}");
+        }
+        // The message states the bound.
+        let e = DitConfig { image: 0, ..ok.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("1..=256"), "{e}");
+    }
+
+    #[test]
+    fn the_parameter_count_is_known_before_building() {
+        assert_eq!(DitConfig::default().num_params(), 559_504);
+        let m = Dit::new(tiny(), 0, &Device::Cpu).unwrap();
+        assert_eq!(tiny().num_params(), m.num_params());
+    }
+
+    #[test]
+    fn a_batch_beyond_the_activation_budget_is_refused() {
+        let c = DitConfig::default();
+        assert!(c.max_batch() >= 1000, "{}", c.max_batch());
+        c.check_batch(c.max_batch(), 1, "batch-size").unwrap();
+        let e = c.check_batch(c.max_batch() + 1, 1, "batch-size").unwrap_err();
+        assert!(e.is_input() && e.to_string().contains("`batch-size`") && e.to_string().contains("GiB"), "{e}");
+        // Guided sampling runs every image twice.
+        assert!(c.check_batch(c.max_batch() / 2 + 1, 2, "batch-size").is_err());
+        assert!(c.check_batch(usize::MAX, 2, "batch-size").is_err());
+        let big = DitConfig { image: 256, patch: 8, width: 512, heads: 8, depth: 8, mlp: 2048, ..c };
+        big.validate().unwrap();
+        assert!(big.max_batch() < 64, "{}", big.max_batch());
+    }
+
+    #[test]
+    fn a_tensor_holding_nan_or_infinity_is_refused() {
+        let dev = Device::Cpu;
+        let m = Dit::new(tiny(), 0, &dev).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut t = m.tensors();
+            let w = t["blocks.1.attn.value.weight"].clone();
+            let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v[3] = bad;
+            t.insert("blocks.1.attn.value.weight".into(), Tensor::from_vec(v, w.dims(), &dev).unwrap());
+            let e = Dit::from_tensors(tiny(), &t, &dev).err().expect("refused");
+            assert!(e.is_input() && e.to_string().contains("`blocks.1.attn.value.weight` holds 1 NaN"), "{e}");
+        }
+    }
 }

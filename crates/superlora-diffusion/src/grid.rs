@@ -1,6 +1,7 @@
 //! PNG grids of grey images: `rows` x `cols` tiles of side x side u8 pixels, separated and framed
 //! by `PAD` pixels of mid grey (128), so the file is (cols·(side + PAD) + PAD) wide and
-//! (rows·(side + PAD) + PAD) high. Written to a temporary name and renamed into place.
+//! (rows·(side + PAD) + PAD) high. Written to a hidden temporary beside the destination and
+//! renamed into place (`superlora_train::output::Staged`).
 
 use std::path::Path;
 
@@ -38,13 +39,24 @@ pub fn compose(images: &[u8], rows: usize, cols: usize, side: usize) -> Result<V
     Ok(out)
 }
 
+/// The 8 bytes every PNG file starts with.
+pub const PNG_SIGNATURE: [u8; 8] = [137, 80, 78, 71, 13, 10, 26, 10];
+
+/// Whether `path` is a PNG file (reads its first 8 bytes).
+pub fn is_png(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == PNG_SIGNATURE
+}
+
 /// Writes the grid of `images` (see [`compose`]) as an 8-bit grey PNG at `path`.
 pub fn write_png(path: &Path, images: &[u8], rows: usize, cols: usize, side: usize) -> Result<()> {
     let pixels = compose(images, rows, cols, side)?;
     let (w, h) = grid_size(rows, cols, side);
-    let tmp = path.with_extension("png.tmp");
+    let staged = superlora_train::output::Staged::new(path, false)?;
+    let tmp = staged.path();
     {
-        let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let file = std::fs::File::create(tmp).map_err(io_err(tmp))?;
         let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
@@ -53,7 +65,7 @@ pub fn write_png(path: &Path, images: &[u8], rows: usize, cols: usize, side: usi
         writer.write_image_data(&pixels).map_err(png_err)?;
         writer.finish().map_err(png_err)?;
     }
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(staged.commit()?)
 }
 
 #[cfg(test)]
@@ -88,5 +100,9 @@ mod tests {
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (12, 12));
         assert_eq!(&buf[..info.buffer_size()], compose(&images, 2, 2, 3).unwrap().as_slice());
+        assert!(is_png(&path));
+        let text = dir.path().join("t.png");
+        std::fs::write(&text, "not a picture").unwrap();
+        assert!(!is_png(&text) && !is_png(&dir.path().join("absent.png")));
     }
 }

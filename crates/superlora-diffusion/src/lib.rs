@@ -15,6 +15,8 @@
 //! - [`classifier`]: a small MLP classifier whose penultimate features define the Fréchet distance.
 //! - [`frechet`]: Fréchet distance between Gaussians (matrix square root by Jacobi eigenvalues).
 //! - [`grid`]: PNG sample grids.
+//! - [`output`]: what a diffusion command may write over or into (`--force` replaces only a file
+//!   of the same kind; never an input, never inside an adapter or run folder).
 //! - [`seeds`]: the random streams (all ChaCha8 through `superlora_core::rng`).
 
 pub mod classifier;
@@ -22,6 +24,7 @@ pub mod data;
 pub mod dit;
 pub mod frechet;
 pub mod grid;
+pub mod output;
 pub mod sampler;
 pub mod schedule;
 pub mod seeds;
@@ -52,6 +55,9 @@ pub enum Error {
     /// A loss or gradient is NaN or infinite.
     #[error("non-finite value: {0}")]
     NonFinite(String),
+    /// An output would replace, or land inside, something the command must not touch.
+    #[error("{0}")]
+    Output(String),
     /// Reading or writing a file.
     #[error("{path}: {cause}")]
     Io {
@@ -85,13 +91,36 @@ impl Error {
 
     /// Whether the error is caused by the user's input (settings, files), not by a bug.
     pub fn is_input(&self) -> bool {
-        matches!(self, Error::Setting { .. } | Error::File(_) | Error::Run(_) | Error::Io { .. } | Error::Data(_))
-            || matches!(self, Error::Train(superlora_train::Error::Checkpoint(_)))
+        match self {
+            Error::Io { cause, .. } => superlora_core::error::io_is_input(cause.kind()),
+            Error::Setting { .. } | Error::File(_) | Error::Run(_) | Error::Output(_) | Error::Data(_) => true,
+            Error::Train(superlora_train::Error::Checkpoint(_) | superlora_train::Error::Output(_)) => true,
+            _ => false,
+        }
     }
 }
 
 /// Result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The first of `tensors` holding a NaN or an infinity: (its name, how many such values).
+pub fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a candle_core::Tensor)>,
+) -> Result<Option<(String, usize)>> {
+    for (name, t) in tensors {
+        let bad = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if bad > 0 {
+            return Ok(Some((name.to_string(), bad)));
+        }
+    }
+    Ok(None)
+}
 
 /// `Error::Io` for `path`.
 pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {

@@ -19,6 +19,29 @@ use superlora_models::adapt::Deltas;
 use crate::dit::{Dit, Mode};
 use crate::{Error, Result, seeds};
 
+/// Largest |guidance scale| (published guidance scales stay below about 20; far beyond, ε
+/// overflows f32).
+pub const MAX_GUIDANCE: f64 = 100.0;
+/// Most values (images x pixels) one call generates: 1 GiB of f32 (342,000 images of 28x28).
+pub const MAX_SAMPLE_VALUES: usize = 1 << 28;
+
+/// Checks that `images` images of `pixels` values may be generated in one call (before anything
+/// is allocated for them); `flag` names the setting that counts the images.
+pub fn check_count(images: usize, pixels: usize, flag: &str) -> Result<()> {
+    if images.saturating_mul(pixels) > MAX_SAMPLE_VALUES {
+        return Err(Error::setting(
+            flag,
+            images,
+            format!(
+                "{images} images of {pixels} pixels exceed the {MAX_SAMPLE_VALUES} values one call may generate: \
+                 at most {} images",
+                MAX_SAMPLE_VALUES / pixels.max(1)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// How to sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleSettings {
@@ -61,6 +84,9 @@ pub fn sample(
     if let Some(l) = labels.iter().find(|&&l| l as usize >= cfg.classes) {
         return Err(Error::setting("class", l, format!("below {}", cfg.classes)));
     }
+    check_count(labels.len(), cfg.pixels(), "images")?;
+    let rows_per_image = if s.guidance == 0.0 || s.guidance == 1.0 { 1 } else { 2 };
+    cfg.check_batch(s.batch.min(labels.len()).max(1), rows_per_image, "batch-size")?;
     let schedule = cfg.noise_schedule()?;
     let null = cfg.classes as u32;
     let mut eps = |x: &[f32], tau: usize, y: &[u32]| -> Result<Vec<f32>> {
@@ -87,9 +113,20 @@ pub fn ddim(
     if s.steps == 0 || s.steps > t_max {
         return Err(Error::setting("steps", s.steps, format!("DDIM steps must be in 1..={t_max}")));
     }
-    if !s.guidance.is_finite() {
-        return Err(Error::setting("guidance", s.guidance, "must be a finite number"));
+    if !(s.guidance.is_finite() && s.guidance.abs() <= MAX_GUIDANCE) {
+        return Err(Error::setting(
+            "guidance",
+            s.guidance,
+            format!("must be a finite number in [-{MAX_GUIDANCE}, {MAX_GUIDANCE}]"),
+        ));
     }
+    if s.batch == 0 {
+        return Err(Error::setting("batch-size", 0, "at least 1 image per call"));
+    }
+    if pixels == 0 {
+        return Err(Error::setting("pixels", 0, "images need at least one pixel"));
+    }
+    check_count(labels.len(), pixels, "images")?;
     if !(0.0..=1.0).contains(&s.eta) {
         return Err(Error::setting("eta", s.eta, "must be in [0, 1]"));
     }
@@ -188,6 +225,34 @@ mod tests {
         let out = ddim(&ab, 4, &labels, &s, &mut eps, &mut |_| {}).unwrap();
         let mean_err = out.iter().map(|v| f64::from((v - 0.5).abs())).sum::<f64>() / out.len() as f64;
         assert!(mean_err < 0.05, "mean |x − x*| = {mean_err}");
+    }
+
+    /// A NaN or huge guidance, zero pixels (a base whose config had `image = 0` panicked here with
+    /// "chunk size must be non-zero") and more images than memory holds are refused.
+    #[test]
+    fn out_of_range_settings_are_refused_before_sampling() {
+        let ab = crate::NoiseSchedule::new(crate::BetaSchedule::Cosine, 10).unwrap().alpha_bar;
+        let ok = SampleSettings { steps: 2, guidance: 2.0, eta: 0.0, seed: 0, batch: 4 };
+        let mut eps = |x: &[f32], _: usize, _: &[u32]| -> Result<Vec<f32>> { Ok(vec![0.0; x.len()]) };
+        ddim(&ab, 4, &[0, 1], &ok, &mut eps, &mut |_| {}).unwrap();
+        ddim(&ab, 4, &[0, 1], &SampleSettings { guidance: -MAX_GUIDANCE, ..ok }, &mut eps, &mut |_| {}).unwrap();
+        for (s, pixels, n, want) in [
+            (SampleSettings { guidance: f64::NAN, ..ok }, 4, 2, "`guidance`"),
+            (SampleSettings { guidance: 1e6, ..ok }, 4, 2, "`guidance`"),
+            (SampleSettings { eta: f64::NAN, ..ok }, 4, 2, "`eta`"),
+            (SampleSettings { steps: 11, ..ok }, 4, 2, "`steps`"),
+            (SampleSettings { batch: 0, ..ok }, 4, 2, "`batch-size`"),
+            (ok, 0, 2, "`pixels` = 0"),
+            (ok, 1 << 20, 1 << 9, "`images`"),
+        ] {
+            let labels = vec![0u32; n];
+            let e = ddim(&ab, pixels, &labels, &s, &mut eps, &mut |_| {}).unwrap_err();
+            assert!(e.is_input() && e.to_string().contains(want), "{e}");
+        }
+        check_count(MAX_SAMPLE_VALUES / 784, 784, "images").unwrap();
+        let e = check_count(100_000_000, 784, "per-class").unwrap_err().to_string();
+        assert!(e.contains("`per-class` = 100000000") && e.contains("at most"), "{e}");
+        assert!(check_count(usize::MAX, usize::MAX, "images").is_err());
     }
 
     #[test]

@@ -71,7 +71,18 @@ impl TrainSettings {
             return Err(Error::setting("batch-size", 0, "at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::setting("lr", self.lr, "a positive number"));
+            return Err(Error::setting("lr", self.lr, "a finite number > 0"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::setting("weight-decay", self.weight_decay, "a finite number ≥ 0"));
+        }
+        if let Some(g) = self.max_grad_norm
+            && !(g.is_finite() && g > 0.0)
+        {
+            return Err(Error::setting("max-grad-norm", g, "a finite number > 0 (0 turns clipping off)"));
+        }
+        if self.eval_batch_size == 0 {
+            return Err(Error::setting("eval-batch-size", 0, "at least 1"));
         }
         if !(0.0..1.0).contains(&self.label_dropout) {
             return Err(Error::setting("label-dropout", self.label_dropout, "in [0, 1)"));
@@ -219,6 +230,8 @@ pub fn train(
     show_progress: bool,
 ) -> Result<Summary> {
     s.validate()?;
+    model.config().check_batch(s.batch_size, 1, "batch-size")?;
+    model.config().check_batch(s.eval_batch_size.min(s.heldout_limit), 1, "eval-batch-size")?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let ckpt_dir = out.join("checkpoints");
     let vars = trainee.named_vars(model);
@@ -277,6 +290,15 @@ pub fn train(
     let evaluate = |step: u64, train_loss: Option<f64>, seen: usize, window: f64, elapsed: f64| -> Result<Record> {
         let heldout =
             data::heldout_loss(model, &trainee.eval_deltas()?, &data.heldout, s.heldout_limit, s.eval_batch_size)?;
+        if !(heldout.v.is_finite() && heldout.eps.is_finite()) {
+            pb.abandon();
+            return Err(Error::NonFinite(format!(
+                "held-out loss is {} at step {step}; stopped without writing a checkpoint or a result. \
+                 The last good checkpoint (if any) is in {} — lower --lr and resume, or start over with --force",
+                heldout.v,
+                ckpt_dir.display()
+            )));
+        }
         Ok(Record {
             step,
             epoch: step as f64 / per_epoch as f64,
@@ -351,6 +373,9 @@ pub fn train(
             );
             let params: HashMap<String, Tensor> =
                 vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            if let Some((name, bad)) = crate::first_non_finite(params.iter().map(|(n, t)| (n.as_str(), t)))? {
+                return Err(stop(format!("`{name}` holds {bad} NaN or infinite values")));
+            }
             let (opt_state, _) = opt.state();
             checkpoint::write(&ckpt_dir, &state, &params, &opt_state, 2)?;
             (loss_sum, seen, window) = (0.0, 0, 0.0);
@@ -381,7 +406,15 @@ pub fn train(
 pub const BASE_FORMAT: &str = "superlora-dit";
 
 /// Writes the model's tensors with its config (and `extra` metadata) to `path`, atomically.
+/// A model with a NaN or infinite value is refused (nothing is written).
 pub fn save_base(path: &Path, model: &Dit, extra: &[(&str, String)]) -> Result<()> {
+    let tensors = model.tensors();
+    if let Some((name, bad)) = crate::first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t)))? {
+        return Err(Error::NonFinite(format!(
+            "tensor `{name}` holds {bad} NaN or infinite values; {} not written",
+            path.display()
+        )));
+    }
     let mut meta = HashMap::from([
         ("format".to_string(), BASE_FORMAT.to_string()),
         ("config".to_string(), serde_json::to_string(model.config()).map_err(|e| Error::File(e.to_string()))?),
@@ -389,12 +422,14 @@ pub fn save_base(path: &Path, model: &Dit, extra: &[(&str, String)]) -> Result<(
     for (k, v) in extra {
         meta.insert((*k).to_string(), v.clone());
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    checkpoint::save_tensors(&tmp, &model.tensors(), Some(meta))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let staged = superlora_train::output::Staged::new(path, false)?;
+    checkpoint::save_tensors(staged.path(), &tensors, Some(meta))?;
+    Ok(staged.commit()?)
 }
 
-/// Reads a model written by [`save_base`], with its metadata.
+/// Reads a model written by [`save_base`], with its metadata. The config is checked (every size
+/// positive and within the bounds of [`crate::dit`]) before anything is allocated from it, and a
+/// tensor holding NaN or an infinity is refused.
 pub fn load_base(path: &Path, device: &candle_core::Device) -> Result<(Dit, HashMap<String, String>)> {
     let meta = crate::classifier::read_metadata(path)?;
     let bad = |what: String| {
@@ -411,4 +446,147 @@ pub fn load_base(path: &Path, device: &candle_core::Device) -> Result<(Dit, Hash
     let tensors = checkpoint::load_tensors(path, device)?;
     let model = Dit::from_tensors(config, &tensors, device).map_err(|e| bad(e.to_string()))?;
     Ok((model, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DitConfig;
+
+    fn tiny() -> DitConfig {
+        DitConfig { width: 16, depth: 1, heads: 2, mlp: 16, freq_dim: 8, timesteps: 50, ..DitConfig::default() }
+    }
+
+    fn settings() -> TrainSettings {
+        TrainSettings {
+            steps: 1,
+            batch_size: 4,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            warmup: 0,
+            max_grad_norm: Some(1.0),
+            label_dropout: 0.1,
+            eval_every: 1,
+            heldout_limit: 4,
+            eval_batch_size: 4,
+            seed: 0,
+        }
+    }
+
+    /// A base file with `config` (JSON text) as its metadata and the tensors of a tiny model.
+    fn write_base(path: &Path, config: &str, tensors: &HashMap<String, Tensor>) {
+        let meta = HashMap::from([
+            ("format".to_string(), BASE_FORMAT.to_string()),
+            ("config".to_string(), config.to_string()),
+        ]);
+        checkpoint::save_tensors(path, tensors, Some(meta)).unwrap();
+    }
+
+    #[test]
+    fn a_base_whose_config_has_a_zero_or_huge_size_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = candle_core::Device::Cpu;
+        let m = Dit::new(tiny(), 0, &dev).unwrap();
+        let good = serde_json::to_value(tiny()).unwrap();
+        let path = dir.path().join("base.safetensors");
+        for (key, value, want) in [
+            ("image", 0usize, "`image` = 0"),
+            ("image", 100_000, "`image` = 100000"),
+            ("depth", 1_000_000_000, "`depth` = 1000000000"),
+            ("image", 114_688, "`image` = 114688"),
+            ("mlp", usize::MAX, "`mlp`"),
+        ] {
+            let mut c = good.clone();
+            c[key] = serde_json::json!(value);
+            write_base(&path, &c.to_string(), &m.tensors());
+            let e = load_base(&path, &dev).err().expect("refused");
+            let text = e.to_string();
+            assert!(e.is_input(), "{text}");
+            assert!(text.contains(&path.display().to_string()) && text.contains(want), "{text}");
+        }
+        write_base(&path, &good.to_string(), &m.tensors());
+        load_base(&path, &dev).unwrap();
+    }
+
+    #[test]
+    fn a_base_holding_nan_is_neither_written_nor_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = candle_core::Device::Cpu;
+        let m = Dit::new(tiny(), 0, &dev).unwrap();
+        let mut t = m.tensors();
+        t.insert("patch.bias".into(), Tensor::from_vec(vec![f32::NAN; 16], 16, &dev).unwrap());
+        let path = dir.path().join("nan.safetensors");
+        write_base(&path, &serde_json::to_string(&tiny()).unwrap(), &t);
+        let e = load_base(&path, &dev).err().expect("refused");
+        assert!(e.is_input(), "{e}");
+        assert!(
+            e.to_string().contains("`patch.bias` holds 16 NaN") && e.to_string().contains("nan.safetensors"),
+            "{e}"
+        );
+
+        let (_, v) = m.named_vars().into_iter().find(|(n, _)| n == "patch.bias").unwrap();
+        v.set(&Tensor::from_vec(vec![f32::INFINITY; 16], 16, &dev).unwrap()).unwrap();
+        let out = dir.path().join("out.safetensors");
+        let e = save_base(&out, &m, &[]).unwrap_err();
+        assert!(matches!(e, Error::NonFinite(_)) && e.to_string().contains("patch.bias"), "{e}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn non_finite_or_negative_optimiser_settings_are_refused() {
+        let s = settings();
+        s.validate().unwrap();
+        for (bad, name) in [
+            (TrainSettings { weight_decay: f64::NAN, ..s.clone() }, "weight-decay"),
+            (TrainSettings { weight_decay: -1.0, ..s.clone() }, "weight-decay"),
+            (TrainSettings { weight_decay: f64::INFINITY, ..s.clone() }, "weight-decay"),
+            (TrainSettings { lr: -1.0, ..s.clone() }, "lr"),
+            (TrainSettings { lr: f64::NAN, ..s.clone() }, "lr"),
+            (TrainSettings { max_grad_norm: Some(f64::NAN), ..s.clone() }, "max-grad-norm"),
+            (TrainSettings { label_dropout: f64::NAN, ..s.clone() }, "label-dropout"),
+            (TrainSettings { eval_batch_size: 0, ..s.clone() }, "eval-batch-size"),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.is_input() && e.to_string().starts_with(&format!("`{name}`")), "{e}");
+        }
+    }
+
+    fn bars(n: usize) -> superlora_data::ImageSet {
+        let images: Vec<u8> = (0..n * 784).map(|i| ((i * 37) % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        superlora_data::ImageSet::new(images, labels, 28, 28, (0..10).map(|d| d.to_string()).collect(), "t").unwrap()
+    }
+
+    /// `--weight-decay NaN` used to train one step, turn every weight into NaN, report success and
+    /// let the CLI write a NaN base; a run whose weights blow up must stop before writing anything.
+    #[test]
+    fn a_run_whose_weights_stop_being_finite_fails_without_a_result() {
+        let dev = candle_core::Device::Cpu;
+        let data = Splits { train: bars(8), heldout: bars(4) };
+        let dir = tempfile::tempdir().unwrap();
+        let m = Dit::new(tiny(), 0, &dev).unwrap();
+        let s = TrainSettings { weight_decay: f64::NAN, ..settings() };
+        let e = train(&m, Trainee::Base, &data, &s, serde_json::json!({}), &dir.path().join("a"), false, false)
+            .expect_err("refused");
+        assert!(e.to_string().contains("weight-decay"), "{e}");
+        let s = TrainSettings { lr: 1e30, ..settings() };
+        let out = dir.path().join("b");
+        let e = train(&m, Trainee::Base, &data, &s, serde_json::json!({}), &out, false, false).expect_err("stopped");
+        assert!(matches!(e, Error::NonFinite(_)), "{e}");
+        assert!(!out.join("summary.json").exists() && !out.join("checkpoints/latest").exists());
+    }
+
+    #[test]
+    fn a_batch_the_model_cannot_hold_is_refused_before_training() {
+        let dev = candle_core::Device::Cpu;
+        let data = Splits { train: bars(8), heldout: bars(4) };
+        let dir = tempfile::tempdir().unwrap();
+        let m = Dit::new(tiny(), 0, &dev).unwrap();
+        let s = TrainSettings { batch_size: tiny().max_batch() + 1, ..settings() };
+        let e = train(&m, Trainee::Base, &data, &s, serde_json::json!({}), &dir.path().join("a"), false, false)
+            .expect_err("refused");
+        assert!(e.is_input() && e.to_string().contains("`batch-size`"), "{e}");
+        assert!(!dir.path().join("a").exists());
+    }
 }

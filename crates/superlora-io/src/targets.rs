@@ -41,6 +41,14 @@ impl TargetPattern {
             .map(TargetPattern::Regex)
             .map_err(|e| Error::Targets(format!("--targets-regex `{re}` is not a valid regex: {e}")))
     }
+
+    /// Whether a module path (`encoder.layer.0.attention.self.query`) is one of these targets.
+    pub fn matches(&self, module: &str) -> bool {
+        match self {
+            TargetPattern::Names(names) => names.iter().any(|p| name_matches(module, p)),
+            TargetPattern::Regex(re) => re.is_match(module),
+        }
+    }
 }
 
 fn module_path(name: &str) -> Option<&str> {
@@ -167,6 +175,16 @@ fn unmatched(pattern: &str, candidates: &[LayerShape]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_matches_module_paths() {
+        let m = "encoder.layer.0.attention.self.query";
+        assert!(TargetPattern::names("query,value").unwrap().matches(m));
+        assert!(TargetPattern::names("self.query.weight").unwrap().matches(m));
+        assert!(!TargetPattern::names("uery").unwrap().matches(m));
+        assert!(TargetPattern::regex(r"encoder\.layer\.\d+\.attention\.self\.(query|value)").unwrap().matches(m));
+        assert!(!TargetPattern::regex("query").unwrap().matches(m));
+    }
     use std::path::PathBuf;
 
     fn t(name: &str, shape: &[usize]) -> TensorInfo {

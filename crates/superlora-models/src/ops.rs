@@ -1,8 +1,8 @@
 //! Building blocks with a backward, for models whose base weights are frozen.
 //!
-//! candle's fused `softmax_last_dim`, `layer_norm` and friends have no backward and fail silently
-//! (candle-notes.md, trap 1), and its `matmul` backward computes the gradient of a frozen weight
-//! anyway (trap 2). So:
+//! candle's fused `softmax_last_dim`, `layer_norm` and friends have no backward: gradients through
+//! them are silently missing, with no error (trap 1). Its `matmul` backward computes the gradient
+//! of a frozen weight anyway, wasted work on every step (trap 2). So:
 //! - [`frozen_linear`]: y = x·Wᵀ + b as one custom op whose backward returns ∂x only;
 //! - [`adapted_linear`]: y = x·(W + ΔW)ᵀ + b, the gradient reaching ΔW (and x), b kept frozen;
 //! - [`layer_norm`], [`softmax_last`]: composed from ops that all have a backward.

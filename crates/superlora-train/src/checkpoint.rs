@@ -114,7 +114,16 @@ pub fn read_latest(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
         return Ok(None);
     }
     let name = std::fs::read_to_string(&latest).map_err(io(&latest))?;
-    let path = dir.join(name.trim());
+    let name = name.trim();
+    // Only a checkpoint of this folder: `ckpt-<step>`, never a path elsewhere.
+    let step = name.strip_prefix("ckpt-").unwrap_or_default();
+    if step.is_empty() || !step.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::Checkpoint(format!(
+            "{} names `{name}`, not a checkpoint of this folder (`ckpt-<step>`); the run folder is damaged",
+            latest.display()
+        )));
+    }
+    let path = dir.join(name);
     let state_path = path.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state: RunState =
@@ -122,4 +131,20 @@ pub fn read_latest(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
     let params = load_tensors(&path.join("params.safetensors"), device)?;
     let optimizer = load_tensors(&path.join("optimizer.safetensors"), device)?;
     Ok(Some(Loaded { state, params, optimizer, path }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_may_only_name_a_checkpoint_of_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_latest(dir.path(), &Device::Cpu).unwrap().is_none());
+        for bad in ["../../../etc", "ckpt-", "ckpt-12/../../x", "/etc"] {
+            std::fs::write(dir.path().join("latest"), format!("{bad}\n")).unwrap();
+            let e = read_latest(dir.path(), &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("not a checkpoint of this folder"), "{bad}: {e}");
+        }
+    }
 }

@@ -14,8 +14,12 @@ use crate::{Error, Result};
 /// What a destination is.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind<'a> {
-    /// A single file (merged weights).
+    /// A single file.
     File,
+    /// A safetensors file this program wrote: `--force` replaces only a valid safetensors file whose
+    /// `__metadata__` holds this key (merged weights carry `superlora`). Never inside an adapter or a
+    /// run folder, whose files other commands rely on.
+    Safetensors(&'a str),
     /// A folder whose entries are all among these names (an adapter, an export, a run).
     Folder(&'a [&'a str]),
 }
@@ -37,6 +41,9 @@ pub fn check_replace(dest: &Path, force: bool, kind: Kind, flag: &str) -> Result
             dest.join("out").display()
         )));
     }
+    if let Kind::Safetensors(_) = kind {
+        refuse_inside_output_folder(dest, flag)?;
+    }
     // Follows a link (a link to a run folder is a folder); a dangling link is a file.
     let Ok(meta) = std::fs::metadata(dest).or_else(|_| std::fs::symlink_metadata(dest)) else { return Ok(()) };
     if !force {
@@ -48,6 +55,21 @@ pub fn check_replace(dest: &Path, force: bool, kind: Kind, flag: &str) -> Result
             dest.display()
         ))),
         Kind::File => Ok(()),
+        Kind::Safetensors(_) if meta.is_dir() => Err(refused(format!(
+            "{flag} {} is a folder; --force replaces only a file here, give a file name",
+            dest.display()
+        ))),
+        Kind::Safetensors(key) => {
+            if has_metadata_key(dest, key) {
+                Ok(())
+            } else {
+                Err(refused(format!(
+                    "{flag} {} is not a safetensors file this program wrote (no `{key}` in its metadata); \
+                     --force replaces only such a file: move it or pick another {flag}",
+                    dest.display()
+                )))
+            }
+        }
         Kind::Folder(_) if !meta.is_dir() => Err(refused(format!(
             "{flag} {} is a file; --force replaces only a folder this program wrote",
             dest.display()
@@ -78,6 +100,63 @@ pub fn check_replace(dest: &Path, force: bool, kind: Kind, flag: &str) -> Result
             }
         }
     }
+}
+
+/// The adapter or run folder `dest` would land in, if any: the nearest existing folder among its
+/// ancestors holding `adapter_config.json` (an adapter, ours or PEFT's) or `run.json` (a run).
+pub fn enclosing_output_folder(dest: &Path) -> Option<(PathBuf, &'static str)> {
+    let mut existing = dest.parent()?.to_path_buf();
+    while !existing.as_os_str().is_empty() && !existing.exists() {
+        existing = existing.parent()?.to_path_buf();
+    }
+    if existing.as_os_str().is_empty() {
+        existing = PathBuf::from(".");
+    }
+    let start = existing.canonicalize().unwrap_or(existing);
+    start.ancestors().find_map(|dir| {
+        if dir.join("adapter_config.json").is_file() {
+            Some((dir.to_path_buf(), "adapter folder"))
+        } else if dir.join("run.json").is_file() {
+            Some((dir.to_path_buf(), "run folder"))
+        } else {
+            None
+        }
+    })
+}
+
+/// Refuses an output file inside an adapter or run folder ([`enclosing_output_folder`]): such a
+/// folder holds only what its command writes, and `--force` on it refuses anything else.
+pub fn refuse_inside_output_folder(dest: &Path, flag: &str) -> Result<()> {
+    match enclosing_output_folder(dest) {
+        Some((dir, what)) => Err(refused(format!(
+            "{flag} {} lies inside the {what} {}, which holds only what its command writes; write the \
+             output somewhere else",
+            dest.display(),
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether `path` is a safetensors file whose `__metadata__` has `key` (only the header is read).
+fn has_metadata_key(path: &Path, key: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut len = [0u8; 8];
+    if f.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_or(0, |m| m.len());
+    if n == 0 || n > 100_000_000 || n > size.saturating_sub(8) {
+        return false;
+    }
+    let mut header = vec![0u8; n as usize];
+    if f.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(h)) = serde_json::from_slice::<serde_json::Value>(&header) else { return false };
+    h.get("__metadata__").and_then(|m| m.get(key)).is_some()
 }
 
 /// Refuses a destination that is one of the command's `inputs`, lies inside one, or contains one:
@@ -234,6 +313,44 @@ mod tests {
         assert!(out.join("notes.txt").exists());
         let e = check_replace(&out.join("."), true, Kind::Folder(ADAPTER), "--out").unwrap_err().to_string();
         assert!(e.contains("names no file or folder"), "{e}");
+    }
+
+    /// A safetensors file with this `__metadata__`.
+    fn safetensors_with(path: &Path, meta: &str) {
+        let header = format!(r#"{{"__metadata__":{meta},"t":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(1f32.to_le_bytes());
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn force_replaces_only_a_safetensors_file_the_program_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = Kind::Safetensors("superlora");
+        let (ours, theirs, text) =
+            (dir.path().join("m.safetensors"), dir.path().join("w.safetensors"), dir.path().join("notes.txt"));
+        safetensors_with(&ours, r#"{"superlora":"merged"}"#);
+        safetensors_with(&theirs, r#"{"format":"pt"}"#);
+        std::fs::write(&text, "precious").unwrap();
+        assert!(check_replace(&ours, true, kind, "--out").is_ok());
+        let e = check_replace(&ours, false, kind, "--out").unwrap_err().to_string();
+        assert!(e.contains("pass --force"), "{e}");
+        for other in [&theirs, &text] {
+            let e = check_replace(other, true, kind, "--out").unwrap_err().to_string();
+            assert!(e.contains("not a safetensors file this program wrote"), "{e}");
+        }
+        // Never into an adapter or run folder, existing file or not.
+        for marker in ["adapter_config.json", "run.json"] {
+            let a = dir.path().join(marker.replace('.', "_"));
+            std::fs::create_dir(&a).unwrap();
+            std::fs::write(a.join(marker), "{}").unwrap();
+            safetensors_with(&a.join("adapter_model.safetensors"), r#"{"superlora":"x"}"#);
+            for name in ["adapter_model.safetensors", "new.safetensors"] {
+                let e = check_replace(&a.join(name), true, kind, "--out").unwrap_err().to_string();
+                assert!(e.contains("lies inside"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `superlora bench`: training-step throughput on MiniLM, the setting of the PyTorch + PEFT
-//! anchor in candle-notes.md (LoRA r=8 on query+value, batch 32, sequence 32, AdamW, 2 threads).
+//! anchor in docs/BENCHMARKS.md (LoRA r=8 on query+value, batch 32, sequence 32, AdamW, 2 threads).
 //! Each config runs in a child process (so `peak RSS` is that config's own); the parent prints a
 //! table with samples/s and the step time relative to LoRA r=8.
 

@@ -14,7 +14,8 @@ use superlora_core::{LayerShape, SuperLora};
 use superlora_diffusion::classifier::{Classifier, ClassifierSettings};
 use superlora_diffusion::data::{self, DiffusionDataset, Splits};
 use superlora_diffusion::frechet::{Gaussian, frechet_distance};
-use superlora_diffusion::sampler::{SampleSettings, sample};
+use superlora_diffusion::output::{FileKind, check_file_output};
+use superlora_diffusion::sampler::{SampleSettings, check_count, sample};
 use superlora_diffusion::train::{TrainSettings, Trainee, load_base, save_base, train};
 use superlora_diffusion::{BetaSchedule, Dit, DitConfig};
 use superlora_io::TargetPattern;
@@ -97,6 +98,15 @@ fn train_settings(f: &DiffusionTrainFlags, steps: u64, lr: f64, eval_every: u64,
     Ok(s)
 }
 
+/// Refuses --batch-size and --eval-batch-size whose activations the model cannot hold (before
+/// the run folder is made).
+fn check_batches(config: &DitConfig, s: &TrainSettings) -> Result<()> {
+    config.check_batch(s.batch_size, 1, "batch-size").map_err(|e| lift(e).context("--batch-size"))?;
+    config
+        .check_batch(s.eval_batch_size.min(s.heldout_limit), 1, "eval-batch-size")
+        .map_err(|e| lift(e).context("--eval-batch-size"))
+}
+
 /// Prepares the run folder: locked for this process (held while the returned guard lives),
 /// --force empties it, an existing run needs --resume with the same settings, a fresh run gets
 /// run.json.
@@ -145,6 +155,7 @@ fn pretrain(a: &DiffusionPretrainArgs) -> Result<()> {
         .validate()
         .map_err(|e| lift(e).context("invalid model flags (--width, --depth, --heads, --mlp, --timesteps)"))?;
     let settings = train_settings(&a.train, 10_000, 1e-3, 1000, a.seed)?;
+    check_batches(&config, &settings)?;
     let out = a
         .out
         .clone()
@@ -219,6 +230,7 @@ fn transfer(a: &DiffusionTransferArgs) -> Result<()> {
     let cfg = resolve_adapter(&a.adapter)?;
     let seed = a.adapter.seed.unwrap_or(0);
     let settings = train_settings(&a.train, 2000, 1e-3, 250, seed)?;
+    check_batches(model.config(), &settings)?;
     let slug = super::train::adapter_slug(Some(&cfg));
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("diffusion-transfer-{}-{slug}-s{seed}", dataset_name(ds)))
@@ -330,6 +342,14 @@ fn load_model(base_path: &Path, adapter: Option<&Path>, device: &Device) -> Resu
     let Some(a) = loaded.adapter else { bail!(InputError(format!("--adapter {} holds no adapter", dir.display()))) };
     let targets: Vec<LayerShape> = loaded.targets;
     let d: Vec<Tensor> = a.delta_weights()?.iter().map(Tensor::detach).collect();
+    let named = targets.iter().map(|t| t.name.as_str()).zip(&d);
+    if let Some((name, bad)) = superlora_diffusion::first_non_finite(named).map_err(lift)? {
+        bail!(InputError(format!(
+            "--adapter {}: its ΔW of `{name}` holds {bad} NaN or infinite values (a diverged or corrupt adapter); \
+             train it again",
+            dir.display()
+        )));
+    }
     let deltas = Deltas::new(&targets, &d)?;
     deltas.check_against(&model.linears())?;
     if let Some(c) = loaded.file.task.get("classes").and_then(|c| serde_json::from_value(c.clone()).ok()) {
@@ -339,6 +359,14 @@ fn load_model(base_path: &Path, adapter: Option<&Path>, device: &Device) -> Resu
         ds = Some(d);
     }
     Ok(Loaded { model, deltas, classes, dataset: ds, adapter_params: a.num_trainable() })
+}
+
+/// Checks that `per_class` images for each of `classes` classes may be generated (before the
+/// labels are built).
+fn check_images(classes: usize, per_class: usize, pixels: usize) -> Result<()> {
+    let images = classes.checked_mul(per_class).ok_or_else(|| InputError("--per-class is too large".into()))?;
+    check_count(images, pixels, "images")
+        .map_err(|e| lift(e).context(format!("--per-class {per_class} for {classes} classes")))
 }
 
 fn sample_settings(f: &DiffusionSamplingFlags) -> SampleSettings {
@@ -359,13 +387,12 @@ fn images_bar(total: usize, what: &str, show: bool) -> ProgressBar {
     pb
 }
 
-/// Refuses to replace `path` without --force (`flag` names the output flag).
-fn check_output(path: &Path, force: bool, flag: &str) -> Result<()> {
-    superlora_train::output::check_replace(path, force, superlora_train::output::Kind::File, flag)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    Ok(())
+/// Checks that the file `path` (named by `flag`) may be written: absent, or with --force a file of
+/// `kind`; not one of `inputs`, inside one or holding one; not inside an adapter or run folder
+/// (see `superlora_diffusion::output`). Creates nothing: the writer stages the file (and its
+/// folder) only once there is something to write.
+fn check_output(path: &Path, force: bool, flag: &str, kind: FileKind, inputs: &[&Path]) -> Result<()> {
+    check_file_output(path, force, kind, flag, inputs).map_err(lift)
 }
 
 fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
@@ -373,17 +400,20 @@ fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
     if !a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
         bail!(InputError(format!("--out {}: the grid is written as PNG; give a .png file name", a.out.display())));
     }
-    check_output(&a.out, a.force, "--out")?;
+    let mut inputs = vec![a.base.as_path()];
+    inputs.extend(a.adapter.as_deref());
+    check_output(&a.out, a.force, "--out", FileKind::Png, &inputs)?;
     if a.per_class == 0 {
         bail!(InputError("--per-class must be at least 1".into()));
     }
     let m = load_model(&a.base, a.adapter.as_deref(), &device)?;
     let classes = m.model.config().classes;
+    check_images(classes, a.per_class, m.model.config().pixels())?;
     let labels: Vec<u32> = (0..classes as u32).flat_map(|c| std::iter::repeat_n(c, a.per_class)).collect();
     let pb = images_bar(labels.len(), "sampling", !a.no_progress);
     let t0 = Instant::now();
     let x = sample(&m.model, &m.deltas, &labels, &sample_settings(&a.sampling), &mut |n| pb.set_position(n as u64))
-        .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta)"))?;
+        .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta, --batch-size)"))?;
     pb.finish_and_clear();
     let side = m.model.config().image;
     superlora_diffusion::grid::write_png(&a.out, &data::to_bytes(&x), classes, a.per_class, side).map_err(lift)?;
@@ -404,7 +434,7 @@ fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
 
 fn classifier(a: &DiffusionClassifierArgs) -> Result<()> {
     let device = Device::Cpu;
-    check_output(&a.out, a.force, "--out")?;
+    check_output(&a.out, a.force, "--out", FileKind::Classifier, &[])?;
     let ds = dataset(a.dataset);
     let data = load_data(ds)?;
     let c = Classifier::new(data.train.h * data.train.w, data.classes().to_vec(), a.seed, &device).map_err(lift)?;
@@ -465,13 +495,16 @@ struct EvalReport {
 fn eval(a: &DiffusionEvalArgs) -> Result<()> {
     let device = Device::Cpu;
     if let Some(j) = &a.json {
-        check_output(j, a.force, "--json")?;
+        let mut inputs = vec![a.base.as_path(), a.classifier.as_path()];
+        inputs.extend(a.adapter.as_deref());
+        check_output(j, a.force, "--json", FileKind::EvalReport, &inputs)?;
     }
     if a.per_class == 0 || a.real < 2 || a.heldout == 0 {
         bail!(InputError("--per-class and --heldout must be at least 1, --real at least 2".into()));
     }
     let t0 = Instant::now();
     let m = load_model(&a.base, a.adapter.as_deref(), &device)?;
+    check_images(m.model.config().classes, a.per_class, m.model.config().pixels())?;
     let ds = match (a.dataset, m.dataset) {
         (Some(d), _) => dataset(d),
         (None, Some(d)) => d,
@@ -497,11 +530,20 @@ fn eval(a: &DiffusionEvalArgs) -> Result<()> {
     }
     let heldout_images = a.heldout.min(data.heldout.n);
     let heldout_loss = data::heldout_loss(&m.model, &m.deltas, &data.heldout, heldout_images, 250).map_err(lift)?;
+    if !(heldout_loss.v.is_finite() && heldout_loss.eps.is_finite()) {
+        bail!(InputError(format!(
+            "the held-out loss of --base {}{} is {}: the model's predictions are not finite numbers, so no score \
+             is meaningful; use a model whose training converged",
+            a.base.display(),
+            a.adapter.as_ref().map(|d| format!(" with --adapter {}", d.display())).unwrap_or_default(),
+            heldout_loss.v
+        )));
+    }
     let classes = m.model.config().classes;
     let labels: Vec<u32> = (0..classes as u32).flat_map(|c| std::iter::repeat_n(c, a.per_class)).collect();
     let pb = images_bar(labels.len(), "sampling", !a.no_progress);
     let x = sample(&m.model, &m.deltas, &labels, &sample_settings(&a.sampling), &mut |n| pb.set_position(n as u64))
-        .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta)"))?;
+        .map_err(|e| lift(e).context("sampling (--steps, --guidance, --eta, --batch-size)"))?;
     pb.finish_and_clear();
     let (gen_features, preds) = clf.features_and_predictions(&x, 500, &device).map_err(lift)?;
     let right = preds.iter().zip(&labels).filter(|(p, l)| p == l).count();
@@ -515,6 +557,12 @@ fn eval(a: &DiffusionEvalArgs) -> Result<()> {
         &Gaussian::fit(&real_features, dim).map_err(lift)?,
     )
     .map_err(lift)?;
+    if !fd.is_finite() {
+        bail!(InputError(format!(
+            "the Fréchet distance is {fd}: the features of --classifier {} are not finite numbers on these images",
+            a.classifier.display()
+        )));
+    }
     let report = EvalReport {
         base: a.base.display().to_string(),
         adapter: a.adapter.as_ref().map(|p| p.display().to_string()),
@@ -547,10 +595,10 @@ fn eval(a: &DiffusionEvalArgs) -> Result<()> {
     println!("Fréchet distance             {:.4} (vs {} real images)", report.frechet_distance, report.real_images);
     println!("classifier accuracy on real  {:.4}", report.classifier_accuracy_on_real);
     if let Some(j) = &a.json {
-        let tmp = j.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, j).with_context(|| format!("writing --json {}", j.display()))?;
+        let staged = superlora_train::output::Staged::new(j, false)?;
+        std::fs::write(staged.path(), serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing --json {}", j.display()))?;
+        staged.commit().with_context(|| format!("writing --json {}", j.display()))?;
     }
     Ok(())
 }

@@ -139,7 +139,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 "use_rslora": false,
                 "use_dora": false,
                 "revision": null,
-                "base_model_name_or_path": loaded.file.base_model.path,
+                "base_model_name_or_path": hub_path(&loaded.file.base_model.path),
             });
             std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)
                 .with_context(|| format!("writing {}", tmp.display()))?;
@@ -148,4 +148,26 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     staged.commit().with_context(|| format!("moving the export into {}", args.out.display()))?;
     println!("written to {}", args.out.display());
     Ok(())
+}
+
+/// What PEFT's `base_model_name_or_path` should hold: the folder `from_pretrained` loads (the
+/// weights file's folder, when it holds the model's `config.json`), else the weights file itself.
+fn hub_path(weights: &str) -> String {
+    match std::path::Path::new(weights).parent() {
+        Some(dir) if dir.join("config.json").is_file() => dir.display().to_string(),
+        _ => weights.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peft_names_the_folder_from_pretrained_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("model.safetensors");
+        let shown = w.display().to_string();
+        assert_eq!(super::hub_path(&shown), shown, "no config.json: the weights file itself");
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        assert_eq!(super::hub_path(&shown), dir.path().display().to_string());
+    }
 }

@@ -16,6 +16,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use superlora_core::{AdapterConfig, Factorization, Fold, LayerShape, Plan, Projection, SuperLora};
+use superlora_io::TargetPattern;
 use superlora_models::adapt::LinearInfo;
 use superlora_models::bert::Bert;
 use superlora_models::vit::Vit;
@@ -31,6 +32,8 @@ use crate::settings::InputError;
 struct PeftLora {
     r: usize,
     scale: f64,
+    /// `target_modules` (None: absent, null or `all-linear`).
+    targets: Option<(String, TargetPattern)>,
 }
 
 fn bad(dir: &Path, what: impl std::fmt::Display) -> anyhow::Error {
@@ -85,7 +88,32 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
         return Err(bad(dir, format!("`bias` = `{b}`: trained biases are not part of a LoRA adapter here")));
     }
     let scale = if flag("use_rslora") { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
-    Ok(PeftLora { r, scale })
+    if scale.abs() > superlora_core::config::MAX_SCALE {
+        return Err(bad(
+            dir,
+            format!(
+                "`lora_alpha` = {alpha} gives the scale {scale:e}, beyond {:e}: ΔW would overflow f32",
+                superlora_core::config::MAX_SCALE
+            ),
+        ));
+    }
+    let targets = match o.get("target_modules") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s == "all-linear" => None,
+        Some(serde_json::Value::String(s)) => Some((
+            format!("the regex `{s}`"),
+            TargetPattern::regex(s).map_err(|e| bad(dir, format!("`target_modules`: {e}")))?,
+        )),
+        Some(serde_json::Value::Array(a)) => {
+            let names: Option<Vec<String>> = a.iter().map(|v| v.as_str().map(String::from)).collect();
+            let names = names.ok_or_else(|| bad(dir, "`target_modules` must be a list of strings or one regex"))?;
+            Some((format!("{names:?}"), TargetPattern::Names(names)))
+        }
+        Some(other) => {
+            return Err(bad(dir, format!("`target_modules` = {other}: must be a list of strings or one regex")));
+        }
+    };
+    Ok(PeftLora { r, scale, targets })
 }
 
 /// Splits `base_model.model.<module>.lora_{A,B}[.<adapter>].weight` into (module, "A" | "B").
@@ -152,6 +180,16 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     }
     if factors.is_empty() {
         return Err(bad(dir, "adapter_model.safetensors holds no LoRA factors"));
+    }
+    if let Some((shown, pattern)) = &peft.targets
+        && let Some(m) = factors.keys().find(|m| !pattern.matches(m))
+    {
+        return Err(bad(
+            dir,
+            format!(
+                "module `{m}` has LoRA factors but `target_modules` ({shown}) does not name it: the files disagree"
+            ),
+        ));
     }
 
     // The base model, task and head.

@@ -60,14 +60,23 @@ fn deltas_by_weight(loaded: &Loaded) -> Result<HashMap<String, Vec<f32>>> {
         .targets
         .iter()
         .zip(d)
-        .map(|(t, d)| Ok((format!("{}.weight", t.name), d.flatten_all()?.to_vec1::<f32>()?)))
+        .map(|(t, d)| {
+            let values = d.flatten_all()?.to_vec1::<f32>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                bail!(InputError(format!(
+                    "the adapter's ΔW for `{}` is not finite (NaN or beyond f32): its tensors or scale are broken",
+                    t.name
+                )));
+            }
+            Ok((format!("{}.weight", t.name), values))
+        })
         .collect()
 }
 
 /// Refuses an `--out` that is one of the inputs (`base` weights, the `merged` file) or lies inside
 /// the adapter folder: replacing it would destroy what the adapter and its checks rely on.
 fn check_out(out: &Path, force: bool, adapter: &Path, inputs: &[&Path]) -> Result<()> {
-    check_replace(out, force, Kind::File, "--out")?;
+    check_replace(out, force, Kind::Safetensors("superlora"), "--out")?;
     let all: Vec<&Path> = std::iter::once(adapter).chain(inputs.iter().copied()).collect();
     Ok(refuse_inputs(out, &all, "--out")?)
 }
@@ -168,15 +177,15 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     let merged_task = build_task(&merged_spec, &device)?;
     let merged = merged_task.features(Split::Test, &idx, &Deltas::none())?;
     drop(check_dir);
-    let diff = (merged - &unmerged)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let scale = unmerged.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
+    let diff = max_abs(&(merged - &unmerged)?)?;
+    let scale = nan_max(max_abs(&unmerged)?, 1.0);
     println!(
         "max |merged − unmerged| over the features of {} test examples: {diff:.3e} (relative {:.3e}, tolerance {:.1e})",
         idx.len(),
         diff / scale,
         args.tolerance
     );
-    if diff / scale > args.tolerance {
+    if (diff / scale).is_nan() || diff / scale > args.tolerance {
         bail!(
             "merged and unmerged outputs differ by {:.3e} (relative), above the tolerance {:.1e}; {} was not written",
             diff / scale,
@@ -209,20 +218,31 @@ pub fn unmerge(args: &UnmergeArgs) -> Result<()> {
     for name in deltas.keys() {
         let key = if base.contains_key(name) { name.clone() } else { format!("bert.{name}") };
         let (a, b) = (&base[&key], &back[&key]);
-        worst = worst.max((a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-        scale = scale.max(a.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        worst = nan_max(worst, max_abs(&(a - b)?)?);
+        scale = nan_max(scale, max_abs(a)?);
     }
     println!("{n} weights restored; max |restored − base| = {worst:.3e} (relative {:.3e})", worst / scale);
-    if worst / scale > args.tolerance {
-        bail!(
+    if (worst / scale).is_nan() || worst / scale > args.tolerance {
+        bail!(InputError(format!(
             "restored weights differ from the base by {:.3e} (relative), above {:.1e}; {} was not written \
              (is --merged a merge of this adapter?)",
             worst / scale,
             args.tolerance,
             args.out.display()
-        );
+        )));
     }
     staged.commit().with_context(|| format!("moving the restored weights into {}", args.out.display()))?;
     println!("{}: written", args.out.display());
     Ok(())
+}
+
+/// The largest |entry| of `t`, NaN when any entry is NaN (candle's `max` skips NaN).
+fn max_abs(t: &Tensor) -> Result<f64> {
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(v.iter().fold(0f64, |m, &x| nan_max(m, f64::from(x.abs()))))
+}
+
+/// `max` that keeps NaN (f64::max drops it).
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
 }

@@ -64,6 +64,8 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>> {
         bail!(InputError(format!("{}: columns {headers:?}, expected those of `sweep` ({COLUMNS:?})", path.display())));
     }
     let mut cells: BTreeMap<String, (String, f64, Vec<f64>)> = BTreeMap::new();
+    // (cell, seed) → row: a run counted twice would fake a second seed with no spread.
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, row) in r.records().enumerate() {
         let row = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
         let num = |col: usize| -> Result<f64> {
@@ -87,7 +89,28 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>> {
                 i + 2
             )));
         }
+        if let Some(first) = seen.insert((row[0].to_string(), row[3].to_string()), i + 2) {
+            bail!(InputError(format!(
+                "{}: rows {first} and {} are both config `{}` seed {}; a run may be counted once: delete one",
+                path.display(),
+                i + 2,
+                &row[0],
+                &row[3]
+            )));
+        }
         let e = cells.entry(row[0].to_string()).or_insert_with(|| (row[1].to_string(), params, Vec::new()));
+        if e.0 != row[1] || e.1 != params {
+            bail!(InputError(format!(
+                "{}: row {}: config `{}` has family `{}` and {params} adapter parameters here, `{}` and {} in an \
+                 earlier row; rows of one config must agree",
+                path.display(),
+                i + 2,
+                &row[0],
+                &row[1],
+                e.0,
+                e.1
+            )));
+        }
         e.2.push(acc);
     }
     if cells.is_empty() {
@@ -455,6 +478,26 @@ mod tests {
 
     fn pt(family: &str, params: f64, mean: f64) -> Point {
         Point { family: family.into(), cell: format!("{family}-{params}"), params, mean, std: 0.0, n: 1 }
+    }
+
+    #[test]
+    fn a_run_counted_twice_or_a_config_that_disagrees_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |cell: &str, seed: u32, params: u32| {
+            format!("{cell},lora,--rank 1,{seed},{params},10,0.8,300,0.8,0.8,1.0,1.0,runs/x\n")
+        };
+        let header = COLUMNS.join(",") + "\n";
+        let write = |rows: &[String]| {
+            let p = dir.path().join("r.csv");
+            std::fs::write(&p, header.clone() + &rows.concat()).unwrap();
+            p
+        };
+        let ok = write(&[row("a", 0, 100), row("a", 1, 100)]);
+        assert_eq!(read_points(&ok).unwrap()[0].n, 2);
+        let e = read_points(&write(&[row("a", 0, 100), row("a", 0, 100)])).unwrap_err().to_string();
+        assert!(e.contains("rows 2 and 3 are both config `a` seed 0"), "{e}");
+        let e = read_points(&write(&[row("a", 0, 100), row("a", 1, 200)])).unwrap_err().to_string();
+        assert!(e.contains("rows of one config must agree"), "{e}");
     }
 
     #[test]

@@ -151,6 +151,7 @@ fn expand(file: &GridFile) -> Result<Vec<Cell>> {
         bail!(InputError("the grid has no [[run]] entries".into()));
     }
     let mut cells: Vec<Cell> = Vec::new();
+    let mut names: BTreeSet<String> = BTreeSet::new();
     for (i, entry) in file.run.iter().enumerate() {
         let keys: Vec<String> = entry.keys().filter(|k| !META.contains(&k.as_str())).cloned().collect();
         for k in &keys {
@@ -195,18 +196,46 @@ fn expand(file: &GridFile) -> Result<Vec<Cell>> {
                 })
                 .collect();
             let family = family.clone().unwrap_or_else(|| derive_family(&combo));
-            let base = match entry.get("name") {
-                Some(toml::Value::String(n)) if keys.iter().all(|k| !entry[k].is_array()) => n.clone(),
-                _ => format!("{family}__{}", desc.join("__")),
+            let base = match (entry.get("name"), desc.is_empty()) {
+                (Some(n), _) => given_name(n, keys.iter().any(|k| entry[k].is_array()), i)?,
+                (None, true) => family.clone(),
+                (None, false) => format!("{family}__{}", desc.join("__")),
             };
             let name = slug(&base);
-            if cells.iter().any(|c| c.name == name) {
+            if name.len() > MAX_NAME {
+                bail!(InputError(format!(
+                    "[[run]] #{}: the config's name `{name}` is {} bytes, longer than {MAX_NAME} (file names of its \
+                     run, log and lock would be too long); give it a shorter `name`",
+                    i + 1,
+                    name.len()
+                )));
+            }
+            if !names.insert(name.clone()) {
                 bail!(InputError(format!("two [[run]] configs are both named `{name}`; give them distinct `name`s")));
             }
             cells.push(Cell { name, family, args });
         }
     }
     Ok(cells)
+}
+
+/// The longest config name: with `-s<seed>` and `.lock` it stays well inside a file name's 255 bytes.
+const MAX_NAME: usize = 200;
+
+/// A `[[run]]` entry's own `name`: a non-empty string, for an entry that is one config.
+fn given_name(v: &toml::Value, expands: bool, i: usize) -> Result<String> {
+    match v {
+        toml::Value::String(n) if expands => bail!(InputError(format!(
+            "[[run]] #{} `name` = \"{n}\" names an entry with lists, which expands to several configs; drop the \
+             `name` (names are then derived from the varying flags) or split the entry",
+            i + 1
+        ))),
+        toml::Value::String(n) if n.trim().is_empty() => {
+            bail!(InputError(format!("[[run]] #{} `name` is empty; give a name or drop the key", i + 1)))
+        }
+        toml::Value::String(n) => Ok(n.clone()),
+        other => bail!(InputError(format!("[[run]] #{} `name` = {other}: must be a string", i + 1))),
+    }
 }
 
 /// A plot series for a config that names none: from the adapter flags.
@@ -341,6 +370,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         let stem = args.grid.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(format!("sweep-{stem}"))
     });
+    check_out(&out)?;
     // Every config's flags are checked as `train` reads them before anything runs, so a typo in
     // the last config of a long grid fails now, not hours in.
     for c in &cells {
@@ -476,6 +506,30 @@ fn check_cell(cell: &Cell, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A sweep writes into an empty or new folder, or one an earlier sweep made (it holds the
+/// `grid.toml` every sweep writes first); never into a run, an adapter or any other folder.
+fn check_out(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!(InputError(format!("--out {} is a file; a sweep needs a folder", out.display())));
+    }
+    if !out.is_dir() || out.join("grid.toml").is_file() {
+        return Ok(());
+    }
+    let first = std::fs::read_dir(out)
+        .with_context(|| format!("reading --out {}", out.display()))?
+        .next()
+        .transpose()
+        .with_context(|| format!("reading --out {}", out.display()))?;
+    match first {
+        None => Ok(()),
+        Some(e) => bail!(InputError(format!(
+            "--out {} is not empty (it holds `{}`) and is not a sweep folder (no grid.toml); pick another --out",
+            out.display(),
+            e.file_name().to_string_lossy()
+        ))),
+    }
+}
+
 /// Copies the grid to `<out>/grid.toml`; an earlier, different grid there is kept as
 /// `grid-<n>.toml` (a folder run with two grids says so).
 fn keep_grid(grid: &Path, text: &str, out: &Path) -> Result<()> {
@@ -581,5 +635,50 @@ mod tests {
         assert!(cells_of("").unwrap_err().to_string().contains("no [[run]]"));
         assert!(cells_of("bogus = 1\n[[run]]\nrank = 1\n").unwrap_err().to_string().contains("bogus"));
         assert!(cells_of("[[run]]\nadapter-lr = \"@\"\n").unwrap_err().to_string().contains("pick_lrs"));
+        let e = cells_of("[[run]]\nname = [\"a\", \"b\"]\nrank = 1\n").unwrap_err().to_string();
+        assert!(e.contains("`name` = [\"a\", \"b\"]: must be a string"), "{e}");
+        let e = cells_of("[[run]]\nname = \"a\"\nrank = [1, 2]\n").unwrap_err().to_string();
+        assert!(e.contains("expands to several configs"), "{e}");
+        let e = cells_of("[[run]]\nname = \" \"\nrank = 1\n").unwrap_err().to_string();
+        assert!(e.contains("`name` is empty"), "{e}");
+        let long = "x".repeat(300);
+        let e = cells_of(&format!("[[run]]\nname = \"{long}\"\nrank = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("shorter `name`"), "{e}");
+    }
+
+    /// Names are how a resumed sweep finds its finished runs: they must not drift between versions.
+    #[test]
+    fn config_names_are_stable() {
+        let cells = cells_of(
+            r#"
+            [[run]]
+            head-only = true
+            [[run]]
+            family = "lora"
+            adapter-lr = 0.003
+            rank = [1]
+            [[run]]
+            family = "dense+fastfood"
+            adapter-lr = 0.03
+            factor = "dense"
+            fold = "square"
+            order = 1
+            ratio = [0.00002]
+            [[run]]
+            family = "lora"
+            head-only = false
+            "#,
+        )
+        .unwrap();
+        let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "head-only__head-only",
+                "lora__adapter-lr_0.003__rank_1",
+                "dense_fastfood__adapter-lr_0.03__factor_dense__fold_square__order_1__ratio_0.00002",
+                "lora"
+            ]
+        );
     }
 }

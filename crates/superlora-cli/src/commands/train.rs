@@ -136,11 +136,12 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
             bail!(InputError(format!("{name} = {v}: a learning rate must be a positive number")));
         }
     }
-    if !dataset.is_text()
-        && let Some(px) = args.image_size
-    {
-        superlora_data::preprocess::check_size(px)
-            .map_err(|e| InputError(format!("--image-size {px}: {e} (e.g. 56 or 224)")))?;
+    match (dataset.is_text(), args.image_size, args.max_len) {
+        (true, Some(_), _) => bail!(InputError("--image-size applies to image datasets; this one is text".into())),
+        (false, _, Some(_)) => bail!(InputError("--max-len applies to text datasets; this one is images".into())),
+        (false, Some(px), None) => superlora_data::preprocess::check_size(px)
+            .map_err(|e| InputError(format!("--image-size {px}: {e} (e.g. 56 or 224)")))?,
+        _ => {}
     }
     if let (Some(w), Some(s)) = (args.warmup, args.steps)
         && w > s
