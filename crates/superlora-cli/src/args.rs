@@ -311,7 +311,8 @@ pub struct TrainArgs {
     /// Run folder [default: runs/<preset>-<adapter>-s<seed>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its latest checkpoint (same flags); starts it when --out
+    /// holds no run yet, so one command both starts and continues a run (what `sweep` does).
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Delete an existing run in --out and start over (refused if the folder holds anything a run

@@ -214,10 +214,10 @@ fn a_sweep_writes_only_into_a_new_empty_or_sweep_folder() {
     let (code, err) = sweep(&run.join("run.json"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is a file"), "{err}");
-    for ok in [dir.path().join("new"), {
-        std::fs::create_dir(dir.path().join("empty")).unwrap();
-        dir.path().join("empty")
-    }] {
+    // A second process on a new folder finds only the first one's `locks/` there.
+    let starting = dir.path().join("starting");
+    std::fs::create_dir_all(starting.join("locks")).unwrap();
+    for ok in [dir.path().join("new"), starting] {
         let (code, err) = sweep(&ok);
         assert_eq!(code, Some(0), "{}: {err}", ok.display());
     }

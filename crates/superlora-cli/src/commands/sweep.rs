@@ -506,8 +506,12 @@ fn check_cell(cell: &Cell, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A sweep writes into an empty or new folder, or one an earlier sweep made (it holds the
-/// `grid.toml` every sweep writes first); never into a run, an adapter or any other folder.
+/// What a sweep writes at the top of its folder.
+const SWEEP_ENTRIES: [&str; 5] = ["grid.toml", "results.csv", "logs", "locks", "runs"];
+
+/// A sweep writes into a new folder, or one holding only what sweeps write (a second process
+/// starting on the same new folder finds the first one's `locks/`), or one an earlier sweep made
+/// (it holds `grid.toml`; plots may lie beside it); never into a run, an adapter or any other folder.
 fn check_out(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!(InputError(format!("--out {} is a file; a sweep needs a folder", out.display())));
@@ -515,17 +519,12 @@ fn check_out(out: &Path) -> Result<()> {
     if !out.is_dir() || out.join("grid.toml").is_file() {
         return Ok(());
     }
-    let first = std::fs::read_dir(out)
-        .with_context(|| format!("reading --out {}", out.display()))?
-        .next()
-        .transpose()
-        .with_context(|| format!("reading --out {}", out.display()))?;
-    match first {
+    let foreign = superlora_train::output::foreign_entries(out, &SWEEP_ENTRIES)?;
+    match foreign.iter().find(|n| !(n.starts_with("grid-") && n.ends_with(".toml"))) {
         None => Ok(()),
         Some(e) => bail!(InputError(format!(
-            "--out {} is not empty (it holds `{}`) and is not a sweep folder (no grid.toml); pick another --out",
-            out.display(),
-            e.file_name().to_string_lossy()
+            "--out {} holds `{e}` and is not a sweep folder (no grid.toml); pick another --out",
+            out.display()
         ))),
     }
 }
