@@ -346,10 +346,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Examples per step.
-    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 32, value_parser = batch_count)]
     pub batch_size: usize,
-    /// Tokens per example (texts with at least this many tokens, truncated to it).
-    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    /// Tokens per example (texts with at least this many tokens, truncated to it; MiniLM has 512
+    /// positions).
+    #[arg(long, default_value_t = 32, value_parser = sequence_length)]
     pub seq_len: usize,
     /// Timed steps per config (after the warm-up).
     #[arg(long, default_value_t = 20, value_parser = at_least_one)]
@@ -1036,7 +1037,12 @@ fn guidance_scale(s: &str) -> Result<f64, String> {
     number_where(s, |v| v.abs() <= 100.0, "is not a guidance scale", "a finite number in [-100, 100], e.g. 2")
 }
 
-/// Images per batch: 1..=65536 (memory; commands also check that the model's activations fit).
+/// Tokens per text for `bench`: 1..=512 (MiniLM's position table).
+fn sequence_length(s: &str) -> Result<usize, String> {
+    count_in(s, 1..=512, "is not a sequence length for MiniLM")
+}
+
+/// Examples per batch: 1..=65536 (memory; commands also check that the model's activations fit).
 fn batch_count(s: &str) -> Result<usize, String> {
     count_in(s, 1..=65_536, "is not a batch size")
 }

@@ -68,6 +68,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                         | superlora_train::Error::Io { .. }
                         | superlora_train::Error::Data(_)
                         | superlora_train::Error::DataLoad(_)
+                        // A diverged run: the learning rates given were too large.
+                        | superlora_train::Error::NonFinite(_)
                 )
             })
             || c.downcast_ref::<csv::Error>().is_some()
@@ -116,5 +118,12 @@ mod tests {
         assert_eq!(exit_code(&bare), 2);
         let data = superlora_data::Error::Io { path: "x".into(), source: Error::from(ErrorKind::StorageFull) };
         assert_eq!(exit_code(&anyhow::Error::new(data)), 1);
+    }
+
+    #[test]
+    fn a_diverged_run_is_the_settings_fault() {
+        let e = anyhow::Error::new(superlora_train::Error::NonFinite("training loss is NaN at step 3".into()))
+            .context("training");
+        assert_eq!(exit_code(&e), 2);
     }
 }

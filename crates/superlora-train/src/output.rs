@@ -197,8 +197,12 @@ pub fn refuse_inputs(dest: &Path, inputs: &[&Path], flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Files that file browsers leave in any folder they open (macOS Finder, Windows Explorer): they
+/// hold nothing of the user's, so they never make a folder foreign.
+pub const FILE_BROWSER_FILES: [&str; 3] = [".DS_Store", "Thumbs.db", "desktop.ini"];
+
 /// Entries of `dir` not among `allowed` (hidden temporaries `.<name>.tmp*` left by an earlier
-/// killed write are allowed too).
+/// killed write, and [`FILE_BROWSER_FILES`], are allowed too).
 pub fn foreign_entries(dir: &Path, allowed: &[&str]) -> Result<Vec<String>> {
     let io = |cause| Error::Io { path: dir.display().to_string(), cause };
     let mut foreign = Vec::new();
@@ -206,7 +210,7 @@ pub fn foreign_entries(dir: &Path, allowed: &[&str]) -> Result<Vec<String>> {
         let name = entry.map_err(io)?.file_name().to_string_lossy().into_owned();
         let stale_tmp =
             allowed.iter().any(|a| name.starts_with(&format!(".{a}.tmp")) || name.starts_with(&format!("{a}.tmp")));
-        if !allowed.contains(&name.as_str()) && !stale_tmp {
+        if !allowed.contains(&name.as_str()) && !stale_tmp && !FILE_BROWSER_FILES.contains(&name.as_str()) {
             foreign.push(name);
         }
     }
@@ -298,6 +302,7 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         std::fs::write(out.join("adapter_config.json"), "{}").unwrap();
         std::fs::write(out.join(".adapter_model.safetensors.tmp-1"), "").unwrap();
+        std::fs::write(out.join(".DS_Store"), "finder").unwrap();
         let e = check_replace(&out, false, Kind::Folder(ADAPTER), "--out").unwrap_err().to_string();
         assert!(e.contains("pass --force"), "{e}");
         assert!(check_replace(&out, true, Kind::Folder(ADAPTER), "--out").is_ok());

@@ -120,7 +120,14 @@ fn task_texts(task: &dyn Task, args: &BenchArgs) -> Result<Vec<usize>> {
             }
         }
     }
-    bail!("fewer than {} training texts have {} tokens", args.batch_size, args.seq_len)
+    bail!(InputError(format!(
+        "--batch-size {} --seq-len {}: only {} training texts have {} or more tokens; give a smaller \
+         --batch-size or --seq-len",
+        args.batch_size,
+        args.seq_len,
+        picked.len(),
+        args.seq_len
+    )))
 }
 
 /// Runs the command.
@@ -160,7 +167,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         let out = cmd.output().context("running a bench child")?;
         if !out.status.success() {
-            bail!("bench config {i} failed: {}", String::from_utf8_lossy(&out.stderr));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let message = stderr.trim().trim_start_matches("error: ");
+            if out.status.code() == Some(2) {
+                // The child refused the input: so does the parent, with the same exit code.
+                bail!(InputError(message.to_string()));
+            }
+            bail!("bench config {i} failed: {message}");
         }
         let m: Measured = serde_json::from_slice(&out.stdout).context("reading a bench child's result")?;
         eprintln!("  {:<28} {:>8.1} ms/step {:>7.1} samples/s", m.label, m.median_step_ms, m.samples_per_s);
