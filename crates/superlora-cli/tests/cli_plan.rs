@@ -312,3 +312,18 @@ fn budget_lists_configs_at_or_under_the_budget() {
     let o = superlora(&["plan", "--shapes", "768x768*24", "--budget", "1000", "--seed", "3", "--scale", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `bench` refuses what it cannot measure with exit 2, naming the flags: a batch no memory holds
+/// (by its parser), and more long texts than the data has (found by the config's child process,
+/// whose refusal is the parent's). Needs the minilm and rotten-tomatoes assets.
+#[test]
+fn bench_refuses_a_batch_it_cannot_fill() {
+    let o = superlora(&["bench", "--batch-size", "100000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--batch-size"), "{}", stderr(&o));
+    let o = superlora(&["bench", "--seq-len", "100000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = superlora(&["bench", "--batch-size", "20000", "--seq-len", "500", "--steps", "1", "--warmup", "0"]);
+    assert_eq!(o.status.code(), Some(2), "run `scripts/setup-assets.sh` if the assets are missing: {}", stderr(&o));
+    assert!(stderr(&o).contains("training texts have 500 or more tokens"), "{}", stderr(&o));
+}

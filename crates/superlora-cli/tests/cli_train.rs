@@ -251,9 +251,11 @@ fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
     }
     args.extend(["--steps", "60", "--eval-every", "1", "--max-grad-norm", "0"].map(String::from));
     let o = run(&args);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    // The settings' fault (learning rates far too large): exit 2, saying what to change.
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("non-finite") || err.contains("NaN") || err.contains("inf"), "{err}");
+    assert!(err.contains("lower the learning rates"), "{err}");
     // Every checkpoint left behind is complete and finite.
     if out.join("checkpoints/latest").exists() {
         let p = params(&latest(&out));
