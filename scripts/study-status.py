@@ -12,6 +12,7 @@ The prose reading of the claims is written by hand once the study is complete.
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +82,12 @@ def study_table(p):
 if len(sys.argv) != 2:
     sys.exit(__doc__)
 date = sys.argv[1]
+# The results themselves are committed (runs/ is not): scripts/study.sh starts from these copies
+# on a machine without runs/study/.
+for p in PRESETS:
+    for stage in ["select", "study"]:
+        if os.path.exists(f"runs/study/{p}/{stage}/results.csv"):
+            shutil.copyfile(f"runs/study/{p}/{stage}/results.csv", f"docs/results/{p}/{stage}-results.csv")
 sel = {p: table(f"runs/study/{p}/select/results.csv") for p in PRESETS}
 done = {p: study_table(p) for p in PRESETS}
 plots = {p: plot(p) for p in PRESETS}
@@ -97,7 +104,17 @@ about 10 min, of which the final evaluation on the full splits (5,000 validation
 images) is about 3.5 min. With ~100 study runs per preset the study needs about 16 hours of this
 machine, i.e. several more sessions. The study sweep runs seed by seed, so the whole curve at seed
 0 comes first, then seeds 1 and 2 add the spread. `scripts/study-status.py DATE` rewrites this
-section from the run files.
+section from the run files and copies each results.csv to
+`docs/results/<preset>/{{select,study}}-results.csv`, which are committed; `scripts/study.sh` on a
+machine without `runs/study/` starts from them.
+
+The development machine was replaced on 2026-11-29 and took `runs/study/` (not committed then) with
+it, after every selection run and 80 + 58 study runs. Their rows were rebuilt from this document's
+run tables at commit 72df16c by `scripts/restore-study.py 72df16c` and carry `restored from
+docs/RESULTS.md at 72df16c` in their `run_dir` column; what those tables did not keep (samples/s,
+some final test accuracies, the selection runs' parameters and test scores) is empty, training
+times are rounded to 0.1 min. Nothing was rerun or changed: the same grids, code and seeds
+continue from there.
 
 Status on {date}:
 {status("vit-fmnist")};
