@@ -96,9 +96,9 @@ sec = f"""## Parameter-efficiency study (issue 5)
 **In progress: no claim is read yet.** The commands exist and are tested (`superlora sweep`,
 `superlora plot`, `scripts/study.sh`, grids in `sweeps/`; docs/GUIDE.md "Sweeps, plots and the
 study"). Two one-thread lanes share the two cores: `RAYON_NUM_THREADS=1 scripts/study.sh
-vit-fmnist &` and `RAYON_NUM_THREADS=1 scripts/study.sh minilm-rt vit-fmnist &` (the second lane
-joins the ViT study when MiniLM's is done: sweep processes on one folder split its runs); they
-resume where they stopped.
+vit-fmnist minilm-rt &` and `RAYON_NUM_THREADS=1 scripts/study.sh minilm-rt vit-fmnist &` (each lane
+joins the other preset's study when its own is done: sweep processes on one folder split its runs);
+they resume where they stopped.
 Measured one-thread run times: a selection run 2.5 min (ViT) / 3.3 min (MiniLM); a ViT study run
 about 10 min, of which the final evaluation on the full splits (5,000 validation + 10,000 test
 images) is about 3.5 min. With ~100 study runs per preset the study needs about 16 hours of this
