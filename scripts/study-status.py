@@ -145,7 +145,9 @@ minilm-rt:
 300 steps, batch 32, 3 seeds per config, evaluation every 100 steps on ≤ 1,000 examples and at
 the end on the full splits; "test at best valid" is what the plot uses. While the study is
 partial, most points are one seed (the sweep goes seed by seed) and the claims below are
-indications only. Plots and tables: `superlora plot runs/study/<preset>/study/results.csv --out
+indications only. In the plots a family's line joins its own Pareto front (filled dots); its
+other configs are hollow dots, and a hollow dot on the bottom edge lies below the axis (its value
+is in the table: dense + fastfood at ρ = 0.1 on both presets). Plots and tables: `superlora plot runs/study/<preset>/study/results.csv --out
 docs/results/<preset> --force` (run by this script).
 
 #### vit-fmnist
