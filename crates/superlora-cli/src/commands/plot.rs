@@ -354,10 +354,12 @@ pub fn report(points: &[Point]) -> String {
                         ratio(l.params, p, curve[0].0),
                         spread(l, &curve)
                     )),
+                    // Its mean stays below LoRA's, but may lie inside LoRA's seed spread: say where.
                     None => s.push_str(&format!(
-                        "  - {family}: does not reach it (best {:.4} at {} params)\n",
+                        "  - {family}: does not reach it (best {:.4} at {} params){}\n",
                         pts.iter().map(|p| p.mean).fold(f64::NEG_INFINITY, f64::max),
-                        count(pts.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map_or(0.0, |p| p.params))
+                        count(pts.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map_or(0.0, |p| p.params)),
+                        spread(l, &curve)
                     )),
                 }
             }
@@ -569,6 +571,16 @@ mod tests {
         assert!(r.contains("at LoRA's mean ∓ 1 std (0.7900 / 0.8100): 39.8x fewer / 15.8x fewer"), "{r}");
         // +2 points with a standard error of sqrt(2·0.01²/3) = 0.82 points.
         assert!(r.contains("+2.00 points (standard error of the difference 0.82 points: 2.4 standard errors)"), "{r}");
+        // Below LoRA's mean but inside its spread: the reading at mean - 1 std still shows.
+        let close = vec![p[1].clone(), seeds(pt("near", 100.0, 0.70), 0.0), seeds(pt("near", 1000.0, 0.795), 0.0)];
+        let r = report(&close);
+        assert!(
+            r.contains(
+                "near: does not reach it (best 0.7950 at 1,000 params); at LoRA's mean ∓ 1 std (0.7900 / 0.8100): \
+                 11.3x fewer / not reached"
+            ),
+            "{r}"
+        );
         let out_of_reach = vec![p[1].clone(), seeds(pt("tiny", 50.0, 0.805), 0.0)];
         let r = report(&out_of_reach);
         assert!(
