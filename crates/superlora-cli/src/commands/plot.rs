@@ -12,7 +12,8 @@
 //! 1. parameters SuperLoRA needs to match LoRA r = 1: for each non-LoRA family, the smallest
 //!    parameter count at which its curve (piecewise linear in log parameters) reaches the accuracy
 //!    of the smallest LoRA point; the ratio to that LoRA point's count.
-//!    With several LoRA seeds the ratio is also read at LoRA's mean ∓ one standard deviation.
+//!    With several LoRA seeds the ratio is also read at LoRA's mean ∓ one standard deviation,
+//!    also for a family whose mean stays below LoRA's (where it enters LoRA's seed spread).
 //! 2. the best config with at most 100 adapter parameters against head-only, with the standard
 //!    error of the difference of the two means where both have several seeds.
 //!
