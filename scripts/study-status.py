@@ -156,6 +156,17 @@ data (stage 1), test accuracy at the best-validation step, mean ± std over seed
   - Dense + fastfood at 54 parameters adds +1.02 points (0.7820 ± 0.0008).
   - For scale: LoRA r=1 adds +4.6 points with 140x the parameters.
 
+**Also read off the study.**
+
+- *Shuffle on vs off* (square 2D, G=4, r=2 and r=8) gives no gain on either preset.
+  - ViT: 0.8537 vs 0.8680 at r=2 and 0.8663 vs 0.8680 at r=8. Selection gave the shuffled
+    family 3e-3 against 1e-2.
+  - MiniLM, at the same rate: 0.8201 vs 0.8238 at r=2 and 0.8241 vs 0.8212 at r=8, inside the
+    seed noise.
+- *The upper end.* Full fine-tuning stays on top: 0.8778 on ViT and 0.8331 on MiniLM. The best
+  adapters come within 0.7 points on ViT (square 2D G=12 r=4, LoRA r=8) and 0.8 on MiniLM
+  (LoRA r=2).
+
 **Caveats**, which bound what these numbers say:
 
 - *One learning rate per family.* Each was chosen on one representative config (seed 0,
