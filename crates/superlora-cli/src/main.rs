@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success; 2 bad input (arguments, settings, files); 1 anything else.
 
-mod args;
+mod cli;
 mod commands;
+mod flags;
 mod rundir;
 mod runspec;
 mod settings;
@@ -15,20 +16,20 @@ use clap::Parser;
 fn main() -> ExitCode {
     superlora_core::sys::ensure_malloc_tunables();
     superlora_core::sys::default_sigpipe();
-    let cli = args::Cli::parse();
+    let cli = cli::Cli::parse();
     let result = match &cli.command {
-        args::Command::Plan(a) => commands::plan::run(a),
-        args::Command::Train(a) => commands::train::run(a),
-        args::Command::Eval(a) => commands::eval::run(a),
-        args::Command::Bench(a) => commands::bench::run(a),
-        args::Command::Predict(a) => commands::predict::run(a),
-        args::Command::Merge(a) => commands::merge::run(a),
-        args::Command::Export(a) => commands::export::run(a),
-        args::Command::Import(a) => commands::import::run(a),
-        args::Command::Sweep(a) => commands::sweep::run(a),
-        args::Command::Plot(a) => commands::plot::run(a),
-        args::Command::Unmerge(a) => commands::merge::unmerge(a),
-        args::Command::Diffusion(a) => commands::diffusion::run(a),
+        cli::Command::Plan(a) => commands::plan::run(a),
+        cli::Command::Train(a) => commands::train::run(a),
+        cli::Command::Eval(a) => commands::eval::run(a),
+        cli::Command::Bench(a) => commands::bench::run(a),
+        cli::Command::Predict(a) => commands::predict::run(a),
+        cli::Command::Merge(a) => commands::merge::run(a),
+        cli::Command::Export(a) => commands::export::run(a),
+        cli::Command::Import(a) => commands::import::run(a),
+        cli::Command::Sweep(a) => commands::sweep::run(a),
+        cli::Command::Plot(a) => commands::plot::run(a),
+        cli::Command::Unmerge(a) => commands::merge::unmerge(a),
+        cli::Command::Diffusion(a) => commands::diffusion::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use superlora_core::{AdapterConfig, AdapterSpec, LayerShape};
 use superlora_io::{TargetPattern, read_model_headers, select_targets};
 
-use crate::args::{AdapterArgs, ShapeSource};
+use crate::flags::{AdapterArgs, ShapeSource};
 
 /// An error in what the user gave (flags, files): the binary exits with code 2.
 #[derive(Debug)]

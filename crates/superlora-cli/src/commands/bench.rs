@@ -3,10 +3,12 @@
 //! Each config runs in a child process (so `peak RSS` is that config's own); the parent prints a
 //! table with samples/s and the step time relative to LoRA r=8.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use superlora_core::{AdapterSpec, FactorKind, Fold};
 use superlora_train::metrics::peak_rss_mb;
@@ -14,9 +16,34 @@ use superlora_train::schedule::Schedule;
 use superlora_train::task::{Split, Task};
 use superlora_train::trainer::{TrainSettings, Trainable, optimizer, train_step};
 
-use crate::args::BenchArgs;
+use crate::flags::{at_least_one, batch_count, sequence_length};
 use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
 use crate::settings::InputError;
+
+/// `superlora bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// BERT folder [default: the minilm asset].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32, value_parser = batch_count)]
+    pub batch_size: usize,
+    /// Tokens per example (texts with at least this many tokens, truncated to it; MiniLM has 512
+    /// positions).
+    #[arg(long, default_value_t = 32, value_parser = sequence_length)]
+    pub seq_len: usize,
+    /// Timed steps per config (after the warm-up).
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    pub steps: usize,
+    /// Untimed warm-up steps per config.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Run only config number N (used internally: each config runs in its own process so its
+    /// peak memory is its own).
+    #[arg(long, hide = true)]
+    pub only: Option<usize>,
+}
 
 /// The configs measured: (label, adapter spec; None = head only).
 fn configs() -> Vec<(&'static str, Option<AdapterSpec>)> {

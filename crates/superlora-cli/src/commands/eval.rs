@@ -1,14 +1,40 @@
 //! `superlora eval`: rebuild a run from its run.json, load its latest checkpoint and score it.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use clap::Args;
 use superlora_train::checkpoint;
 use superlora_train::task::Split;
 use superlora_train::trainer::{Trainable, evaluate, restore};
 
-use crate::args::{EvalArgs, SplitArg};
 use crate::runspec::{RunSpec, build_model, build_task};
 use crate::settings::InputError;
+
+/// `superlora eval`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(false)))]
+pub struct EvalArgs {
+    /// A run folder (with run.json and checkpoints/): scores its latest checkpoint.
+    #[arg(long, value_name = "DIR", group = "source")]
+    pub run: Option<PathBuf>,
+    /// An adapter folder (adapter_config.json + adapter_model.safetensors, e.g. <run>/adapter).
+    #[arg(long, value_name = "DIR", group = "source")]
+    pub adapter: Option<PathBuf>,
+    /// Which split to score.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+}
+
+/// `--split`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SplitArg {
+    /// The validation split.
+    Valid,
+    /// The test split.
+    Test,
+}
 
 /// Runs the command.
 pub fn run(args: &EvalArgs) -> Result<()> {

@@ -11,17 +11,48 @@
 //! Folders are written atomically and never replace an existing one without `--force`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
+use clap::Args;
 use superlora_core::{Factorization, Fold, Projection};
 use superlora_train::artifact;
 use superlora_train::checkpoint::save_tensors;
 use superlora_train::lowrank::best_rank;
 use superlora_train::output::{Kind, Staged, check_replace, refuse_inputs};
 
-use crate::args::{ExportArgs, ExportFormat};
 use crate::settings::InputError;
+
+/// `superlora export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The adapter folder.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// PEFT: export each layer's ΔW as its best rank-K approximation (required unless the adapter
+    /// is exactly weight-wise LoRA); prints the relative Frobenius error per layer.
+    #[arg(long, value_name = "K")]
+    pub rank: Option<usize>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--format` of export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Hugging Face PEFT LoRA: adapter_config.json + adapter_model.safetensors.
+    Peft,
+    /// The exact ΔW of every adapted weight, named after the weight it updates.
+    Delta,
+}
 
 /// What an export folder holds (both formats): `--force` replaces only such a folder.
 const EXPORT_ENTRIES: [&str; 3] = ["delta_weights.safetensors", "adapter_model.safetensors", "adapter_config.json"];

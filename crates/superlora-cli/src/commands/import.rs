@@ -12,9 +12,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
+use clap::Args;
 use superlora_core::{AdapterConfig, Factorization, Fold, LayerShape, Plan, Projection, SuperLora};
 use superlora_io::TargetPattern;
 use superlora_models::adapt::LinearInfo;
@@ -24,9 +26,59 @@ use superlora_train::artifact::{self, AdapterFile, BaseModel, Rules, Target};
 use superlora_train::checkpoint::load_tensors;
 use superlora_train::head::Head;
 
-use crate::args::{ImportArgs, ImportFormat};
+use crate::flags::Preset;
 use crate::runspec::{TaskSpec, vit_weights};
 use crate::settings::InputError;
+
+pub(crate) const IMPORT_ABOUT: &str = "\
+Bring a Hugging Face PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors, as written \
+by `PeftModel.save_pretrained`) in as a superlora adapter folder: weight-wise LoRA (natural fold, one \
+group per layer, order 2, factor lora) with α = lora_alpha / r (lora_alpha / √r with use_rslora), \
+PEFT's lora_B as our A (output side) and lora_A transposed as our B (input side).
+
+The base model, the task and the head come from --like (one of our adapter folders for the same base \
+model, e.g. a linear probe trained with `train --head-only`), or from --preset (no head: `predict \
+--json` then prints the features only). Every target module must be a linear layer of that model \
+with the shapes the PEFT tensors imply. Refused, with the reason: DoRA, bias training, \
+fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that is not a LoRA factor.";
+
+pub(crate) const IMPORT_EXAMPLES: &str = "\
+Examples:
+  superlora import --format peft peft-out/ --like runs/minilm-probe/adapter \\
+    --out imported
+  superlora import --format peft peft-out/ --preset minilm-rt --out imported
+  superlora predict --adapter imported --json \"a gripping, well acted film\"";
+
+/// `superlora import`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("base").required(true).multiple(false)))]
+pub struct ImportArgs {
+    /// What to import.
+    #[arg(long, value_enum)]
+    pub format: ImportFormat,
+    /// The folder to import (a PEFT adapter folder).
+    #[arg(value_name = "DIR")]
+    pub input: PathBuf,
+    /// Take the base model, task and head from this adapter folder of ours.
+    #[arg(long, value_name = "DIR", group = "base")]
+    pub like: Option<PathBuf>,
+    /// Take the base model and task from a preset (no head).
+    #[arg(long, value_enum, group = "base")]
+    pub preset: Option<Preset>,
+    /// The adapter folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--format` of import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// Hugging Face PEFT LoRA.
+    Peft,
+}
 
 /// What a PEFT LoRA config says, checked.
 struct PeftLora {

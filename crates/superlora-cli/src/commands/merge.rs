@@ -13,15 +13,55 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
+use clap::Args;
 use safetensors::tensor::TensorView;
 use superlora_models::adapt::Deltas;
 use superlora_train::artifact::{self, Loaded};
 use superlora_train::output::{Kind, Staged, check_replace, refuse_inputs};
 use superlora_train::task::Split;
 
-use crate::args::{MergeArgs, UnmergeArgs};
+use crate::flags::tolerance;
 use crate::runspec::{TaskSpec, build_task, vit_weights};
 use crate::settings::InputError;
+
+/// `superlora merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The adapter folder.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Output .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Largest accepted difference between merged and unmerged outputs, divided by their largest
+    /// magnitude when that is above 1 (relative), else as is (absolute).
+    #[arg(long, default_value_t = 1e-4, value_parser = tolerance)]
+    pub tolerance: f64,
+}
+
+/// `superlora unmerge`.
+#[derive(Debug, Args)]
+pub struct UnmergeArgs {
+    /// The adapter folder whose ΔW was merged.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// The merged .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub merged: PathBuf,
+    /// Output .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Largest accepted difference to the base weights, divided by their largest magnitude when
+    /// that is above 1 (relative), else as is (absolute).
+    #[arg(long, default_value_t = 1e-5, value_parser = tolerance)]
+    pub tolerance: f64,
+}
 
 /// Examples compared between the merged and the unmerged model.
 const CHECK_EXAMPLES: usize = 8;

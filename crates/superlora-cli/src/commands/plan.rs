@@ -3,11 +3,70 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
+use clap::Args;
 use serde::Serialize;
 use superlora_core::{Factorization, Plan, Projection};
 
-use crate::args::PlanArgs;
+use crate::flags::{AdapterArgs, ShapeSource, at_least_one};
 use crate::settings::{resolve_adapter, resolve_shapes};
+
+pub(crate) const PLAN_ABOUT: &str = "\
+Resolve an adapter config over the weights it adapts and print the plan: for each group the layers \
+it covers, N_g (update entries), n_g = ceil(ratio * N_g) (values the factorization produces), the \
+fold sides, the factor shapes and the trainable parameters, then the total. Nothing is trained and \
+no weights are read: with --model only the safetensors header is parsed.
+
+The weights come from --shapes (OUTxIN with an optional repeat count) or from --model with \
+--targets / --targets-regex. Settings come from flags, a TOML file (--config, same keys as the flags: \
+fold, groups, order, factor, rank, kron, projection, ratio, scale, seed), or both; flags win.
+
+Defaults: plain weight-wise LoRA of rank 8 (fold natural, one group per layer, order 2).";
+
+pub(crate) const PLAN_EXAMPLES: &str = "\
+Examples:
+  # ViT-B query+value, weight-wise LoRA r=1 (36,864 parameters)
+  superlora plan --shapes 768x768*24 --rank 1
+  # one 768x768 weight, square fold, 12 groups, order-3 Tucker of rank 5
+  # (8,160 parameters)
+  superlora plan --shapes 768x768 --fold square --groups 12 --order 3 \\
+    --factor tucker --rank 5
+  # 4 groups of order-3 Tucker of rank 4 through fastfood of ratio 0.01, as JSON
+  superlora plan --shapes 768x768 --fold square --groups 4 --order 3 \\
+    --factor tucker --rank 4 --ratio 0.01 --json
+  # a real model's query and value weights
+  superlora plan --model model.safetensors --targets query,value \\
+    --fold square --factor tucker --rank 4
+  # which configs fit in 1,000 parameters on ViT-B query+value?
+  superlora plan --shapes 768x768*24 --budget 1000";
+
+/// `superlora plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The weights to adapt.
+    #[command(flatten)]
+    pub source: ShapeSource,
+    /// With --model: comma-separated target names, each an exact module/tensor name or a dotted
+    /// suffix (`query` matches `encoder.layer.0.attention.self.query.weight`) [default: query,value].
+    #[arg(long, value_name = "NAMES", conflicts_with = "targets_regex")]
+    pub targets: Option<String>,
+    /// With --model: a regex that must match a whole module path (the weight's name without
+    /// `.weight`, e.g. `encoder\.layer\.[0-5]\.attention\.self\.query`).
+    #[arg(long, value_name = "REGEX")]
+    pub targets_regex: Option<String>,
+    /// Adapter settings.
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+    /// Search the config space for the configs closest to P trainable parameters (not above),
+    /// per family, instead of planning one config.
+    #[arg(long, value_name = "P", value_parser = at_least_one)]
+    pub budget: Option<usize>,
+    /// With --budget: how many configs to list per family.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least_one, requires = "budget")]
+    pub per_family: usize,
+    /// Print JSON (with `trainable_params` and a `groups` array) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Groups printed in full before the table is cut short (JSON always has all).
 const MAX_ROWS: usize = 48;

@@ -23,12 +23,32 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::args::PlotArgs;
 use crate::commands::sweep::COLUMNS;
 use crate::settings::InputError;
+
+/// `superlora plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A results.csv written by `sweep`.
+    #[arg(value_name = "RESULTS.csv")]
+    pub results: PathBuf,
+    /// Output folder (default: the CSV's folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// File name stem of the outputs (<name>.png, .svg, .md) [default: accuracy_vs_params].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Plot title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
+}
 
 /// Families drawn as horizontal reference lines.
 const REFERENCES: [&str; 2] = ["head-only", "full-ft"];

@@ -1,17 +1,39 @@
 //! `superlora predict`: load an adapter folder and its base model (checked by sha256), classify
 //! the inputs, print the top classes with their probabilities.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
+use clap::Args;
 use superlora_data::{ImageSet, TextTokenizer};
 use superlora_models::adapt::Deltas;
 use superlora_models::bert::{Bert, mean_pool};
 use superlora_models::vit::Vit;
 use superlora_train::artifact;
 
-use crate::args::PredictArgs;
+use crate::flags::at_least_one;
 use crate::runspec::{TaskSpec, vit_weights};
 use crate::settings::InputError;
+
+/// `superlora predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The adapter folder (e.g. <run>/adapter).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Image files (PNG or JPEG; grey or colour, any size) for an image adapter, or texts for a
+    /// text adapter.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// How many classes to list per input.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    pub top: usize,
+    /// Print one JSON object per input (class, all probabilities, and the feature vector the head
+    /// reads: the pooled sentence embedding, or the image features) instead of a table line.
+    #[arg(long)]
+    pub json: bool,
+}
 
 enum Encoder {
     Image(Box<Vit>, usize),

