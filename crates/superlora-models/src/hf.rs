@@ -91,22 +91,29 @@ pub fn load_text_encoder(path: &Path, device: &Device) -> Result<Box<dyn TextEnc
     })
 }
 
-/// Loads an image encoder: a model folder (by `model_type`: `vit` or `dinov2`), or a DINOv2
-/// `.safetensors` converted from the ONNX graph, or that `.onnx` file (converted once).
+/// Loads an image encoder: a model folder (by `model_type`: `vit` or `dinov2`) or a weights file
+/// in one, or a DINOv2 `.safetensors` converted from the ONNX graph, or that `.onnx` file
+/// (converted once, beside it).
 pub fn load_image_encoder(path: &Path, device: &Device) -> Result<Box<dyn ImageEncoder>> {
     if !path.exists() {
         return Err(Error::Weights(format!("{}: no such file or folder", path.display())));
     }
+    let dir = folder(path);
     if !path.is_dir() {
-        return match path.extension().and_then(|e| e.to_str()) {
-            Some("onnx") => Ok(Box::new(Vit::load(&crate::vit::ensure_converted(path)?, device)?)),
-            _ => Ok(Box::new(Vit::load(path, device)?)),
-        };
+        // A weights file inside a Hugging Face folder loads as that folder's model_type; any other
+        // file is the converted DINOv2 checkpoint (or its ONNX graph), as before.
+        let in_folder = config_path(&dir).exists() && read_model_type(&dir)?.is_some();
+        if !in_folder {
+            return match path.extension().and_then(|e| e.to_str()) {
+                Some("onnx") => Ok(Box::new(Vit::load(&crate::vit::ensure_converted(path)?, device)?)),
+                _ => Ok(Box::new(Vit::load(path, device)?)),
+            };
+        }
     }
-    let kind = model_type(path)?;
+    let kind = model_type(&dir)?;
     Ok(match kind.as_str() {
         "vit" => Box::new(GoogleVit::load(path, device)?),
         "dinov2" => Box::new(Vit::load_hf(path, device)?),
-        other => return Err(unsupported(path, other, "image", IMAGE)),
+        other => return Err(unsupported(&dir, other, "image", IMAGE)),
     })
 }

@@ -122,6 +122,26 @@ fn dinov2_folder_matches_transformers() {
     image_parity("dinov2", "dinov2", 64);
     let m = load_image_encoder(&fixture("dinov2"), &Device::Cpu).unwrap();
     assert_eq!(m.normalization(), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]));
+    // The weights file of a folder loads as the folder's model_type too.
+    let m = load_image_encoder(&fixture("vit").join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(m.kind(), "vit");
+}
+
+#[test]
+fn converted_dinov2_file_still_loads_as_an_image_encoder() {
+    let onnx = common::asset("dinov2-onnx", "vit_s_focus.onnx");
+    let file = superlora_models::vit::ensure_converted(&onnx).unwrap();
+    let m = load_image_encoder(&file, &Device::Cpu).unwrap();
+    assert_eq!(load_image_encoder(&onnx, &Device::Cpu).unwrap().weights_path(), file.as_path());
+    assert_eq!((m.kind(), m.feature_dim(), m.patch_size()), ("dinov2", 768, 14));
+    assert_eq!(m.normalization(), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]));
+    assert!(m.check_size(56).is_ok() && m.check_size(50).is_err());
+    let direct = Vit::load(&file, &Device::Cpu).unwrap();
+    assert_eq!(m.linears(), direct.linears());
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 28, 28), &Device::Cpu).unwrap();
+    let d = max_abs(&m.features(&x, &Deltas::none()).unwrap(), &direct.features(&x, &Deltas::none()).unwrap());
+    println!("converted DINOv2 via load_image_encoder vs Vit::load: max abs diff {d:e}");
+    assert_eq!(d, 0.0);
 }
 
 /// One backward through `forward` with a few adapters over `targets`: every adapter tensor gets a
@@ -373,4 +393,38 @@ fn real_minilm_loads_through_load_text_encoder_like_bert_load() {
     assert_eq!(d, 0.0);
     assert_eq!(z, 0.0);
     assert!(o > 1e-3);
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    fn send_sync<T: Send + Sync + ?Sized>() {}
+    send_sync::<dyn superlora_models::TextEncoder>();
+    send_sync::<dyn superlora_models::ImageEncoder>();
+    let dev = Device::Cpu;
+    for name in ["roberta", "distilbert"] {
+        let m = load_text_encoder(&fixture(name), &dev).unwrap();
+        let ids = Tensor::from_vec(vec![5u32, 100_000], (1, 2), &dev).unwrap();
+        let mask = Tensor::from_vec(vec![1u32, 1], (1, 2), &dev).unwrap();
+        let e = m.forward(&ids, &mask, None, &Deltas::none()).err().unwrap().to_string();
+        assert!(e.contains("token id 100000"), "{e}");
+        let short = Tensor::from_vec(vec![1u32], (1, 1), &dev).unwrap();
+        assert!(m.forward(&ids, &short, None, &Deltas::none()).is_err());
+        let long = Tensor::zeros((1, 200), DType::U32, &dev).unwrap();
+        let e = m.forward(&long, &long, None, &Deltas::none()).err().unwrap().to_string();
+        assert!(e.contains("longer than"), "{e}");
+    }
+    for name in ["vit", "dinov2"] {
+        let m = load_image_encoder(&fixture(name), &dev).unwrap();
+        for dims in [(1, 3, 18, 18), (1, 1, 16, 16)] {
+            let x = Tensor::zeros(dims, DType::F32, &dev).unwrap();
+            assert!(m.features(&x, &Deltas::none()).is_err(), "{name} {dims:?}");
+        }
+    }
+    // An index naming a shard that is not there names the file.
+    let dir = copy_fixture("distilbert");
+    shard(dir.path());
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load_text_encoder(dir.path(), &dev).err().unwrap().to_string();
+    println!("{e}");
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
 }
