@@ -109,7 +109,7 @@ impl Linear {
         Ok(Linear { name: name.to_string(), weight, bias })
     }
 
-    /// Loads `<name>.weight` [out, in] and, if `bias`, `<name>.bias` [out].
+    /// Loads `<name>.weight` `[out, in]` and, if `bias`, `<name>.bias` `[out]`.
     pub fn load_with_bias(w: &crate::Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
         if bias {
             return Self::load(w, name, out_dim, in_dim);
