@@ -109,6 +109,15 @@ impl Linear {
         Ok(Linear { name: name.to_string(), weight, bias })
     }
 
+    /// Loads `<name>.weight` `[out, in]` and, if `bias`, `<name>.bias` `[out]`.
+    pub fn load_with_bias(w: &crate::Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+        if bias {
+            return Self::load(w, name, out_dim, in_dim);
+        }
+        let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        Ok(Linear { name: name.to_string(), weight, bias: None })
+    }
+
     /// y = x·(W [+ ΔW])ᵀ + b, with ΔW from `deltas` if this layer is targeted.
     pub fn forward(&self, x: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         match deltas.get(&self.name) {

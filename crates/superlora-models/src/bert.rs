@@ -6,6 +6,11 @@
 //!
 //! Linears in module order per layer: `attention.self.{query,key,value}`,
 //! `attention.output.dense`, `intermediate.dense`, `output.dense` (prefix `encoder.layer.<i>.`).
+//!
+//! Token types: [`Bert::forward`] uses type 0 for every token (as before);
+//! [`Bert::forward_with_types`] and the [`TextEncoder`] implementation take optional `[B, L]`
+//! token types, as Hugging Face's `token_type_ids`. The post-LN block stack ([`BertStack`]) is
+//! shared with RoBERTa.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +18,7 @@ use candle_core::{D, DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
+use crate::encoder::{TextEncoder, check_text_inputs};
 use crate::ops::{Norm, attention, mask_bias};
 use crate::{Error, Result, Weights};
 
@@ -40,6 +46,27 @@ pub struct BertConfig {
     /// Activation; only `gelu` (erf) is supported.
     #[serde(default = "gelu")]
     pub hidden_act: String,
+    /// Position embedding type; only `absolute` is supported.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+impl BertConfig {
+    /// Refuses settings the encoder does not implement, naming them.
+    pub fn check(&self) -> Result<()> {
+        if self.hidden_act != "gelu" {
+            return Err(Error::Weights(format!("hidden_act `{}` is not supported (only gelu)", self.hidden_act)));
+        }
+        if let Some(p) = &self.position_embedding_type
+            && p != "absolute"
+        {
+            return Err(Error::Weights(format!("position_embedding_type `{p}` is not supported (only absolute)")));
+        }
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::Weights("hidden_size is not a multiple of num_attention_heads".into()));
+        }
+        Ok(())
+    }
 }
 
 fn two() -> usize {
@@ -63,52 +90,17 @@ struct Layer {
     norm2: Norm,
 }
 
-/// A BERT encoder with frozen weights.
-pub struct Bert {
-    /// Its configuration.
-    pub config: BertConfig,
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    embed_norm: Norm,
+/// The post-LN block stack of BERT and RoBERTa (`encoder.layer.<i>.*`), frozen.
+pub struct BertStack {
     layers: Vec<Layer>,
-    /// The weights file.
-    pub weights_path: PathBuf,
+    heads: usize,
+    eps: f64,
 }
 
-impl Bert {
-    /// Loads `model.safetensors` and `config.json` from a folder (or a `.safetensors` file with its
-    /// `config.json` beside it).
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (dir, file) = if path.is_dir() {
-            (path.to_path_buf(), path.join("model.safetensors"))
-        } else {
-            (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
-        };
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| Error::Weights(format!("{}: {e} (a BERT model needs its config.json)", cfg_path.display())))?;
-        let config: BertConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Weights(format!("{}: not a BERT config: {e}", cfg_path.display())))?;
-        let weights = Weights::load(&file, device)?;
-        Self::from_weights(config, &weights)
-    }
-
-    /// Builds the encoder from loaded weights.
-    pub fn from_weights(config: BertConfig, w: &Weights) -> Result<Self> {
-        if config.hidden_act != "gelu" {
-            return Err(Error::Weights(format!("hidden_act `{}` is not supported (only gelu)", config.hidden_act)));
-        }
-        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
-            return Err(Error::Weights("hidden_size is not a multiple of num_attention_heads".into()));
-        }
-        let p = if w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+impl BertStack {
+    /// Loads `<p>encoder.layer.<i>` for `i < config.num_hidden_layers`; linears are named without `p`.
+    pub fn load(w: &Weights, p: &str, config: &BertConfig) -> Result<Self> {
         let (h, f) = (config.hidden_size, config.intermediate_size);
-        let word = w.get(&format!("{p}embeddings.word_embeddings.weight"), &[config.vocab_size, h])?;
-        let position =
-            w.get(&format!("{p}embeddings.position_embeddings.weight"), &[config.max_position_embeddings, h])?;
-        let token_type = w.get(&format!("{p}embeddings.token_type_embeddings.weight"), &[config.type_vocab_size, h])?;
-        let embed_norm = Norm::load(w, &format!("{p}embeddings.LayerNorm"), h)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let l = format!("{p}encoder.layer.{i}");
@@ -129,10 +121,27 @@ impl Bert {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Bert { config, word, position, token_type, embed_norm, layers, weights_path: w.path().to_path_buf() })
+        Ok(BertStack { layers, heads: config.num_attention_heads, eps: config.layer_norm_eps })
     }
 
-    /// Every linear layer, in module order (the order adapter plans use).
+    /// The blocks over embeddings `x` [B, T, H] with padding `mask` [B, T].
+    pub fn forward(&self, x: Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        let eps = self.eps;
+        let bias = mask_bias(mask, x.dtype())?;
+        let mut x = x;
+        for l in &self.layers {
+            let q = l.query.forward(&x, deltas)?;
+            let k = l.key.forward(&x, deltas)?;
+            let v = l.value.forward(&x, deltas)?;
+            let ctx = attention(&q, &k, &v, self.heads, Some(&bias))?;
+            x = l.norm1.forward(&(l.output.forward(&ctx, deltas)? + &x)?, eps)?;
+            let hmid = crate::ops::gelu(&l.ffn1.forward(&x, deltas)?)?;
+            x = l.norm2.forward(&(l.ffn2.forward(&hmid, deltas)? + &x)?, eps)?;
+        }
+        Ok(x)
+    }
+
+    /// Every linear, in module order.
     pub fn linears(&self) -> Vec<LinearInfo> {
         self.layers
             .iter()
@@ -141,15 +150,9 @@ impl Bert {
             .collect()
     }
 
-    /// Every base tensor (all frozen): for tests that check no gradient reaches them.
+    /// Every base tensor of the blocks.
     pub fn frozen_tensors(&self) -> Vec<Tensor> {
-        let mut v = vec![
-            self.word.clone(),
-            self.position.clone(),
-            self.token_type.clone(),
-            self.embed_norm.gamma.clone(),
-            self.embed_norm.beta.clone(),
-        ];
+        let mut v = Vec::new();
         for l in &self.layers {
             for lin in [&l.query, &l.key, &l.value, &l.output, &l.ffn1, &l.ffn2] {
                 v.push(lin.weight.clone());
@@ -162,41 +165,143 @@ impl Bert {
         }
         v
     }
+}
 
-    /// Token states [B, T, H] for `ids` [B, T] (u32) with `mask` [B, T] (1 = token, 0 = padding).
+/// Reads and parses `config.json` in `dir`, naming the file on failure.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path, what: &str) -> Result<T> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| Error::Weights(format!("{}: {e} (a {what} model needs its config.json)", cfg_path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::Weights(format!("{}: not a {what} config: {e}", cfg_path.display())))
+}
+
+/// A folder → (folder, `model.safetensors` or the sharded index); a file → (its folder, the file).
+pub(crate) fn dir_and_weights(path: &Path) -> (PathBuf, PathBuf) {
+    if path.is_dir() {
+        let index = path.join("model.safetensors.index.json");
+        let file = if index.exists() { index } else { path.join("model.safetensors") };
+        (path.to_path_buf(), file)
+    } else {
+        (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
+    }
+}
+
+/// A BERT encoder with frozen weights.
+pub struct Bert {
+    /// Its configuration.
+    pub config: BertConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embed_norm: Norm,
+    stack: BertStack,
+    /// The weights file.
+    pub weights_path: PathBuf,
+}
+
+impl Bert {
+    /// Loads `model.safetensors` (or the shards of `model.safetensors.index.json`) and
+    /// `config.json` from a folder (or a `.safetensors` file with its `config.json` beside it).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (dir, file) = dir_and_weights(path);
+        let config: BertConfig = read_config(&dir, "BERT")?;
+        config.check()?;
+        let weights = Weights::load(&file, device)?;
+        Self::from_weights(config, &weights)
+    }
+
+    /// Builds the encoder from loaded weights (`bert.`-prefixed names are accepted too).
+    pub fn from_weights(config: BertConfig, w: &Weights) -> Result<Self> {
+        config.check()?;
+        let p = if w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let h = config.hidden_size;
+        let word = w.get(&format!("{p}embeddings.word_embeddings.weight"), &[config.vocab_size, h])?;
+        let position =
+            w.get(&format!("{p}embeddings.position_embeddings.weight"), &[config.max_position_embeddings, h])?;
+        let token_type = w.get(&format!("{p}embeddings.token_type_embeddings.weight"), &[config.type_vocab_size, h])?;
+        let embed_norm = Norm::load(w, &format!("{p}embeddings.LayerNorm"), h)?;
+        let stack = BertStack::load(w, p, &config)?;
+        Ok(Bert { config, word, position, token_type, embed_norm, stack, weights_path: w.path().to_path_buf() })
+    }
+
+    /// Every linear layer, in module order (the order adapter plans use).
+    pub fn linears(&self) -> Vec<LinearInfo> {
+        self.stack.linears()
+    }
+
+    /// Every base tensor (all frozen): for tests that check no gradient reaches them.
+    pub fn frozen_tensors(&self) -> Vec<Tensor> {
+        let mut v = vec![
+            self.word.clone(),
+            self.position.clone(),
+            self.token_type.clone(),
+            self.embed_norm.gamma.clone(),
+            self.embed_norm.beta.clone(),
+        ];
+        v.extend(self.stack.frozen_tensors());
+        v
+    }
+
+    /// Token states [B, T, H] for `ids` [B, T] (u32) with `mask` [B, T] (1 = token, 0 = padding),
+    /// every token of type 0.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        self.forward_with_types(ids, mask, None, deltas)
+    }
+
+    /// Token states [B, T, H] with optional token types [B, T] (u32; `None` = all type 0).
+    pub fn forward_with_types(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        token_types: Option<&Tensor>,
+        deltas: &Deltas,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        check_text_inputs(ids, mask, token_types, c.vocab_size, c.type_vocab_size, c.max_position_embeddings)?;
         let (b, t) = ids.dims2()?;
-        if t > self.config.max_position_embeddings {
-            return Err(Error::Adapter(format!(
-                "sequence of {t} tokens is longer than the model's {} positions",
-                self.config.max_position_embeddings
-            )));
-        }
-        let h = self.config.hidden_size;
-        let eps = self.config.layer_norm_eps;
+        let h = c.hidden_size;
         let words = self.word.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?;
         let pos = self.position.narrow(0, 0, t)?;
-        let typ = self.token_type.narrow(0, 0, 1)?;
-        let x = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
-        let mut x = self.embed_norm.forward(&x, eps)?;
-        let bias = mask_bias(mask, x.dtype())?;
-        let heads = self.config.num_attention_heads;
-        for l in &self.layers {
-            let q = l.query.forward(&x, deltas)?;
-            let k = l.key.forward(&x, deltas)?;
-            let v = l.value.forward(&x, deltas)?;
-            let ctx = attention(&q, &k, &v, heads, Some(&bias))?;
-            x = l.norm1.forward(&(l.output.forward(&ctx, deltas)? + &x)?, eps)?;
-            let hmid = crate::ops::gelu(&l.ffn1.forward(&x, deltas)?)?;
-            x = l.norm2.forward(&(l.ffn2.forward(&hmid, deltas)? + &x)?, eps)?;
-        }
-        Ok(x)
+        let x = words.broadcast_add(&pos)?;
+        let x = match token_types {
+            Some(tt) => {
+                let tt = tt.to_dtype(DType::U32)?.flatten_all()?;
+                (x + self.token_type.index_select(&tt, 0)?.reshape((b, t, h))?)?
+            }
+            None => x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?,
+        };
+        let x = self.embed_norm.forward(&x, c.layer_norm_eps)?;
+        self.stack.forward(x, mask, deltas)
     }
 
     /// Mean of the token states over the mask: the sentence embedding [B, H].
     pub fn embed(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         let x = self.forward(ids, mask, deltas)?;
         mean_pool(&x, mask)
+    }
+}
+
+impl TextEncoder for Bert {
+    fn kind(&self) -> &'static str {
+        "bert"
+    }
+    fn weights_path(&self) -> &Path {
+        &self.weights_path
+    }
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+    fn max_tokens(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+    fn uses_token_types(&self) -> bool {
+        self.config.type_vocab_size > 1
+    }
+    fn linears(&self) -> Vec<LinearInfo> {
+        Bert::linears(self)
+    }
+    fn forward(&self, ids: &Tensor, mask: &Tensor, token_types: Option<&Tensor>, deltas: &Deltas) -> Result<Tensor> {
+        self.forward_with_types(ids, mask, token_types, deltas)
     }
 }
 

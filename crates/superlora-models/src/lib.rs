@@ -4,20 +4,32 @@
 //! kernels drop gradients silently), with frozen base weights that never get a gradient computed
 //! and every targeted linear running with W + ΔW from a SuperLoRA adapter:
 //!
+//! - [`hf`]: loading any of them from a Hugging Face folder by `config.json`'s `model_type`, as a
+//!   [`TextEncoder`] or an [`ImageEncoder`] ([`encoder`]);
 //! - [`bert`]: BERT encoders (all-MiniLM-L6-v2): post-LN, mean pooling;
+//! - [`roberta`]: RoBERTa encoders (BERT blocks, padding-offset positions);
+//! - [`distilbert`]: DistilBERT encoders;
 //! - [`vit`]: DINOv2 ViT encoders (ViT-S/14): patch embedding, class token, interpolated position
 //!   embeddings, LayerScale, pre-LN blocks;
+//! - [`google_vit`]: ViT encoders in the `ViTModel` layout (google/vit-*);
 //! - [`adapt`]: which linears are targets, and the ΔW handed to a forward pass;
 //! - [`ops`]: frozen/adapted linears, layer norm, softmax, attention.
 
 pub mod adapt;
 pub mod bert;
 pub mod bmm;
+pub mod distilbert;
+pub mod encoder;
+pub mod google_vit;
+pub mod hf;
 pub mod ops;
+pub mod roberta;
 pub mod vit;
 pub mod weights;
 
 pub use adapt::{Deltas, LinearInfo};
+pub use encoder::{ImageEncoder, TextEncoder};
+pub use hf::{SUPPORTED, load_image_encoder, load_text_encoder, model_type};
 pub use weights::Weights;
 
 /// Errors of the model crate.
