@@ -213,11 +213,11 @@ pub fn load_text_table_with_classes(
 /// Parses table data from `reader`; `name` stands for the file in messages.
 pub fn parse_text_table(reader: impl Read, name: &str, format: TableFormat, columns: &TextColumns) -> Result<TextRows> {
     let mut wanted = vec![
-        Column { name: &columns.text, flag: "--text-column", kind: Kind::Text },
-        Column { name: &columns.label, flag: "--label-column", kind: Kind::Label },
+        Column { name: &columns.text, fix: "pick one with --text-column", kind: Kind::Text },
+        Column { name: &columns.label, fix: "pick one with --label-column", kind: Kind::Label },
     ];
     if let Some(pair) = &columns.pair {
-        wanted.push(Column { name: pair, flag: "--pair-column", kind: Kind::Text });
+        wanted.push(Column { name: pair, fix: "pick one with --pair-column", kind: Kind::Text });
     }
     let mut rows = TextRows {
         file: name.to_string(),
@@ -270,11 +270,11 @@ pub(crate) enum Kind {
     Label,
 }
 
-/// A column asked for: its name, the command-line flag that picks it, and its JSON type.
+/// A column asked for: its name, how to fix its absence, and its JSON type.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Column<'a> {
     pub name: &'a str,
-    pub flag: &'static str,
+    pub fix: &'static str,
     pub kind: Kind,
 }
 
@@ -347,10 +347,7 @@ fn delimited(
         .iter()
         .map(|c| {
             names.iter().position(|h| h == c.name).ok_or_else(|| {
-                Error::format(
-                    name,
-                    format!("no column `{}`; columns are [{}]; pick one with {}", c.name, names.join(", "), c.flag),
-                )
+                Error::format(name, format!("no column `{}`; columns are [{}]; {}", c.name, names.join(", "), c.fix))
             })
         })
         .collect::<Result<Vec<usize>>>()?;
@@ -418,10 +415,7 @@ fn jsonl(
         for c in wanted {
             let v = object.get(c.name).ok_or_else(|| {
                 let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-                Error::format(
-                    at(),
-                    format!("no key `{}`; this line has keys [{}]; pick one with {}", c.name, keys.join(", "), c.flag),
-                )
+                Error::format(at(), format!("no key `{}`; this line has keys [{}]; {}", c.name, keys.join(", "), c.fix))
             })?;
             let s = match (v, c.kind) {
                 (serde_json::Value::String(s), _) => Cow::Borrowed(s.as_str()),
