@@ -375,59 +375,8 @@ pub fn run_loop<T: LoopTask>(
         let m = format!("batch size {} is larger than the {n_train} training examples", s.batch_size);
         return Err(task.refuse(Refusal::BatchTooLarge { batch: s.batch_size, examples: n_train }, m));
     }
-    let pb = bar(s.steps, state.step, s.show_progress);
-    let result = train_steps(task, s, &mut opt, &vars, &mut state, resumed, per_epoch, &order, &ckpt_dir, out, &pb);
-    let last = match result {
-        Ok(last) => last,
-        Err(e) => {
-            pb.abandon();
-            return Err(e);
-        }
-    };
-    pb.finish_and_clear();
-    let last = match last {
-        Some(r) => r,
-        // Nothing trained in this session (a finished run resumed): score it as it stands.
-        None => {
-            let at = Point {
-                step: state.step,
-                epoch: state.step as f64 / per_epoch as f64,
-                is_final: true,
-                window: Window::default(),
-                elapsed_s: state.elapsed_s,
-                peak_rss_mb: peak_rss_mb(),
-                checkpoints: &ckpt_dir,
-            };
-            task.evaluate(&at)?.record
-        }
-    };
-    let end = End {
-        state: &state,
-        last: &last,
-        examples_per_s: state.step as f64 * s.batch_size as f64 / state.elapsed_s.max(1e-9),
-        peak_rss_mb: peak_rss_mb(),
-    };
-    let summary = task.summary(&end);
-    write_json_atomic(&out.join("summary.json"), &summary)?;
-    Ok(summary)
-}
-
-/// The steps of [`run_loop`] from `state.step` to the end; the last evaluation's record, if any.
-#[allow(clippy::too_many_arguments)]
-fn train_steps<T: LoopTask>(
-    task: &T,
-    s: &LoopSettings,
-    opt: &mut AdamW,
-    vars: &[(String, Var)],
-    state: &mut RunState,
-    resumed: bool,
-    per_epoch: u64,
-    order: &EpochOrder,
-    ckpt_dir: &Path,
-    out: &Path,
-    pb: &ProgressBar,
-) -> std::result::Result<Option<T::Record>, T::Error> {
-    let words = task.wording();
+    let pb = Abandon(bar(s.steps, state.step, s.show_progress));
+    let pb = &pb.0;
     say(pb, &task.describe());
     let metrics = out.join("metrics.jsonl");
     let point = |state: &RunState, window: Window| Point {
@@ -437,11 +386,11 @@ fn train_steps<T: LoopTask>(
         window,
         elapsed_s: state.elapsed_s,
         peak_rss_mb: peak_rss_mb(),
-        checkpoints: ckpt_dir,
+        checkpoints: &ckpt_dir,
     };
     let mut last = None;
     if task.eval_at_start() && !resumed {
-        let e = task.evaluate(&point(state, Window::default()))?;
+        let e = task.evaluate(&point(&state, Window::default()))?;
         say(pb, &e.line);
         append_jsonl(&metrics, &e.record)?;
         last = Some(e.record);
@@ -469,7 +418,7 @@ fn train_steps<T: LoopTask>(
         let t0 = Instant::now();
         let r = task.step(step, idx)?;
         let factor = s.schedule.factor(step, s.steps, s.warmup);
-        let loss = optimize(opt, &r.loss, r.tape.as_ref(), factor).map_err(|e| match e {
+        let loss = optimize(&mut opt, &r.loss, r.tape.as_ref(), factor).map_err(|e| match e {
             Error::NonFinite(m) => stop(m),
             other => other.into(),
         })?;
@@ -489,7 +438,7 @@ fn train_steps<T: LoopTask>(
             if let Some((name, bad)) = first_non_finite(params.iter().map(|(n, t)| (n.as_str(), t)))? {
                 return Err(stop(format!("`{name}` holds {bad} NaN or infinite values")));
             }
-            let e = task.evaluate(&point(state, window))?;
+            let e = task.evaluate(&point(&state, window))?;
             if let Some(t) = e.tracked {
                 let better = |b: f64| match t.goal {
                     Goal::Higher => t.value > b,
@@ -503,10 +452,35 @@ fn train_steps<T: LoopTask>(
             append_jsonl(&metrics, &e.record)?;
             say(pb, &e.line);
             let (opt_state, _) = opt.state();
-            checkpoint::write(ckpt_dir, state, &params, &opt_state, s.keep)?;
+            checkpoint::write(&ckpt_dir, &state, &params, &opt_state, s.keep)?;
             window = Window::default();
             last = Some(e.record);
         }
     }
-    Ok(last)
+    pb.finish_and_clear();
+    let last = match last {
+        Some(r) => r,
+        // Nothing trained in this session (a finished run resumed): score it as it stands.
+        None => task.evaluate(&Point { is_final: true, ..point(&state, Window::default()) })?.record,
+    };
+    let end = End {
+        state: &state,
+        last: &last,
+        examples_per_s: state.step as f64 * s.batch_size as f64 / state.elapsed_s.max(1e-9),
+        peak_rss_mb: peak_rss_mb(),
+    };
+    let summary = task.summary(&end);
+    write_json_atomic(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// Leaves the progress bar where it stopped when the loop returns early (an error).
+struct Abandon(ProgressBar);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.0.is_finished() {
+            self.0.abandon();
+        }
+    }
 }
