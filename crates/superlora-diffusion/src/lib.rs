@@ -107,19 +107,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub fn first_non_finite<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a candle_core::Tensor)>,
 ) -> Result<Option<(String, usize)>> {
-    for (name, t) in tensors {
-        let bad = t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?
-            .iter()
-            .filter(|v| !v.is_finite())
-            .count();
-        if bad > 0 {
-            return Ok(Some((name.to_string(), bad)));
-        }
-    }
-    Ok(None)
+    Ok(superlora_train::train_loop::first_non_finite(tensors)?)
 }
 
 /// `Error::Io` for `path`.

@@ -1,4 +1,4 @@
-//! The DDPM training loop, straight-line, for both stages:
+//! DDPM training, for both stages:
 //! - pretraining ([`Trainee::Base`]): every base tensor is trained ([`Mode::TrainBase`]);
 //! - transfer ([`Trainee::Adapter`]): the base is frozen ([`Mode::Frozen`], no gradient computed
 //!   for it) and only the SuperLoRA adapter's tensors are trained, ΔW through a `DeltaTape`.
@@ -10,29 +10,32 @@
 //! v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (v-prediction; ε̂ follows from v̂, see `dit.rs`);
 //! AdamW with warm-up + schedule and global-norm clipping.
 //!
+//! [`train`] runs this through the one training loop ([`superlora_train::run_loop`]), which owns
+//! resume, the batch order, the schedule, the non-finite stop, checkpoints and `summary.json`.
 //! Every `eval_every` steps (and at step 0 of a fresh run, and at the end): the held-out loss
 //! ([`crate::data::heldout_loss`]), one `metrics.jsonl` line, an atomic checkpoint
-//! (`superlora_train::checkpoint`, the newest two kept). A non-finite loss or gradient stops the
-//! run with the last checkpoint intact.
+//! (`superlora_train::checkpoint`, the newest two kept). A non-finite loss, gradient or weight stops
+//! the run with the last checkpoint intact.
+//!
+//! Also here: [`save_base`] / [`load_base`], the pretrained model's file.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use superlora_core::{LayerShape, SuperLora};
-use superlora_data::EpochOrder;
 use superlora_models::adapt::Deltas;
-use superlora_train::checkpoint::{self, RunState};
-use superlora_train::metrics::{append_jsonl, peak_rss_mb, write_json_atomic};
+use superlora_train::checkpoint;
 use superlora_train::optim::{AdamW, AdamWConfig, GroupSettings};
 use superlora_train::schedule::Schedule;
+use superlora_train::train_loop::{
+    End, Evaluation, LoopSettings, LoopTask, Point, Refusal, StepResult, Window, Wording, run_loop,
+};
 
 use crate::data::{self, Splits};
 use crate::dit::{Dit, Mode};
-use crate::{Error, Result, io_err, seeds};
-use superlora_train::trainer::{bar, say};
+use crate::{Error, Result, seeds};
 
 /// How to train (saved in `run.json`; a resume must present the same).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,9 +218,130 @@ pub fn step_loss(
     Ok(((pred - v)?.sqr()?.mean_all()?, tape))
 }
 
-/// Trains `trainee` of `model` on `data.train`, writing `metrics.jsonl`, `checkpoints/` and
-/// `summary.json` into `out`. With `resume`, continues from the latest checkpoint (whose settings
-/// must equal `settings_json`); without it, an existing checkpoint is an error.
+/// DDPM training as a [`LoopTask`].
+struct Ddpm<'a> {
+    model: &'a Dit,
+    trainee: Trainee<'a>,
+    data: &'a Splits,
+    s: &'a TrainSettings,
+    settings_json: serde_json::Value,
+    trainable: usize,
+}
+
+impl LoopTask for Ddpm<'_> {
+    type Error = Error;
+    type Record = Record;
+    type Summary = Summary;
+
+    fn describe(&self) -> String {
+        let (n, held) = (self.data.train.n, self.data.heldout.n);
+        format!("{n} training images, {held} held out | {} trainable parameters", self.trainable)
+    }
+
+    fn device(&self) -> candle_core::Device {
+        self.model.device().clone()
+    }
+
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        self.trainee.named_vars(self.model)
+    }
+
+    fn optimizer(&self) -> Result<AdamW> {
+        let (group, raw) = match self.trainee {
+            Trainee::Base => ("base", self.model.named_vars()),
+            Trainee::Adapter { adapter, .. } => ("adapter", adapter.named_vars()),
+        };
+        let s = self.s;
+        Ok(AdamW::new(
+            AdamWConfig { max_grad_norm: s.max_grad_norm, ..Default::default() },
+            vec![(GroupSettings { name: group.into(), lr: s.lr, weight_decay: s.weight_decay }, raw)],
+        )?)
+    }
+
+    fn train_len(&self) -> usize {
+        self.data.train.n
+    }
+
+    fn step(&self, step: u64, idx: &[usize]) -> Result<StepResult> {
+        let (loss, tape) = step_loss(self.model, &self.trainee, &self.data.train, idx, step, self.s)?;
+        Ok(StepResult { loss, tape, units: idx.len(), hits: 0 })
+    }
+
+    fn evaluate(&self, at: &Point) -> Result<Evaluation<Record>> {
+        let s = self.s;
+        let deltas = self.trainee.eval_deltas()?;
+        let heldout = data::heldout_loss(self.model, &deltas, &self.data.heldout, s.heldout_limit, s.eval_batch_size)?;
+        if !(heldout.v.is_finite() && heldout.eps.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "held-out loss is {} at step {}; stopped without writing a checkpoint or a result. \
+                 The last good checkpoint (if any) is in {} — lower --lr and resume, or start over with --force",
+                heldout.v,
+                at.step,
+                at.checkpoints.display()
+            )));
+        }
+        let r = Record {
+            step: at.step,
+            epoch: at.epoch,
+            train_loss: at.window.loss(),
+            heldout_loss: heldout.v,
+            heldout_eps_loss: heldout.eps,
+            trainable_params: self.trainable,
+            samples_per_s: at.window.rate(),
+            peak_rss_mb: at.peak_rss_mb,
+            elapsed_s: at.elapsed_s,
+        };
+        let line = match r.train_loss {
+            None => format!("step {:>6}  held-out loss {:.4}", r.step, r.heldout_loss),
+            Some(train) => format!(
+                "step {:>6}  train loss {train:.4}  held-out loss {:.4}  {:.1} images/s",
+                r.step, r.heldout_loss, r.samples_per_s
+            ),
+        };
+        Ok(Evaluation { record: r, line, tracked: None })
+    }
+
+    fn summary(&self, end: &End<Record>) -> Summary {
+        Summary {
+            steps: end.state.step,
+            trainable_params: self.trainable,
+            final_heldout_loss: end.last.heldout_loss,
+            final_heldout_eps_loss: end.last.heldout_eps_loss,
+            final_train_loss: end.last.train_loss,
+            train_seconds: end.state.elapsed_s,
+            samples_per_s: end.examples_per_s,
+            peak_rss_mb: end.peak_rss_mb,
+            settings: self.settings_json.clone(),
+        }
+    }
+
+    fn eval_at_start(&self) -> bool {
+        true
+    }
+
+    fn progress(&self, w: &Window) -> String {
+        format!("loss {:.4} | {:.1} images/s", w.loss().unwrap_or(f64::NAN), w.rate())
+    }
+
+    fn wording(&self) -> Wording {
+        Wording { lower: "--lr", start_over: "use --force to start over", elsewhere: "--force to start over" }
+    }
+
+    fn refuse(&self, kind: Refusal, message: String) -> Error {
+        match kind {
+            Refusal::SettingsDiffer | Refusal::RunExists => Error::Run(message),
+            Refusal::NonFinite => Error::NonFinite(message),
+            Refusal::BatchTooLarge { batch, examples } => {
+                Error::setting("batch-size", batch, format!("larger than the {examples} training images"))
+            }
+        }
+    }
+}
+
+/// Trains `trainee` of `model` on `data.train` through the one training loop
+/// ([`superlora_train::run_loop`]), writing `metrics.jsonl`, `checkpoints/` and `summary.json`
+/// into `out`. With `resume`, continues from the latest checkpoint (whose settings must equal
+/// `settings_json`); without it, an existing checkpoint is an error.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &Dit,
@@ -232,174 +356,20 @@ pub fn train(
     s.validate()?;
     model.config().check_batch(s.batch_size, 1, "batch-size")?;
     model.config().check_batch(s.eval_batch_size.min(s.heldout_limit), 1, "eval-batch-size")?;
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let ckpt_dir = out.join("checkpoints");
-    let vars = trainee.named_vars(model);
-    let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    let group = match trainee {
-        Trainee::Base => "base",
-        Trainee::Adapter { .. } => "adapter",
+    let loop_settings = LoopSettings {
+        steps: s.steps,
+        batch_size: s.batch_size,
+        eval_every: s.eval_every,
+        schedule: s.schedule,
+        warmup: s.warmup,
+        seed: s.seed,
+        keep: 2,
+        settings_json: settings_json.clone(),
+        show_progress,
     };
-    let raw: Vec<(String, Var)> = match trainee {
-        Trainee::Base => model.named_vars(),
-        Trainee::Adapter { adapter, .. } => adapter.named_vars(),
-    };
-    let mut opt = AdamW::new(
-        AdamWConfig { max_grad_norm: s.max_grad_norm, ..Default::default() },
-        vec![(GroupSettings { name: group.into(), lr: s.lr, weight_decay: s.weight_decay }, raw)],
-    )?;
-    let mut state =
-        RunState { step: 0, best_valid: None, test_at_best: None, elapsed_s: 0.0, settings: settings_json.clone() };
-    let mut resumed = false;
-    if resume {
-        if let Some(loaded) = checkpoint::read_latest(&ckpt_dir, model.device())? {
-            if loaded.state.settings != settings_json {
-                return Err(Error::Run(format!(
-                    "{} was made with different settings; resume with the same flags, or use --force to start over",
-                    loaded.path.display()
-                )));
-            }
-            superlora_train::trainer::restore(&vars, &loaded.params)?;
-            opt.load_state(&loaded.optimizer, loaded.state.step)?;
-            state = loaded.state;
-            resumed = true;
-            eprintln!("resuming from {} (step {})", loaded.path.display(), state.step);
-        }
-    } else if ckpt_dir.join("latest").exists() {
-        return Err(Error::Run(format!(
-            "{} already holds a run; pass --resume to continue it or --force to start over",
-            out.display()
-        )));
-    }
-
-    let order = EpochOrder::new(data.train.n, s.seed);
-    let per_epoch = order.num_batches(s.batch_size, true) as u64;
-    if per_epoch == 0 {
-        return Err(Error::setting(
-            "batch-size",
-            s.batch_size,
-            format!("larger than the {} training images", data.train.n),
-        ));
-    }
-    let metrics = out.join("metrics.jsonl");
-    let pb = bar(s.steps, state.step, show_progress);
-    say(
-        &pb,
-        &format!("{} training images, {} held out | {trainable} trainable parameters", data.train.n, data.heldout.n),
-    );
-    let evaluate = |step: u64, train_loss: Option<f64>, seen: usize, window: f64, elapsed: f64| -> Result<Record> {
-        let heldout =
-            data::heldout_loss(model, &trainee.eval_deltas()?, &data.heldout, s.heldout_limit, s.eval_batch_size)?;
-        if !(heldout.v.is_finite() && heldout.eps.is_finite()) {
-            pb.abandon();
-            return Err(Error::NonFinite(format!(
-                "held-out loss is {} at step {step}; stopped without writing a checkpoint or a result. \
-                 The last good checkpoint (if any) is in {} — lower --lr and resume, or start over with --force",
-                heldout.v,
-                ckpt_dir.display()
-            )));
-        }
-        Ok(Record {
-            step,
-            epoch: step as f64 / per_epoch as f64,
-            train_loss,
-            heldout_loss: heldout.v,
-            heldout_eps_loss: heldout.eps,
-            trainable_params: trainable,
-            samples_per_s: if window > 0.0 { seen as f64 / window } else { 0.0 },
-            peak_rss_mb: peak_rss_mb(),
-            elapsed_s: elapsed,
-        })
-    };
-    let mut last: Option<Record> = None;
-    if !resumed && state.step == 0 {
-        let r = evaluate(0, None, 0, 0.0, 0.0)?;
-        say(&pb, &format!("step      0  held-out loss {:.4}", r.heldout_loss));
-        append_jsonl(&metrics, &r)?;
-        last = Some(r);
-    }
-    let (mut batches_epoch, mut batches): (Option<u64>, Vec<Vec<usize>>) = (None, Vec::new());
-    let (mut loss_sum, mut seen, mut window) = (0f64, 0usize, 0f64);
-    while state.step < s.steps {
-        let step = state.step;
-        let epoch = step / per_epoch;
-        if batches_epoch != Some(epoch) {
-            batches = order.batches(epoch, s.batch_size, true)?;
-            batches_epoch = Some(epoch);
-        }
-        let idx = &batches[(step % per_epoch) as usize];
-        let t0 = Instant::now();
-        let (loss, tape) = step_loss(model, &trainee, &data.train, idx, step, s)?;
-        let lv = f64::from(loss.to_scalar::<f32>()?);
-        let stop = |m: String| {
-            pb.abandon();
-            Error::NonFinite(format!(
-                "{m} at step {step}; stopped. The last good checkpoint (if any) is in {} — lower --lr and resume",
-                ckpt_dir.display()
-            ))
-        };
-        if !lv.is_finite() {
-            return Err(stop(format!("training loss is {lv}")));
-        }
-        let mut grads = loss.backward()?;
-        if let Some(t) = &tape {
-            grads = t.backward(grads)?;
-        }
-        let factor = s.schedule.factor(step, s.steps, s.warmup);
-        opt.step(&grads, factor).map_err(|e| match e {
-            superlora_train::Error::NonFinite(m) => stop(m),
-            other => other.into(),
-        })?;
-        let dt = t0.elapsed().as_secs_f64();
-        state.step += 1;
-        state.elapsed_s += dt;
-        window += dt;
-        loss_sum += lv * idx.len() as f64;
-        seen += idx.len();
-        pb.set_position(state.step);
-        pb.set_message(format!("loss {:.4} | {:.1} images/s", loss_sum / seen as f64, seen as f64 / window));
-        if state.step.is_multiple_of(s.eval_every) || state.step == s.steps {
-            let r = evaluate(state.step, Some(loss_sum / seen.max(1) as f64), seen, window, state.elapsed_s)?;
-            append_jsonl(&metrics, &r)?;
-            say(
-                &pb,
-                &format!(
-                    "step {:>6}  train loss {:.4}  held-out loss {:.4}  {:.1} images/s",
-                    r.step,
-                    r.train_loss.unwrap_or(f64::NAN),
-                    r.heldout_loss,
-                    r.samples_per_s
-                ),
-            );
-            let params: HashMap<String, Tensor> =
-                vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-            if let Some((name, bad)) = crate::first_non_finite(params.iter().map(|(n, t)| (n.as_str(), t)))? {
-                return Err(stop(format!("`{name}` holds {bad} NaN or infinite values")));
-            }
-            let (opt_state, _) = opt.state();
-            checkpoint::write(&ckpt_dir, &state, &params, &opt_state, 2)?;
-            (loss_sum, seen, window) = (0.0, 0, 0.0);
-            last = Some(r);
-        }
-    }
-    pb.finish_and_clear();
-    let last = match last {
-        Some(r) => r,
-        None => evaluate(state.step, None, 0, 0.0, state.elapsed_s)?,
-    };
-    let summary = Summary {
-        steps: state.step,
-        trainable_params: trainable,
-        final_heldout_loss: last.heldout_loss,
-        final_heldout_eps_loss: last.heldout_eps_loss,
-        final_train_loss: last.train_loss,
-        train_seconds: state.elapsed_s,
-        samples_per_s: state.step as f64 * s.batch_size as f64 / state.elapsed_s.max(1e-9),
-        peak_rss_mb: peak_rss_mb(),
-        settings: settings_json,
-    };
-    write_json_atomic(&out.join("summary.json"), &summary)?;
-    Ok(summary)
+    let trainable = trainee.named_vars(model).iter().map(|(_, v)| v.elem_count()).sum();
+    let task = Ddpm { model, trainee, data, s, settings_json, trainable };
+    run_loop(&task, &loop_settings, out, resume)
 }
 
 /// Metadata `format` of a base model file.

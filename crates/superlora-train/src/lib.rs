@@ -1,7 +1,8 @@
 //! # superlora-train
 //!
 //! The pieces of a training run: [`optim::AdamW`] with saveable state, [`schedule`], the
-//! classification [`head`] and loss.
+//! classification [`head`] and loss, and the one training loop ([`train_loop::run_loop`], generic
+//! over a [`train_loop::LoopTask`]) that classification ([`trainer`]) and the diffusion crate run.
 
 pub mod artifact;
 pub mod checkpoint;
@@ -12,7 +13,10 @@ pub mod optim;
 pub mod output;
 pub mod schedule;
 pub mod task;
+pub mod train_loop;
 pub mod trainer;
+
+pub use train_loop::{LoopSettings, LoopTask, run_loop};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]

@@ -1,29 +1,28 @@
-//! The training loop, straight-line: for each step, ΔW from the adapter (a [`DeltaTape`]), the
-//! task's features of a seeded batch, the head, cross-entropy, backward through the model and the
-//! tape, one AdamW step. Every `eval_every` steps: validation and test accuracy, a `metrics.jsonl`
-//! line and an atomic checkpoint. A non-finite loss or gradient stops the run with the last good
-//! checkpoint intact; `resume` continues a killed run exactly (data order depends only on the
-//! seed and the epoch, and parameters and optimizer state are restored bit for bit).
+//! Classification training: an adapter (ΔW through a [`DeltaTape`]; none for a head-only linear
+//! probe) and a linear head on a [`Task`]'s features, cross-entropy, validation and test accuracy
+//! (the best validation accuracy tracked). [`train`] runs it through the one training loop,
+//! [`crate::train_loop::run_loop`], which owns resume, the seeded batch order, the schedule, the
+//! non-finite stop, `metrics.jsonl`, checkpoints and `summary.json`; [`train_step`] is one step of
+//! it alone (benchmarks), [`evaluate`] the accuracy on a split.
 //!
 //! [`DeltaTape`]: superlora_core::DeltaTape
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
-use candle_core::{DType, Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
+use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 use superlora_core::{LayerShape, SuperLora};
-use superlora_data::EpochOrder;
 use superlora_models::adapt::Deltas;
 
-use crate::checkpoint::{self, RunState};
 use crate::head::{Head, correct, cross_entropy};
-use crate::metrics::{EvalRecord, append_jsonl, peak_rss_mb, write_json_atomic};
+use crate::metrics::EvalRecord;
 use crate::optim::{AdamW, AdamWConfig, GroupSettings};
 use crate::schedule::Schedule;
 use crate::task::{Split, Task};
+use crate::train_loop::{
+    End, Evaluation, Goal, LoopSettings, LoopTask, Point, StepResult, Tracked, Window, optimize, run_loop,
+};
+pub use crate::train_loop::{bar, latest_checkpoint, restore, say};
 use crate::{Error, Result};
 
 /// How to train.
@@ -142,26 +141,6 @@ pub fn evaluate(task: &dyn Task, model: &Trainable, split: Split, batch: usize, 
     Ok(right as f64 / n as f64)
 }
 
-/// The project's step progress bar (hidden when `show` is false), resumed at `done`.
-pub fn bar(total: u64, done: u64, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total);
-    pb.set_position(done);
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} < {eta_precise} {msg}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
-}
-
-/// Prints a line above the bar (or on stderr when the bar is hidden).
-pub fn say(pb: &ProgressBar, line: &str) {
-    if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
-}
-
 /// What one training step measured.
 #[derive(Clone, Copy, Debug)]
 pub struct StepOutput {
@@ -169,6 +148,22 @@ pub struct StepOutput {
     pub loss: f64,
     /// Correct predictions in the batch.
     pub correct: usize,
+}
+
+/// The loss of one classification step on the training examples `idx`, before any backward:
+/// ΔW (tape), features, head, cross-entropy; and the batch's correct predictions.
+fn step_result(task: &dyn Task, model: &Trainable, idx: &[usize]) -> Result<StepResult> {
+    let tape = model.adapter.map(SuperLora::forward_tape).transpose()?;
+    let deltas = match &tape {
+        Some(t) => Deltas::new(model.targets, t.deltas())?,
+        None => Deltas::none(),
+    };
+    let features = task.features(Split::Train, idx, &deltas)?;
+    let labels = task.labels(Split::Train, idx)?;
+    let logits = model.head.forward(&features)?;
+    let loss = cross_entropy(&logits, &labels)?;
+    let hits = correct(&logits.detach(), &labels)?;
+    Ok(StepResult { loss, tape, units: idx.len(), hits })
 }
 
 /// One optimizer step on the training examples `idx`: ΔW (tape), features, head, cross-entropy,
@@ -181,25 +176,9 @@ pub fn train_step(
     idx: &[usize],
     lr_factor: f64,
 ) -> Result<StepOutput> {
-    let tape = model.adapter.map(SuperLora::forward_tape).transpose()?;
-    let deltas = match &tape {
-        Some(t) => Deltas::new(model.targets, t.deltas())?,
-        None => Deltas::none(),
-    };
-    let features = task.features(Split::Train, idx, &deltas)?;
-    let labels = task.labels(Split::Train, idx)?;
-    let logits = model.head.forward(&features)?;
-    let loss = cross_entropy(&logits, &labels)?;
-    let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    if !loss_value.is_finite() {
-        return Err(Error::NonFinite(format!("training loss is {loss_value}")));
-    }
-    let mut grads = loss.backward()?;
-    if let Some(t) = &tape {
-        grads = t.backward(grads)?;
-    }
-    opt.step(&grads, lr_factor)?;
-    Ok(StepOutput { loss: loss_value, correct: correct(&logits.detach(), &labels)? })
+    let r = step_result(task, model, idx)?;
+    let loss = optimize(opt, &r.loss, r.tape.as_ref(), lr_factor)?;
+    Ok(StepOutput { loss, correct: r.hits })
 }
 
 /// The optimizer for `model`: an `adapter` group (if any) and a `head` group.
@@ -222,6 +201,98 @@ pub fn optimizer(model: &Trainable, settings: &TrainSettings) -> Result<AdamW> {
     AdamW::new(AdamWConfig { max_grad_norm: settings.max_grad_norm, ..Default::default() }, groups)
 }
 
+/// Classification as a [`LoopTask`]: adapter + head, cross-entropy, validation and test accuracy.
+struct Classify<'a> {
+    task: &'a dyn Task,
+    model: &'a Trainable<'a>,
+    settings: &'a TrainSettings,
+    settings_json: serde_json::Value,
+    adapter_params: usize,
+    head_params: usize,
+}
+
+impl LoopTask for Classify<'_> {
+    type Error = Error;
+    type Record = EvalRecord;
+    type Summary = Summary;
+
+    fn describe(&self) -> String {
+        let (a, h) = (self.adapter_params, self.head_params);
+        format!("{} | adapter {a} params, head {h} params", self.task.describe())
+    }
+
+    fn device(&self) -> Device {
+        self.task.device().clone()
+    }
+
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        self.model.named_vars()
+    }
+
+    fn optimizer(&self) -> Result<AdamW> {
+        optimizer(self.model, self.settings)
+    }
+
+    fn train_len(&self) -> usize {
+        self.task.len(Split::Train)
+    }
+
+    fn step(&self, _step: u64, idx: &[usize]) -> Result<StepResult> {
+        step_result(self.task, self.model, idx)
+    }
+
+    fn evaluate(&self, at: &Point) -> Result<Evaluation<EvalRecord>> {
+        // Intermediate evaluations may be capped; the last one always uses the full splits.
+        let s = self.settings;
+        let limit = if at.is_final { s.final_eval_limit } else { s.eval_limit };
+        let valid = evaluate(self.task, self.model, Split::Valid, s.eval_batch_size, limit)?;
+        let test = evaluate(self.task, self.model, Split::Test, s.eval_batch_size, limit)?;
+        let r = EvalRecord {
+            step: at.step,
+            epoch: at.epoch,
+            train_loss: at.window.loss().unwrap_or(0.0),
+            train_acc: at.window.accuracy(),
+            valid_acc: valid,
+            test_acc: test,
+            adapter_params: self.adapter_params,
+            head_params: self.head_params,
+            samples_per_s: at.window.rate(),
+            peak_rss_mb: at.peak_rss_mb,
+            elapsed_s: at.elapsed_s,
+        };
+        let line = format!(
+            "step {:>6}  train loss {:.4} acc {:.4}  valid {:.4}  test {:.4}  {:.1} samples/s",
+            r.step, r.train_loss, r.train_acc, r.valid_acc, r.test_acc, r.samples_per_s
+        );
+        let tracked = Some(Tracked { value: valid, goal: Goal::Higher, companion: Some(test) });
+        Ok(Evaluation { record: r, line, tracked })
+    }
+
+    fn summary(&self, end: &End<EvalRecord>) -> Summary {
+        let (best_valid_acc, best_step) = end.state.best_valid.unwrap_or((f64::NAN, 0));
+        Summary {
+            task: self.task.describe(),
+            adapter_params: self.adapter_params,
+            head_params: self.head_params,
+            steps: end.state.step,
+            final_valid_acc: end.last.valid_acc,
+            final_test_acc: end.last.test_acc,
+            best_valid_acc,
+            best_step,
+            test_acc_at_best: end.state.test_at_best.unwrap_or(f64::NAN),
+            train_seconds: end.state.elapsed_s,
+            samples_per_s: end.examples_per_s,
+            peak_rss_mb: end.peak_rss_mb,
+            settings: self.settings_json.clone(),
+        }
+    }
+
+    fn progress(&self, w: &Window) -> String {
+        let loss = w.loss().unwrap_or(f64::NAN);
+        format!("loss {loss:.4} acc {:.3} | {:.1} samples/s", w.accuracy(), w.rate())
+    }
+}
+
 /// Trains `model` on `task`, writing into `out`. With `resume`, continues from the latest
 /// checkpoint in `out` (whose settings must equal `settings_json`).
 pub fn train(
@@ -233,176 +304,24 @@ pub fn train(
     resume: bool,
     show_progress: bool,
 ) -> Result<Summary> {
-    std::fs::create_dir_all(out).map_err(|cause| Error::Io { path: out.display().to_string(), cause })?;
-    let ckpt_dir = out.join("checkpoints");
-    let adapter_params = model.adapter.map_or(0, SuperLora::num_trainable);
-    let head_params = model.head.num_params();
-    let mut opt = optimizer(model, settings)?;
-
-    let mut state =
-        RunState { step: 0, best_valid: None, test_at_best: None, elapsed_s: 0.0, settings: settings_json.clone() };
-    if resume {
-        match checkpoint::read_latest(&ckpt_dir, task.device())? {
-            Some(loaded) => {
-                if loaded.state.settings != settings_json {
-                    return Err(Error::Checkpoint(format!(
-                        "{} was made with different settings; resume with the same flags, or start a new run in another folder",
-                        loaded.path.display()
-                    )));
-                }
-                restore(&model.named_vars(), &loaded.params)?;
-                opt.load_state(&loaded.optimizer, loaded.state.step)?;
-                state = loaded.state;
-                eprintln!("resuming from {} (step {})", loaded.path.display(), state.step);
-            }
-            None => eprintln!("--resume: no checkpoint in {} yet, starting at step 0", ckpt_dir.display()),
-        }
-    } else if ckpt_dir.join("latest").exists() {
-        return Err(Error::Checkpoint(format!(
-            "{} already holds a run; pass --resume to continue it or choose another output folder",
-            out.display()
-        )));
-    }
-
-    let n_train = task.len(Split::Train);
-    let order = EpochOrder::new(n_train, settings.seed);
-    let per_epoch = order.num_batches(settings.batch_size, true) as u64;
-    if per_epoch == 0 {
-        return Err(Error::Data(format!(
-            "batch size {} is larger than the {n_train} training examples",
-            settings.batch_size
-        )));
-    }
-    let pb = bar(settings.steps, state.step, show_progress);
-    say(&pb, &format!("{} | adapter {adapter_params} params, head {head_params} params", task.describe()));
-    let metrics_path = out.join("metrics.jsonl");
-    let (mut batches_epoch, mut batches): (Option<u64>, Vec<Vec<usize>>) = (None, Vec::new());
-    let (mut loss_sum, mut right, mut seen, mut window_s) = (0f64, 0usize, 0usize, 0f64);
-    let (mut last_valid, mut last_test) = (f64::NAN, f64::NAN);
-    while state.step < settings.steps {
-        let step = state.step;
-        let epoch = step / per_epoch;
-        if batches_epoch != Some(epoch) {
-            batches = order.batches(epoch, settings.batch_size, true)?;
-            batches_epoch = Some(epoch);
-        }
-        let idx = &batches[(step % per_epoch) as usize];
-        let t0 = Instant::now();
-        let factor = settings.schedule.factor(step, settings.steps, settings.warmup);
-        let out = train_step(task, model, &mut opt, idx, factor).map_err(|e| match e {
-            Error::NonFinite(m) => {
-                pb.abandon();
-                Error::NonFinite(format!(
-                    "{m} at step {step}; stopped. The last good checkpoint (if any) is in {} — lower the learning rates and resume",
-                    ckpt_dir.display()
-                ))
-            }
-            other => other,
-        })?;
-        let loss_value = out.loss;
-        let dt = t0.elapsed().as_secs_f64();
-        state.step += 1;
-        state.elapsed_s += dt;
-        window_s += dt;
-        loss_sum += loss_value * idx.len() as f64;
-        right += out.correct;
-        seen += idx.len();
-        pb.set_position(state.step);
-        pb.set_message(format!(
-            "loss {:.4} acc {:.3} | {:.1} samples/s",
-            loss_sum / seen as f64,
-            right as f64 / seen as f64,
-            seen as f64 / window_s
-        ));
-
-        if state.step.is_multiple_of(settings.eval_every) || state.step == settings.steps {
-            // Intermediate evaluations may be capped; the last one always uses the full splits.
-            let limit = if state.step == settings.steps { settings.final_eval_limit } else { settings.eval_limit };
-            last_valid = evaluate(task, model, Split::Valid, settings.eval_batch_size, limit)?;
-            last_test = evaluate(task, model, Split::Test, settings.eval_batch_size, limit)?;
-            if state.best_valid.is_none_or(|(b, _)| last_valid > b) {
-                state.best_valid = Some((last_valid, state.step));
-                state.test_at_best = Some(last_test);
-            }
-            let record = EvalRecord {
-                step: state.step,
-                epoch: state.step as f64 / per_epoch as f64,
-                train_loss: loss_sum / seen.max(1) as f64,
-                train_acc: right as f64 / seen.max(1) as f64,
-                valid_acc: last_valid,
-                test_acc: last_test,
-                adapter_params,
-                head_params,
-                samples_per_s: seen as f64 / window_s.max(1e-9),
-                peak_rss_mb: peak_rss_mb(),
-                elapsed_s: state.elapsed_s,
-            };
-            append_jsonl(&metrics_path, &record)?;
-            say(
-                &pb,
-                &format!(
-                    "step {:>6}  train loss {:.4} acc {:.4}  valid {:.4}  test {:.4}  {:.1} samples/s",
-                    record.step,
-                    record.train_loss,
-                    record.train_acc,
-                    record.valid_acc,
-                    record.test_acc,
-                    record.samples_per_s
-                ),
-            );
-            let params: HashMap<String, Tensor> =
-                model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-            let (opt_state, _) = opt.state();
-            checkpoint::write(&ckpt_dir, &state, &params, &opt_state, 2)?;
-            (loss_sum, right, seen, window_s) = (0.0, 0, 0, 0.0);
-        }
-    }
-    pb.finish_and_clear();
-    if last_valid.is_nan() {
-        // Nothing left to train (a finished run resumed): score it as it stands.
-        last_valid = evaluate(task, model, Split::Valid, settings.eval_batch_size, settings.final_eval_limit)?;
-        last_test = evaluate(task, model, Split::Test, settings.eval_batch_size, settings.final_eval_limit)?;
-    }
-    let (best_valid_acc, best_step) = state.best_valid.unwrap_or((f64::NAN, 0));
-    let total_samples = state.step as f64 * settings.batch_size as f64;
-    let summary = Summary {
-        task: task.describe(),
-        adapter_params,
-        head_params,
-        steps: state.step,
-        final_valid_acc: last_valid,
-        final_test_acc: last_test,
-        best_valid_acc,
-        best_step,
-        test_acc_at_best: state.test_at_best.unwrap_or(f64::NAN),
-        train_seconds: state.elapsed_s,
-        samples_per_s: total_samples / state.elapsed_s.max(1e-9),
-        peak_rss_mb: peak_rss_mb(),
-        settings: settings_json,
+    let s = LoopSettings {
+        steps: settings.steps,
+        batch_size: settings.batch_size,
+        eval_every: settings.eval_every,
+        schedule: settings.schedule,
+        warmup: settings.warmup,
+        seed: settings.seed,
+        keep: 2,
+        settings_json: settings_json.clone(),
+        show_progress,
     };
-    write_json_atomic(&out.join("summary.json"), &summary)?;
-    Ok(summary)
-}
-
-/// Sets every named variable from `params` (shapes checked).
-pub fn restore(vars: &[(String, Var)], params: &HashMap<String, Tensor>) -> Result<()> {
-    for (name, var) in vars {
-        let t = params.get(name).ok_or_else(|| Error::Checkpoint(format!("checkpoint lacks `{name}`")))?;
-        if t.dims() != var.dims() {
-            return Err(Error::Checkpoint(format!(
-                "`{name}` has shape {:?} in the checkpoint, {:?} here",
-                t.dims(),
-                var.dims()
-            )));
-        }
-        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-    }
-    Ok(())
-}
-
-/// The folder holding the latest checkpoint of a run folder, if any.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    let dir = out.join("checkpoints");
-    let name = std::fs::read_to_string(dir.join("latest")).ok()?;
-    Some(dir.join(name.trim()))
+    let c = Classify {
+        task,
+        model,
+        settings,
+        settings_json,
+        adapter_params: model.adapter.map_or(0, SuperLora::num_trainable),
+        head_params: model.head.num_params(),
+    };
+    run_loop(&c, &s, out, resume)
 }
