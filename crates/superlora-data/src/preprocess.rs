@@ -20,8 +20,10 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Input sides must be multiples of the ViT patch size.
 pub const PATCH: usize = 14;
-/// The largest image side accepted: 37 patches, the position grid DINOv2 was trained with.
+/// The largest DINOv2 input side: 37 patches, the position grid DINOv2 was trained with.
 pub const MAX_SIZE: usize = 37 * PATCH;
+/// The largest image side any model input may have (memory: a batch of 32 is 400 MB at 1024 px).
+pub const MAX_SIDE: usize = 1024;
 
 /// One axis of a bilinear resize: for each output position, the two source positions and weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,17 +88,11 @@ fn resize_into(
     }
 }
 
-/// Checks a model input side: a positive multiple of [`PATCH`].
+/// Checks a model input side: 1 to [`MAX_SIDE`] pixels. Whether it fits the model's patches is the
+/// model's check (`ImageEncoder::check_size`): 14-px patches for DINOv2, 16 for ViT.
 pub fn check_size(size: usize) -> Result<()> {
-    if size < PATCH || !size.is_multiple_of(PATCH) {
-        return Err(Error::invalid("image size", size, format!("must be a positive multiple of {PATCH}")));
-    }
-    if size > MAX_SIZE {
-        return Err(Error::invalid(
-            "image size",
-            size,
-            format!("must be at most {MAX_SIZE} (DINOv2's own 37x37 patch grid)"),
-        ));
+    if size == 0 || size > MAX_SIDE {
+        return Err(Error::invalid("image size", size, format!("must be 1 to {MAX_SIDE} pixels")));
     }
     Ok(())
 }
@@ -221,8 +217,9 @@ mod tests {
 
     #[test]
     fn sizes_are_checked() {
-        assert!(check_size(0).is_err() && check_size(13).is_err() && check_size(30).is_err());
-        assert!(check_size(14).is_ok() && check_size(224).is_ok() && check_size(MAX_SIZE).is_ok());
-        assert!(check_size(MAX_SIZE + PATCH).is_err() && check_size(14_000_000).is_err());
+        assert!(check_size(0).is_err() && check_size(MAX_SIDE + 1).is_err() && check_size(14_000_000).is_err());
+        assert!(
+            check_size(1).is_ok() && check_size(30).is_ok() && check_size(64).is_ok() && check_size(MAX_SIDE).is_ok()
+        );
     }
 }

@@ -2,12 +2,14 @@
 //! splits. The trainer asks it for features of a batch under the current ΔW; the head and the loss
 //! are the trainer's.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
-use superlora_data::tokenize::TextTokenizer;
-use superlora_data::{ImageSet, TextSet};
+use superlora_data::tokenize::{TextTokenizer, TokenBatch};
+use superlora_data::{ImageSource, TextSet};
 use superlora_models::adapt::{Deltas, LinearInfo};
-use superlora_models::bert::{Bert, mean_pool};
-use superlora_models::vit::Vit;
+use superlora_models::bert::mean_pool;
+use superlora_models::{ImageEncoder, TextEncoder};
 
 use crate::{Error, Result};
 
@@ -40,7 +42,7 @@ pub trait Task {
     fn labels(&self, split: Split, idx: &[usize]) -> Result<Tensor>;
     /// The device the model runs on.
     fn device(&self) -> &Device;
-    /// The base model: (`bert` | `dinov2`, its weights file).
+    /// The base model: (its `model_type`, e.g. `bert` or `dinov2`, its weights file).
     fn base_model(&self) -> (&'static str, std::path::PathBuf);
     /// Class names, by label.
     fn class_names(&self) -> Vec<String>;
@@ -82,17 +84,18 @@ impl Splits {
     }
 }
 
-/// DINOv2 ViT on grey images resized to `size` px: features = [CLS, mean patch].
+/// An image encoder (DINOv2, ViT) on labelled images resized to `size` px and normalised as the
+/// model wants; features are the encoder's pooled features.
 pub struct ImageTask {
     /// The encoder.
-    pub model: Vit,
+    pub model: Box<dyn ImageEncoder>,
     /// Training images (train and validation positions index into it).
-    pub train_set: ImageSet,
-    /// Test images.
-    pub test_set: ImageSet,
+    pub train_set: Arc<dyn ImageSource>,
+    /// Test images (may be the same set as `train_set`, with disjoint positions).
+    pub test_set: Arc<dyn ImageSource>,
     /// Train / validation positions into `train_set`; test positions into `test_set`.
     pub splits: Splits,
-    /// Input side in pixels (a multiple of 14).
+    /// Input side in pixels (a multiple of the patch).
     pub size: usize,
     /// Name for logs.
     pub name: String,
@@ -102,9 +105,9 @@ pub struct ImageTask {
 impl ImageTask {
     /// A task over loaded data.
     pub fn new(
-        model: Vit,
-        train_set: ImageSet,
-        test_set: ImageSet,
+        model: Box<dyn ImageEncoder>,
+        train_set: Arc<dyn ImageSource>,
+        test_set: Arc<dyn ImageSource>,
         splits: Splits,
         size: usize,
         name: &str,
@@ -113,18 +116,19 @@ impl ImageTask {
         ImageTask { model, train_set, test_set, splits, size, name: name.to_string(), device: device.clone() }
     }
 
-    fn set(&self, s: Split) -> &ImageSet {
-        if s == Split::Test { &self.test_set } else { &self.train_set }
+    fn set(&self, s: Split) -> &dyn ImageSource {
+        if s == Split::Test { self.test_set.as_ref() } else { self.train_set.as_ref() }
     }
 }
 
 impl Task for ImageTask {
     fn describe(&self) -> String {
         format!(
-            "{}: DINOv2 ViT ({} layers, width {}) at {} px; train {} / valid {} / test {}",
+            "{}: {} ({} linears, {} features) at {} px; train {} / valid {} / test {}",
             self.name,
-            self.model.config.layers,
-            self.model.config.hidden,
+            self.model.kind(),
+            self.model.linears().len(),
+            self.model.feature_dim(),
             self.size,
             self.splits.train.len(),
             self.splits.valid.len(),
@@ -132,10 +136,10 @@ impl Task for ImageTask {
         )
     }
     fn num_classes(&self) -> usize {
-        self.train_set.classes.len()
+        self.train_set.classes().len()
     }
     fn feature_dim(&self) -> usize {
-        2 * self.model.config.hidden
+        self.model.feature_dim()
     }
     fn linears(&self) -> Vec<LinearInfo> {
         self.model.linears()
@@ -144,29 +148,31 @@ impl Task for ImageTask {
         self.splits.get(s).len()
     }
     fn base_model(&self) -> (&'static str, std::path::PathBuf) {
-        ("dinov2", self.model.weights_path.clone())
+        (self.model.kind(), self.model.weights_path().to_path_buf())
     }
     fn class_names(&self) -> Vec<String> {
-        self.train_set.classes.clone()
+        self.train_set.classes().to_vec()
     }
     fn features(&self, s: Split, idx: &[usize], deltas: &Deltas) -> Result<Tensor> {
         let pos = self.splits.map(s, idx)?;
-        let images = superlora_data::preprocess::to_tensor(self.set(s), &pos, self.size, &self.device)?;
+        let (mean, std) = self.model.normalization();
+        let images = self.set(s).batch(&pos, self.size, mean, std, &self.device)?;
         Ok(self.model.features(&images, deltas)?)
     }
     fn labels(&self, s: Split, idx: &[usize]) -> Result<Tensor> {
         let pos = self.splits.map(s, idx)?;
-        Ok(superlora_data::preprocess::labels_tensor(self.set(s), &pos, &self.device)?)
+        Ok(self.set(s).labels_tensor(&pos, &self.device)?)
     }
     fn device(&self) -> &Device {
         &self.device
     }
 }
 
-/// A BERT encoder on labelled texts: features = mean-pooled token states.
+/// A text encoder (BERT, RoBERTa, DistilBERT) on labelled texts or text pairs: features =
+/// mean-pooled token states.
 pub struct TextTask {
     /// The encoder.
-    pub model: Bert,
+    pub model: Box<dyn TextEncoder>,
     /// Its tokenizer.
     pub tokenizer: TextTokenizer,
     /// All texts (the splits index into it).
@@ -183,7 +189,7 @@ pub struct TextTask {
 impl TextTask {
     /// A task over loaded data.
     pub fn new(
-        model: Bert,
+        model: Box<dyn TextEncoder>,
         tokenizer: TextTokenizer,
         set: TextSet,
         splits: Splits,
@@ -193,16 +199,30 @@ impl TextTask {
     ) -> Self {
         TextTask { model, tokenizer, set, splits, max_len, name: name.to_string(), device: device.clone() }
     }
+
+    /// Token ids, mask and (for pairs, when the model reads them) token types of `pos`.
+    fn encode(&self, pos: &[usize]) -> Result<(TokenBatch, bool)> {
+        let texts = self.set.texts_at(pos)?;
+        Ok(match self.set.pairs_at(pos)? {
+            Some(pairs) => (
+                self.tokenizer.encode_pair_batch(&texts, &pairs, self.max_len, &self.device)?,
+                self.model.uses_token_types(),
+            ),
+            None => (self.tokenizer.encode_batch(&texts, self.max_len, &self.device)?, false),
+        })
+    }
 }
 
 impl Task for TextTask {
     fn describe(&self) -> String {
         format!(
-            "{}: BERT ({} layers, width {}), up to {} tokens; train {} / valid {} / test {}",
+            "{}: {} ({} linears, width {}), up to {} tokens{}; train {} / valid {} / test {}",
             self.name,
-            self.model.config.num_hidden_layers,
-            self.model.config.hidden_size,
+            self.model.kind(),
+            self.model.linears().len(),
+            self.model.hidden_size(),
             self.max_len,
+            if self.set.pairs.is_some() { ", text pairs" } else { "" },
             self.splits.train.len(),
             self.splits.valid.len(),
             self.splits.test.len()
@@ -212,7 +232,7 @@ impl Task for TextTask {
         self.set.classes.len()
     }
     fn feature_dim(&self) -> usize {
-        self.model.config.hidden_size
+        self.model.hidden_size()
     }
     fn linears(&self) -> Vec<LinearInfo> {
         self.model.linears()
@@ -222,13 +242,13 @@ impl Task for TextTask {
     }
     fn features(&self, s: Split, idx: &[usize], deltas: &Deltas) -> Result<Tensor> {
         let pos = self.splits.map(s, idx)?;
-        let texts = self.set.texts_at(&pos)?;
-        let batch = self.tokenizer.encode_batch(&texts, self.max_len, &self.device)?;
-        let x = self.model.forward(&batch.input_ids, &batch.attention_mask, deltas)?;
+        let (batch, types) = self.encode(&pos)?;
+        let token_types = types.then_some(&batch.token_type_ids);
+        let x = self.model.forward(&batch.input_ids, &batch.attention_mask, token_types, deltas)?;
         Ok(mean_pool(&x, &batch.attention_mask)?)
     }
     fn base_model(&self) -> (&'static str, std::path::PathBuf) {
-        ("bert", self.model.weights_path.clone())
+        (self.model.kind(), self.model.weights_path().to_path_buf())
     }
     fn class_names(&self) -> Vec<String> {
         self.set.classes.clone()
@@ -240,7 +260,14 @@ impl Task for TextTask {
     }
     fn labels(&self, s: Split, idx: &[usize]) -> Result<Tensor> {
         let pos = self.splits.map(s, idx)?;
-        let labels: Vec<u32> = pos.iter().map(|&i| u32::from(self.set.labels[i])).collect();
+        let labels = pos
+            .iter()
+            .map(|&i| {
+                self.set.labels.get(i).map(|&l| u32::from(l)).ok_or_else(|| {
+                    Error::Data(format!("example {i} past the {} labelled texts", self.set.labels.len()))
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
         Ok(Tensor::from_vec(labels, pos.len(), &self.device)?)
     }
     fn device(&self) -> &Device {

@@ -17,7 +17,7 @@ use superlora_train::task::{Split, Task};
 use superlora_train::trainer::{TrainSettings, Trainable, optimizer, train_step};
 
 use crate::flags::{at_least_one, batch_count, sequence_length};
-use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
+use crate::runspec::{DataSource, Dataset, RunSpec, TaskSpec, build_model, build_task};
 use crate::settings::InputError;
 
 /// `superlora bench`.
@@ -85,7 +85,7 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     let spec = RunSpec {
         preset: None,
         task: TaskSpec {
-            dataset: Dataset::RottenTomatoes,
+            dataset: DataSource::Builtin(Dataset::RottenTomatoes),
             model,
             image_size: 56,
             max_len: args.seq_len,

@@ -20,14 +20,12 @@ use clap::Args;
 use superlora_core::{AdapterConfig, Factorization, Fold, LayerShape, Plan, Projection, SuperLora};
 use superlora_io::TargetPattern;
 use superlora_models::adapt::LinearInfo;
-use superlora_models::bert::Bert;
-use superlora_models::vit::Vit;
 use superlora_train::artifact::{self, AdapterFile, BaseModel, Rules, Target};
 use superlora_train::checkpoint::load_tensors;
 use superlora_train::head::Head;
 
 use crate::flags::Preset;
-use crate::runspec::{TaskSpec, vit_weights};
+use crate::runspec::{Encoder, TaskSpec};
 use crate::settings::InputError;
 
 pub(crate) const IMPORT_ABOUT: &str = "\
@@ -186,15 +184,8 @@ fn split_key(key: &str) -> Option<(String, &'static str)> {
 
 /// The base model's linear layers and weights file.
 fn base_linears(spec: &TaskSpec, device: &Device) -> Result<(&'static str, std::path::PathBuf, Vec<LinearInfo>)> {
-    if spec.dataset.is_text() {
-        let bert =
-            Bert::load(&spec.model, device).with_context(|| format!("loading BERT from {}", spec.model.display()))?;
-        Ok(("bert", bert.weights_path.clone(), bert.linears()))
-    } else {
-        let path = vit_weights(&spec.model)?;
-        let vit = Vit::load(&path, device).with_context(|| format!("loading DINOv2 from {}", path.display()))?;
-        Ok(("dinov2", path, vit.linears()))
-    }
+    let encoder = Encoder::load(spec, device)?;
+    Ok((encoder.kind(), encoder.weights_path(), encoder.linears()))
 }
 
 /// Runs the command.

@@ -21,7 +21,7 @@ use superlora_train::output::{Kind, Staged, check_replace, refuse_inputs};
 use superlora_train::task::Split;
 
 use crate::flags::tolerance;
-use crate::runspec::{TaskSpec, build_task, vit_weights};
+use crate::runspec::{Encoder, TaskSpec, build_task, model_dir};
 use crate::settings::InputError;
 
 /// `superlora merge`.
@@ -70,11 +70,15 @@ const CHECK_EXAMPLES: usize = 8;
 fn open(adapter: &Path) -> Result<(Loaded, TaskSpec, PathBuf)> {
     let file = artifact::read_config(adapter)?;
     let spec: TaskSpec = crate::runspec::task_of(&file, adapter)?;
-    let weights = if spec.dataset.is_text() {
-        if spec.model.is_dir() { spec.model.join("model.safetensors") } else { spec.model.clone() }
-    } else {
-        vit_weights(&spec.model)?
-    };
+    let weights = Encoder::load(&spec, &Device::Cpu)?.weights_path();
+    if weights.extension().is_some_and(|e| e == "json") {
+        bail!(InputError(format!(
+            "{} is a sharded checkpoint ({}); merge writes one safetensors file and reads one: merge into a \
+             single-file copy of the model (transformers: `save_pretrained(dir, max_shard_size=\"100GB\")`)",
+            spec.model.display(),
+            weights.display()
+        )));
+    }
     let sha = artifact::file_sha256(&weights)?;
     if sha != file.base_model.sha256 {
         bail!(InputError(format!(
@@ -193,18 +197,17 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     let d: Vec<Tensor> = loaded.adapter.as_ref().context("no adapter")?.delta_weights()?;
     let unmerged = task.features(Split::Test, &idx, &Deltas::new(&loaded.targets, &d)?)?;
     let mut merged_spec = spec.clone();
-    // A BERT folder needs config.json and tokenizer.json beside the weights: a temporary folder
-    // with copies of them and of the merged weights, removed when dropped.
-    let check_dir = if spec.dataset.is_text() {
+    // A Hugging Face folder needs its config.json (and tokenizer.json, preprocessor_config.json)
+    // beside the weights: a temporary folder with copies of them and of the merged weights,
+    // removed when dropped. A bare DINOv2 file is checked as it is.
+    let base_dir = model_dir(&spec.model);
+    let check_dir = if base_dir.join("config.json").is_file() {
         let check_dir = Staged::new(&args.out.with_file_name("superlora-merge-check"), true)?;
         let dir = check_dir.path().to_path_buf();
-        let base_dir = if spec.model.is_dir() {
-            spec.model.clone()
-        } else {
-            spec.model.parent().map(Path::to_path_buf).unwrap_or_default()
-        };
-        for f in ["config.json", "tokenizer.json"] {
-            std::fs::copy(base_dir.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+        for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
+            if base_dir.join(f).is_file() {
+                std::fs::copy(base_dir.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+            }
         }
         std::fs::copy(staged.path(), dir.join("model.safetensors"))
             .with_context(|| format!("copying {}", staged.path().display()))?;

