@@ -239,7 +239,7 @@ pub fn parse_text_table(reader: impl Read, name: &str, format: TableFormat, colu
                 ));
             }
         }
-        let (text, label) = (fields[0], fields[1]);
+        let (text, label) = (fields[0], fields[1].trim());
         let id = match seen.get(label) {
             Some(&id) => id,
             None => {
