@@ -217,7 +217,7 @@ fn folder_errors_name_the_path_and_the_fix() {
     let e = err(&|d| {
         write(d, "only/1.png", &grey_png(1, 1, &[0]));
     });
-    assert!(e.contains("1 sub-folders") && e.contains("at least 2 classes"), "{e}");
+    assert!(e.contains("found 1 class sub-folder(s)") && e.contains("at least 2 classes"), "{e}");
     let e = err(&|d| {
         write(d, "a/1.png", &grey_png(1, 1, &[0]));
         write(d, "b/notes.txt", b"x");
