@@ -86,7 +86,8 @@ impl ImageFiles {
         Ok(ImageFiles { paths, labels, classes, cache: Mutex::new(Cache::new(DEFAULT_CACHE_BYTES)) })
     }
 
-    /// The same files with a cache of at most `bytes` decoded bytes (0 turns caching off).
+    /// The same files with a cache of at most `bytes` decoded bytes (0 turns caching off). An
+    /// image larger than the bound is decoded each time it is asked for and never kept.
     pub fn with_cache_bytes(self, bytes: usize) -> Self {
         self.lock().set_limit(bytes);
         self
@@ -105,7 +106,7 @@ impl ImageFiles {
             }
         }
         classes.sort();
-        check_class_count(&shown, classes.len(), "sub-folders (one per class)")?;
+        check_class_count(&shown, classes.len(), "class sub-folder(s)")?;
         let mut paths = Vec::new();
         let mut labels = Vec::new();
         for (label, (_, class_dir)) in classes.iter().enumerate() {
@@ -143,7 +144,7 @@ impl ImageFiles {
     pub fn from_csv(csv: &Path) -> Result<Self> {
         let rows = read_path_rows(csv)?;
         let classes = class_names(&rows.names);
-        check_class_count(&csv.display().to_string(), classes.len(), "distinct labels in column `label`")?;
+        check_class_count(&csv.display().to_string(), classes.len(), "distinct label(s) in column `label`")?;
         rows.into_files(classes)
     }
 
@@ -214,10 +215,10 @@ impl ImageFiles {
 
 fn check_class_count(source: &str, n: usize, what: &str) -> Result<()> {
     if n < 2 {
-        return Err(Error::format(source, format!("{n} {what}; classification needs at least 2 classes")));
+        return Err(Error::format(source, format!("found {n} {what}; classification needs at least 2 classes")));
     }
     if n > MAX_CLASSES {
-        return Err(Error::format(source, format!("{n} {what}; at most {MAX_CLASSES} classes are supported")));
+        return Err(Error::format(source, format!("found {n} {what}; at most {MAX_CLASSES} classes are supported")));
     }
     Ok(())
 }

