@@ -14,7 +14,7 @@ use superlora_core::{AdapterSpec, SuperLora};
 use superlora_io::TargetPattern;
 use superlora_models::Deltas;
 use superlora_models::adapt::select;
-use superlora_models::llama::{self, GenerateOptions, Llama};
+use superlora_models::llama::{GenerateOptions, Llama};
 use superlora_models::llm_tokenizer::LlmTokenizer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,8 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let tape = adapter.forward_tape()?;
         let deltas = Deltas::new(&targets, tape.deltas())?;
-        let logits = model.logits(&ids, &mask, &deltas)?;
-        let loss = llama::next_token_loss(&logits, &ids, &mask)?;
+        let loss = model.next_token_loss(&ids, &mask, &deltas)?;
         let tf = t.elapsed().as_secs_f64();
         let grads = tape.backward(loss.backward()?)?;
         let n = adapter.named_vars().iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some()).count();

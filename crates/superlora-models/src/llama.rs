@@ -567,6 +567,295 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok((lse - picked)?.squeeze(1)?)
 }
 
+/// Softmax over the last dim of `scale · scores + bias`, scores [R, Lk] viewed as `outer` blocks
+/// of `groups · L` rows, bias [outer, L, Lk] shared by the `groups` of a block (the attention
+/// mask, frozen). One op, so neither the scaled nor the biased scores are kept for the backward:
+/// ∂scores = scale · y ⊙ (g − Σ g⊙y).
+struct MaskedSoftmaxOp {
+    scale: f32,
+    groups: usize,
+}
+
+impl CustomOp2 for MaskedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "superlora-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ss: &CpuStorage,
+        sl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (s, bias) = (f32_slice(ss, sl, "masked softmax")?, f32_slice(bs, bl, "masked softmax")?);
+        let (outer, l, lk) = bl.shape().dims3()?;
+        if lk == 0 || s.len() != outer * self.groups * l * lk {
+            candle_core::bail!(
+                "masked softmax: scores {:?}, bias {:?}, {} groups",
+                sl.shape(),
+                bl.shape(),
+                self.groups
+            );
+        }
+        let mut out = vec![0f32; s.len()];
+        let scale = self.scale;
+        out.par_chunks_mut(lk).zip(s.par_chunks(lk)).enumerate().for_each(|(r, (o, x))| {
+            let (blk, row) = (r / (self.groups * l), r % l);
+            let b = &bias[(blk * l + row) * lk..(blk * l + row + 1) * lk];
+            let mut m = f32::NEG_INFINITY;
+            for ((o, &x), &bv) in o.iter_mut().zip(x).zip(b) {
+                *o = x * scale + bv;
+                m = m.max(*o);
+            }
+            let mut sum = 0f32;
+            for o in o.iter_mut() {
+                *o = (*o - m).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        });
+        Ok((CpuStorage::F32(out), sl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _s: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = res.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGradOp { scale: self.scale })?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// scale · y ⊙ (g − Σ g⊙y), row by row over the last dim.
+struct SoftmaxGradOp {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGradOp {
+    fn name(&self) -> &'static str {
+        "superlora-masked-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (y, g) = (f32_slice(ys, yl, "softmax grad")?, f32_slice(gs, gl, "softmax grad")?);
+        let lk = *yl.shape().dims().last().unwrap_or(&0);
+        if lk == 0 || y.len() != g.len() {
+            candle_core::bail!("softmax grad: shapes do not fit");
+        }
+        let mut out = vec![0f32; y.len()];
+        let scale = self.scale;
+        out.par_chunks_mut(lk).zip(y.par_chunks(lk).zip(g.par_chunks(lk))).for_each(|(o, (y, g))| {
+            let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                *o = scale * y * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+/// softmax(scale · scores + bias) over the last dim: scores [outer, groups, .., L, Lk] (any
+/// middle dims, `groups` rows blocks of L per outer index), bias [outer, L, Lk] (frozen).
+pub fn masked_softmax(scores: &Tensor, scale: f64, bias: &Tensor, groups: usize) -> Result<Tensor> {
+    if scores.device().is_cpu() && scores.dtype() == DType::F32 {
+        let op = MaskedSoftmaxOp { scale: scale as f32, groups };
+        return Ok(scores.contiguous()?.apply_op2(&bias.detach().contiguous()?, op)?);
+    }
+    let (outer, l, lk) = bias.dims3()?;
+    let s = (scores.reshape((outer, groups, l, lk))? * scale)?;
+    let s = s.broadcast_add(&bias.detach().unsqueeze(1)?)?;
+    Ok(softmax_last(&s)?.reshape(scores.shape())?)
+}
+
+/// silu(a) ⊙ b (SwiGLU) as one op, so silu(a) is not kept for the backward:
+/// ∂a = g ⊙ b ⊙ σ(a)(1 + a(1 − σ(a))), ∂b = g ⊙ silu(a).
+struct SwiGluOp;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "superlora-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        as_: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (a, b) = (f32_slice(as_, al, "swiglu")?, f32_slice(bs, bl, "swiglu")?);
+        if a.len() != b.len() {
+            candle_core::bail!("swiglu: {:?} and {:?}", al.shape(), bl.shape());
+        }
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a * sigmoid(a) * b;
+            }
+        });
+        Ok((CpuStorage::F32(out), al.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let abg = Tensor::stack(&[a.contiguous()?, b.contiguous()?, grad.contiguous()?], 0)?;
+        let d = abg.apply_op1_no_bwd(&SwiGluGradOp)?;
+        Ok((Some(d.get(0)?), Some(d.get(1)?)))
+    }
+}
+
+/// [a; b; g] stacked → [∂a; ∂b] stacked.
+struct SwiGluGradOp;
+
+impl CustomOp1 for SwiGluGradOp {
+    fn name(&self) -> &'static str {
+        "superlora-swiglu-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let x = f32_slice(s, l, "swiglu grad")?;
+        let n = x.len() / 3;
+        let (a, rest) = x.split_at(n);
+        let (b, g) = rest.split_at(n);
+        let mut out = vec![0f32; 2 * n];
+        let (da, db) = out.split_at_mut(n);
+        da.par_chunks_mut(4096)
+            .zip(db.par_chunks_mut(4096))
+            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)).zip(g.par_chunks(4096)))
+            .for_each(|((da, db), ((a, b), g))| {
+                for i in 0..a.len() {
+                    let s = sigmoid(a[i]);
+                    da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                    db[i] = g[i] * a[i] * s;
+                }
+            });
+        let mut dims = l.shape().dims().to_vec();
+        dims[0] = 2;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// silu(a) ⊙ b: one fused op on CPU/f32, composed ops elsewhere.
+pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::F32 && a.dims() == b.dims() {
+        return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, SwiGluOp)?);
+    }
+    Ok((a.silu()? * b)?)
+}
+
+/// Rows per chunk of the fused lm_head + cross-entropy (a [rows, V] block of logits at a time).
+const CE_CHUNK: usize = 128;
+
+/// −log softmax(h·Eᵀ)[t] per row, h [N, H], E [V, H] frozen, targets [N]: the logits are made a
+/// chunk of rows at a time and never kept (the backward makes them again):
+/// ∂h = (softmax − onehot)·E, scaled per row by the incoming gradient.
+struct LmHeadCrossEntropyOp {
+    e: Tensor,
+}
+
+impl LmHeadCrossEntropyOp {
+    /// For rows `s..s + r` of h: the chunk's logits as a Vec ([r, V], row-major).
+    fn chunk_logits(&self, h: &[f32], hd: usize, s: usize, r: usize) -> candle_core::Result<Vec<f32>> {
+        let hc = Tensor::from_slice(&h[s * hd..(s + r) * hd], (r, hd), &Device::Cpu)?;
+        hc.matmul(&self.e.t()?)?.flatten_all()?.to_vec1()
+    }
+}
+
+impl CustomOp2 for LmHeadCrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "superlora-lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &CpuStorage,
+        hl: &Layout,
+        ts: &CpuStorage,
+        tl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let h = f32_slice(hs, hl, "lm head cross entropy")?;
+        let (n, hd) = hl.shape().dims2()?;
+        let (v, _) = self.e.dims2()?;
+        let Some((a, b)) = tl.contiguous_offsets() else { candle_core::bail!("lm head cross entropy: targets") };
+        let CpuStorage::U32(t) = ts else { candle_core::bail!("lm head cross entropy: targets must be u32") };
+        let t = &t[a..b];
+        if t.len() != n || t.iter().any(|&x| x as usize >= v) {
+            candle_core::bail!("lm head cross entropy: {} targets for {n} rows over {v} classes", t.len());
+        }
+        let mut out = Vec::with_capacity(n);
+        for s in (0..n).step_by(CE_CHUNK) {
+            let r = CE_CHUNK.min(n - s);
+            let logits = self.chunk_logits(h, hd, s, r)?;
+            let nll: Vec<f32> = logits
+                .par_chunks(v)
+                .zip(t[s..s + r].par_iter())
+                .map(|(row, &t)| (log_sum_exp(row) - f64::from(row[t as usize])) as f32)
+                .collect();
+            out.extend(nll);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (n, hd) = h.dims2()?;
+        let (v, _) = self.e.dims2()?;
+        let hv: Vec<f32> = h.detach().flatten_all()?.to_vec1()?;
+        let t: Vec<u32> = targets.to_vec1()?;
+        let g: Vec<f32> = grad.detach().to_vec1()?;
+        let mut parts = Vec::new();
+        for s in (0..n).step_by(CE_CHUNK) {
+            let r = CE_CHUNK.min(n - s);
+            let mut logits = self.chunk_logits(&hv, hd, s, r)?;
+            logits.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+                let lse = log_sum_exp(row);
+                let gi = g[s + i];
+                for x in row.iter_mut() {
+                    *x = ((f64::from(*x) - lse).exp() as f32) * gi;
+                }
+                row[t[s + i] as usize] -= gi;
+            });
+            parts.push(Tensor::from_vec(logits, (r, v), &Device::Cpu)?.matmul(&self.e)?);
+        }
+        let dh =
+            if parts.is_empty() { Tensor::zeros((0, hd), DType::F32, &Device::Cpu)? } else { Tensor::cat(&parts, 0)? };
+        Ok((Some(dh), None))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The model.
 
@@ -959,14 +1248,10 @@ impl Llama {
         Ok(())
     }
 
-    /// The additive attention bias [B, 1, 1, L, Lk] for queries at `start..start + L` over keys
-    /// `0..Lk` (causal, and padding keys from `mask` [B, Lk] if given); `None` when nothing is
-    /// masked.
-    fn attention_bias(&self, b: usize, l: usize, start: usize, mask: Option<&[Vec<u32>]>) -> Result<Option<Tensor>> {
+    /// The additive attention bias [B, L, Lk] for queries at `start..start + L` over keys
+    /// `0..Lk` (causal, and padding keys from `mask` [B, Lk] if given): 0 keep, −1e9 drop.
+    fn attention_bias(&self, b: usize, l: usize, start: usize, mask: Option<&[Vec<u32>]>) -> Result<Tensor> {
         let lk = start + l;
-        if l == 1 && mask.is_none() {
-            return Ok(None);
-        }
         let mut v = vec![0f32; b * l * lk];
         for bi in 0..b {
             for i in 0..l {
@@ -978,7 +1263,7 @@ impl Llama {
                 }
             }
         }
-        Ok(Some(Tensor::from_vec(v, (b, 1, 1, l, lk), self.device())?))
+        Ok(Tensor::from_vec(v, (b, l, lk), self.device())?)
     }
 
     /// The blocks and the final norm over ids at positions `start..`; keys/values appended to
@@ -986,7 +1271,7 @@ impl Llama {
     fn run(
         &self,
         ids: &Tensor,
-        bias: Option<&Tensor>,
+        bias: &Tensor,
         start: usize,
         mut cache: Option<&mut KvCache>,
         deltas: &Deltas,
@@ -1021,20 +1306,15 @@ impl Llama {
             let lk = k.dim(2)?;
             // Query heads grouped by their KV head: [B·KV, rep·L, d] against [B·KV, Lk, d].
             let qg = q.reshape((b * kv, rep * l, d))?;
-            let scores = (crate::bmm::bmm(&qg, &k.reshape((b * kv, lk, d))?, false, true)? * scale)?;
-            let scores = scores.reshape((b, kv, rep, l, lk))?;
-            let scores = match bias {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            let p = softmax_last(&scores)?.reshape((b * kv, rep * l, lk))?;
+            let scores = crate::bmm::bmm(&qg, &k.reshape((b * kv, lk, d))?, false, true)?;
+            let p = masked_softmax(&scores, scale, bias, kv * rep)?;
             let ctx = crate::bmm::bmm(&p, &v.reshape((b * kv, lk, d))?, false, false)?;
             let ctx = ctx.reshape((b, heads, l, d))?.transpose(1, 2)?.contiguous()?.reshape((b, l, heads * d))?;
             x = (x + blk.o.forward(&ctx, deltas)?)?;
             let n = rms_norm(&x, &blk.mlp_norm, eps)?;
-            let g = blk.gate.forward(&n, deltas)?.silu()?;
+            let g = blk.gate.forward(&n, deltas)?;
             let u = blk.up.forward(&n, deltas)?;
-            x = (x + blk.down.forward(&(g * u)?, deltas)?)?;
+            x = (x + blk.down.forward(&swiglu(&g, &u)?, deltas)?)?;
         }
         if let Some(cache) = cache {
             cache.len = start + l;
@@ -1051,7 +1331,7 @@ impl Llama {
         let rows: Vec<Vec<u32>> = mask.to_dtype(DType::U32)?.to_vec2()?;
         let all = rows.iter().all(|r| r.iter().all(|&m| m == 1));
         let bias = self.attention_bias(b, l, 0, if all { None } else { Some(&rows) })?;
-        self.run(&ids.to_dtype(DType::U32)?, bias.as_ref(), 0, None, deltas)
+        self.run(&ids.to_dtype(DType::U32)?, &bias, 0, None, deltas)
     }
 
     /// Hidden states [.., H] → logits [.., V].
@@ -1062,6 +1342,32 @@ impl Llama {
     /// Logits [B, L, V] of ids [B, L] (u32) with a right-padded mask [B, L].
     pub fn logits(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         self.lm_head(&self.forward_hidden(ids, mask, deltas)?)
+    }
+
+    /// −log p(ids[t+1] | ids[..=t]) for every position, [B, L − 1], differentiable in the
+    /// adapter: the lm_head and the cross-entropy are one op that makes the [rows, V] logits a
+    /// chunk at a time, so a training step never holds the [B, L, V] logits (or their gradient).
+    pub fn next_token_nll(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        if l < 2 {
+            return Err(Error::Adapter(format!("next-token loss needs at least 2 tokens per row, got {l}")));
+        }
+        let hidden = self.forward_hidden(ids, mask, deltas)?;
+        let h = hidden.reshape((b * l, self.config.hidden_size))?;
+        let targets = shifted_targets(ids)?;
+        let e = self.lm_head.as_ref().unwrap_or(&self.embed).detach();
+        let nll = if h.device().is_cpu() && h.dtype() == DType::F32 {
+            h.contiguous()?.apply_op2(&targets, LmHeadCrossEntropyOp { e })?
+        } else {
+            cross_entropy(&self.lm_head(&h)?, &targets)?
+        };
+        Ok(nll.reshape((b, l))?.narrow(1, 0, l - 1)?)
+    }
+
+    /// Mean next-token cross-entropy over the positions whose token and next token are both real
+    /// (mask 1), without materialising the logits (see [`Llama::next_token_nll`]).
+    pub fn next_token_loss(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        masked_mean(&self.next_token_nll(ids, mask, deltas)?, mask)
     }
 
     /// Logits [B, n, V] of `ids` [B, n] following the `cache.len()` positions in `cache` (no
@@ -1077,7 +1383,7 @@ impl Llama {
             return Err(Error::Adapter(format!("cache holds a batch of {}, the ids {b}", k.dim(0)?)));
         }
         let bias = self.attention_bias(b, l, start, None)?;
-        let h = self.run(&ids.to_dtype(DType::U32)?, bias.as_ref(), start, Some(cache), deltas)?;
+        let h = self.run(&ids.to_dtype(DType::U32)?, &bias, start, Some(cache), deltas)?;
         self.lm_head(&h)
     }
 
@@ -1171,9 +1477,37 @@ pub fn next_token_log_probs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
             ids.dims()
         )));
     }
-    let x = logits.narrow(1, 0, l - 1)?.reshape((b * (l - 1), v))?;
-    let t = ids.narrow(1, 1, l - 1)?.flatten_all()?;
-    Ok(cross_entropy(&x, &t)?.neg()?.reshape((b, l - 1))?)
+    // Every row (the last with a dummy target), so the logits need no copy; then drop the last.
+    let x = logits.reshape((b * l, v))?;
+    let t = shifted_targets(ids)?;
+    Ok(cross_entropy(&x, &t)?.neg()?.reshape((b, l))?.narrow(1, 0, l - 1)?)
+}
+
+/// ids [B, L] → [B·L] u32 targets: ids[b, t + 1], and 0 at each row's last position.
+fn shifted_targets(ids: &Tensor) -> Result<Tensor> {
+    let (b, l) = ids.dims2()?;
+    let rows: Vec<Vec<u32>> = ids.to_dtype(DType::U32)?.to_vec2()?;
+    let mut t = Vec::with_capacity(b * l);
+    for r in rows {
+        t.extend_from_slice(&r[1..]);
+        t.push(0);
+    }
+    Ok(Tensor::from_vec(t, b * l, ids.device())?)
+}
+
+/// Mean of nll [B, L − 1] over positions t where mask[t] and mask[t + 1] are 1.
+fn masked_mean(nll: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, l) = mask.dims2()?;
+    if nll.dims() != [b, l.saturating_sub(1)] || l < 2 {
+        return Err(Error::Adapter(format!("mask {:?} for per-token losses {:?}", mask.dims(), nll.dims())));
+    }
+    let m = mask.to_dtype(DType::F32)?;
+    let w = (m.narrow(1, 1, l - 1)? * m.narrow(1, 0, l - 1)?)?;
+    let count = w.sum_all()?.to_scalar::<f32>()?;
+    if count == 0.0 {
+        return Err(Error::Adapter("no position has a real next token (every row shorter than 2 tokens)".into()));
+    }
+    Ok(((nll * w)?.sum_all()? / f64::from(count))?)
 }
 
 /// Mean next-token cross-entropy over the positions whose token and next token are both real
@@ -1183,12 +1517,5 @@ pub fn next_token_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<T
     if mask.dims() != [b, l] {
         return Err(Error::Adapter(format!("mask {:?} for logits {:?}", mask.dims(), logits.dims())));
     }
-    let nll = next_token_log_probs(logits, ids)?.neg()?;
-    let m = mask.to_dtype(DType::F32)?;
-    let w = (m.narrow(1, 1, l - 1)? * m.narrow(1, 0, l - 1)?)?;
-    let count = w.sum_all()?.to_scalar::<f32>()?;
-    if count == 0.0 {
-        return Err(Error::Adapter("no position has a real next token (every row shorter than 2 tokens)".into()));
-    }
-    Ok(((nll * w)?.sum_all()? / f64::from(count))?)
+    masked_mean(&next_token_log_probs(logits, ids)?.neg()?, mask)
 }

@@ -261,15 +261,27 @@ fn adapter_gradients_reach_every_tensor_on_q_and_v() {
         }
         let tape = a.forward_tape().unwrap();
         let deltas = Deltas::new(&targets, tape.deltas()).unwrap();
+        // The fused loss (no [B, L, V] logits) against the loss over the logits.
+        let loss = m.next_token_loss(&t, &mask, &deltas).unwrap();
         let logits = m.logits(&t, &mask, &deltas).unwrap();
-        let loss = llama::next_token_loss(&logits, &t, &mask).unwrap();
+        let loss2 = llama::next_token_loss(&logits, &t, &mask).unwrap();
+        let (l1, l2) = (loss.to_scalar::<f32>().unwrap(), loss2.to_scalar::<f32>().unwrap());
+        assert!((l1 - l2).abs() < 1e-4, "fused loss {l1} vs logits loss {l2}");
         let grads = tape.backward(loss.backward().unwrap()).unwrap();
+        let grads2 = tape.backward(loss2.backward().unwrap()).unwrap();
         let mut n = 0;
         for (name, v) in a.named_vars() {
             let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{spec:?}: no gradient for {name}"));
             let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
             assert!(g.iter().all(|x| x.is_finite()), "{spec:?}: non-finite gradient for {name}");
             assert!(g.iter().any(|x| *x != 0.0), "{spec:?}: zero gradient for {name}");
+            let g2: Vec<f32> = grads2.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let scale = g.iter().fold(0f32, |a, b| a.max(b.abs()));
+            let diff = g.iter().zip(&g2).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                diff <= 1e-3 * scale + 1e-7,
+                "{spec:?}: {name}: fused vs logits gradient differ by {diff} (scale {scale})"
+            );
             n += g.len();
         }
         for w in m.frozen_tensors() {
@@ -508,6 +520,29 @@ fn fused_ops_match_composed_ops_and_their_gradients() {
         let gf = f.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
         let gs = s.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
         check(gf.get(x.as_tensor()).unwrap().clone(), gs.get(x.as_tensor()).unwrap().clone(), &format!("grad {i}"));
+    }
+    // Masked, scaled softmax and SwiGLU against composed ops.
+    let s = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 5, 7), &dev).unwrap()).unwrap();
+    let bias = Tensor::randn(0f32, 3.0, (2, 5, 7), &dev).unwrap();
+    let cs = Tensor::randn(0f32, 1.0, (2, 6, 5, 7), &dev).unwrap();
+    let fused = llama::masked_softmax(&s, 0.125, &bias, 6).unwrap();
+    let z = (s.as_tensor() * 0.125).unwrap().broadcast_add(&bias.unsqueeze(1).unwrap()).unwrap();
+    let z = (z.broadcast_sub(&z.max_keepdim(3).unwrap()).unwrap()).exp().unwrap();
+    let slow = z.broadcast_div(&z.sum_keepdim(3).unwrap()).unwrap();
+    check(fused.clone(), slow.clone(), "masked softmax");
+    let gf = fused.mul(&cs).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = slow.mul(&cs).unwrap().sum_all().unwrap().backward().unwrap();
+    check(gf.get(s.as_tensor()).unwrap().clone(), gs.get(s.as_tensor()).unwrap().clone(), "masked softmax grad");
+    let a = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 9), &dev).unwrap()).unwrap();
+    let b = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 9), &dev).unwrap()).unwrap();
+    let cw = Tensor::randn(0f32, 1.0, (3, 9), &dev).unwrap();
+    let fused = llama::swiglu(&a, &b).unwrap();
+    let slow = (a.silu().unwrap() * b.as_tensor()).unwrap();
+    check(fused.clone(), slow.clone(), "swiglu");
+    let gf = fused.mul(&cw).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = slow.mul(&cw).unwrap().sum_all().unwrap().backward().unwrap();
+    for v in [&a, &b] {
+        check(gf.get(v.as_tensor()).unwrap().clone(), gs.get(v.as_tensor()).unwrap().clone(), "swiglu grad");
     }
     // Cross-entropy against log-softmax.
     let l = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (6, 11), &dev).unwrap()).unwrap();
