@@ -284,6 +284,11 @@ fn adapter_gradients_reach_every_tensor_on_q_and_v() {
             );
             n += g.len();
         }
+        // Generation runs with the adapter too (its ΔW detached, KV cache = recompute).
+        let opts = GenerateOptions { max_tokens: 4, ..Default::default() };
+        let a1 = m.generate(&ids[..8], &opts, &deltas, &mut |_| true).unwrap();
+        let a2 = m.generate(&ids[..8], &GenerateOptions { use_cache: false, ..opts }, &deltas, &mut |_| true).unwrap();
+        assert_eq!(a1.tokens, a2.tokens);
         for w in m.frozen_tensors() {
             assert!(grads.get(&w).is_none(), "a frozen base weight of shape {:?} got a gradient", w.dims());
         }
