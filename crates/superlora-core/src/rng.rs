@@ -26,6 +26,8 @@ pub enum Purpose {
     FastfoodPerm = 4,
     /// The Gaussian diagonal of fastfood.
     FastfoodGauss = 5,
+    /// Token sampling during text generation.
+    Sampling = 6,
 }
 
 /// The generator for `purpose` in group `group` under `seed`.

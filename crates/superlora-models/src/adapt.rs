@@ -79,6 +79,11 @@ impl Deltas {
         self.map.is_empty()
     }
 
+    /// The same ΔW cut from any gradient graph (for inference, e.g. generation).
+    pub fn detached(&self) -> Self {
+        Deltas { map: self.map.iter().map(|(k, v)| (k.clone(), v.detach())).collect() }
+    }
+
     /// Checks that every ΔW names a linear of the model (so a typo cannot silently train nothing).
     pub fn check_against(&self, linears: &[LinearInfo]) -> Result<()> {
         for name in self.map.keys() {

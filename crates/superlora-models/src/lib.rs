@@ -11,6 +11,9 @@
 //! - [`distilbert`]: DistilBERT encoders;
 //! - [`vit`]: DINOv2 ViT encoders (ViT-S/14): patch embedding, class token, interpolated position
 //!   embeddings, LayerScale, pre-LN blocks;
+//! - [`llama`]: the Llama decoder (SmolLM2-135M): causal LM from a GGUF file or a Hugging Face
+//!   folder, KV-cached generation; [`gguf`] reads GGUF files, [`llm_tokenizer`] builds its
+//!   byte-level BPE tokenizer and chat prompts;
 //! - [`google_vit`]: ViT encoders in the `ViTModel` layout (google/vit-*);
 //! - [`adapt`]: which linears are targets, and the ΔW handed to a forward pass;
 //! - [`ops`]: frozen/adapted linears, layer norm, softmax, attention.
@@ -20,8 +23,11 @@ pub mod bert;
 pub mod bmm;
 pub mod distilbert;
 pub mod encoder;
+pub mod gguf;
 pub mod google_vit;
 pub mod hf;
+pub mod llama;
+pub mod llm_tokenizer;
 pub mod ops;
 pub mod roberta;
 pub mod vit;
@@ -30,6 +36,7 @@ pub mod weights;
 pub use adapt::{Deltas, LinearInfo};
 pub use encoder::{ImageEncoder, TextEncoder};
 pub use hf::{SUPPORTED, load_image_encoder, load_text_encoder, model_type};
+pub use llama::{GenerateOptions, Generation, KvCache, Llama, LlamaConfig, Sampling};
 pub use weights::Weights;
 
 /// Errors of the model crate.
