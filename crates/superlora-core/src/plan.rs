@@ -96,6 +96,22 @@ pub enum FactorPlan {
         /// The K factors, in product order.
         factors: Vec<FactorPlan>,
     },
+    /// VeRA ([`crate::factor::vera`]): X = diag(b) · B · diag(d) · A, b: rows, d: rank trainable;
+    /// A, B frozen slices of (rank x shared_cols) and (shared_rows x rank) matrices from `seed`.
+    Vera {
+        /// d_out.
+        rows: usize,
+        /// d_in.
+        cols: usize,
+        /// r.
+        rank: usize,
+        /// Largest d_out over the adapted weights (rows of the shared B).
+        shared_rows: usize,
+        /// Largest d_in over the adapted weights (columns of the shared A).
+        shared_cols: usize,
+        /// Seed of the shared frozen matrices.
+        seed: u64,
+    },
 }
 
 impl FactorPlan {
@@ -103,7 +119,7 @@ impl FactorPlan {
     pub fn output_shape(&self) -> Vec<usize> {
         match self {
             FactorPlan::Dense { shape } => shape.clone(),
-            FactorPlan::Lora { rows, cols, .. } => vec![*rows, *cols],
+            FactorPlan::Lora { rows, cols, .. } | FactorPlan::Vera { rows, cols, .. } => vec![*rows, *cols],
             FactorPlan::Tucker { sides, .. } => sides.clone(),
             FactorPlan::Kronecker { factors } => {
                 let mut out: Vec<usize> = vec![1; factors.first().map_or(0, |f| f.output_shape().len())];
@@ -124,6 +140,7 @@ impl FactorPlan {
             FactorPlan::Lora { rows, cols, rank } => (rows + cols) * rank,
             FactorPlan::Tucker { sides, rank } => rank.pow(sides.len() as u32) + rank * sides.iter().sum::<usize>(),
             FactorPlan::Kronecker { factors } => factors.iter().map(FactorPlan::params).sum(),
+            FactorPlan::Vera { rows, rank, .. } => crate::factor::vera::params(*rows, *rank),
         }
     }
 
@@ -145,6 +162,7 @@ impl FactorPlan {
                 .enumerate()
                 .flat_map(|(k, f)| f.tensor_shapes().into_iter().map(move |(n, s)| (format!("kron.{k}.{n}"), s)))
                 .collect(),
+            FactorPlan::Vera { rows, rank, .. } => crate::factor::vera::tensor_shapes(*rows, *rank),
         }
     }
 
@@ -165,6 +183,7 @@ impl FactorPlan {
             FactorPlan::Kronecker { factors } => {
                 factors.iter().map(|f| format!("[{}]", f.describe())).collect::<Vec<_>>().join(" ⊗ ")
             }
+            FactorPlan::Vera { rows, cols, rank, .. } => crate::factor::vera::describe(*rows, *cols, *rank),
         }
     }
 }
@@ -181,6 +200,14 @@ pub enum ProjectionPlan {
     Fastfood {
         /// Lh.
         padded: usize,
+    },
+    /// v_g = Re(IDFT2) of n_g coefficients placed in a `rows` x `cols` spectrum
+    /// ([`crate::projection::fourier`]).
+    Fourier {
+        /// d_out.
+        rows: usize,
+        /// d_in.
+        cols: usize,
     },
 }
 
@@ -255,6 +282,8 @@ impl Plan {
             Fold::Square => square_ranges(total, config.groups.unwrap_or(1))?,
         };
         let ratio = DecimalRatio::from_f64(config.projection.ratio())?;
+        let shared =
+            (shapes.iter().map(|s| s.rows).max().unwrap_or(0), shapes.iter().map(|s| s.cols).max().unwrap_or(0));
         let mut groups = Vec::with_capacity(ranges.len());
         for (index, (start, len, natural_shape)) in ranges.into_iter().enumerate() {
             if len > MAX_GROUP_LEN {
@@ -266,7 +295,10 @@ impl Plan {
                     ),
                 ));
             }
-            let n = ratio.ceil_mul(len as u64) as usize;
+            let n = match config.projection {
+                Projection::Fourier { count } => crate::projection::fourier::check_count(count, natural_shape, index)?,
+                _ => ratio.ceil_mul(len as u64) as usize,
+            };
             let sides = match natural_shape {
                 Some((rows, cols)) => vec![rows, cols],
                 None => {
@@ -274,11 +306,17 @@ impl Plan {
                     vec![s; config.order]
                 }
             };
-            let factor = plan_factor(&config.factorization, &sides, n, index)?;
+            let factor = match config.factorization {
+                Factorization::Vera { rank } => {
+                    crate::factor::vera::plan(sides[0], sides[1], rank, shared, config.seed, index)?
+                }
+                ref f => plan_factor(f, &sides, n, index)?,
+            };
             let projection = match config.projection {
                 Projection::Identity => ProjectionPlan::Identity,
                 Projection::Shuffle => ProjectionPlan::Shuffle,
                 Projection::Fastfood { .. } => ProjectionPlan::Fastfood { padded: len.next_power_of_two() },
+                Projection::Fourier { .. } => ProjectionPlan::Fourier { rows: sides[0], cols: sides[1] },
             };
             let params = factor.params();
             let segments = segments_of(&layers, start, len);
@@ -453,6 +491,9 @@ fn plan_factor(f: &Factorization, sides: &[usize], n: usize, group: usize) -> Re
             }
             let factors = factor_sides.into_iter().map(|fs| kron_factor_kind(fs, rank)).collect::<Vec<_>>();
             FactorPlan::Kronecker { factors }
+        }
+        Factorization::Vera { .. } => {
+            return Err(Error::Shapes("a vera factor is planned per weight, not inside a group".into()));
         }
     })
 }

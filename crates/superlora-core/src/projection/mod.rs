@@ -3,12 +3,15 @@
 //!
 //! - identity (ρ = 1): v = x;
 //! - [`shuffle`] (ρ = 1): v[π(i)] = x[i];
-//! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix.
+//! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix;
+//! - [`fourier`] (FourierFT, per weight): v = Re(IDFT2) of n coefficients at fixed frequencies.
 //!
-//! Both non-trivial projections are candle custom ops with their own backward (the transpose).
+//! Shuffle and fastfood are candle custom ops with their own backward (the transpose); fourier
+//! is a gather and two matmuls through candle's autograd.
 
 pub(crate) mod buffers;
 pub mod fastfood;
+pub mod fourier;
 pub mod shuffle;
 pub mod wht;
 
@@ -108,6 +111,8 @@ pub enum GroupProjection {
     Shuffle(Arc<Shuffle>),
     /// v = F x.
     Fastfood(Arc<Fastfood>),
+    /// v = Re(IDFT2(x at fixed frequencies)).
+    Fourier(Arc<fourier::Fourier>),
 }
 
 impl GroupProjection {
@@ -121,6 +126,9 @@ impl GroupProjection {
             ProjectionPlan::Fastfood { .. } => {
                 GroupProjection::Fastfood(Arc::new(Fastfood::generate(group.n, group.len, seed, group.index)))
             }
+            ProjectionPlan::Fourier { rows, cols } => {
+                GroupProjection::Fourier(Arc::new(fourier::Fourier::generate(rows, cols, group.n, seed)))
+            }
         }
     }
 
@@ -130,6 +138,7 @@ impl GroupProjection {
             GroupProjection::Identity => x.clone(),
             GroupProjection::Shuffle(s) => x.contiguous()?.apply_op1(shuffle::ShuffleOp(s.clone()))?,
             GroupProjection::Fastfood(f) => x.contiguous()?.apply_op1(fastfood::FastfoodOp(f.clone()))?,
+            GroupProjection::Fourier(f) => f.apply(x)?,
         })
     }
 
@@ -139,6 +148,7 @@ impl GroupProjection {
             GroupProjection::Identity => g.clone(),
             GroupProjection::Shuffle(s) => g.contiguous()?.apply_op1(shuffle::ShuffleTransposeOp(s.clone()))?,
             GroupProjection::Fastfood(f) => g.contiguous()?.apply_op1(fastfood::FastfoodTransposeOp(f.clone()))?,
+            GroupProjection::Fourier(f) => f.apply_transpose(g)?,
         })
     }
 }
