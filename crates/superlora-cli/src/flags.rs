@@ -24,7 +24,7 @@ pub struct ShapeSource {
 #[derive(Debug, Args, Default)]
 pub struct AdapterArgs {
     /// TOML file with adapter settings: keys fold, groups, order, factor, rank, kron, projection,
-    /// ratio, scale, seed (the adapter flags; other flags are not read from it). Flags win.
+    /// ratio, scale, seed, count (the adapter flags; other flags are not read from it). Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// How the update vector is cut into groups: whole layers stacked (natural) or equal chunks
@@ -40,7 +40,7 @@ pub struct AdapterArgs {
     /// How each group is produced [default: lora].
     #[arg(long, value_enum)]
     pub factor: Option<FactorArg>,
-    /// Rank r of lora / tucker / Kronecker factors [default: 8].
+    /// Rank r of lora / tucker / Kronecker factors / vera [default: 8].
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
     /// Number of Kronecker factors K (>= 2 selects --factor kronecker) [default: 2 with kronecker].
@@ -52,7 +52,11 @@ pub struct AdapterArgs {
     /// Projection ratio rho in (0, 1]: the factorization produces ceil(rho * N_g) values [default: 1].
     #[arg(long, value_name = "RHO")]
     pub ratio: Option<f64>,
-    /// Output scale alpha: dW = alpha * update [default: 1].
+    /// FourierFT's spectral coefficients per adapted weight (implies --projection fourier; at most
+    /// d_out * d_in of every weight).
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Output scale alpha: dW = alpha * update [default: 1; 150 with --projection fourier].
     #[arg(long, value_name = "ALPHA", allow_negative_numbers = true)]
     pub scale: Option<f64>,
     /// Seed of every random initial value and fixed projection [default: 0].
@@ -73,6 +77,7 @@ impl AdapterArgs {
             || self.kron.is_some()
             || self.projection.is_some()
             || self.ratio.is_some()
+            || self.count.is_some()
     }
 }
 
@@ -116,6 +121,8 @@ pub enum FactorArg {
     Tucker,
     /// Kronecker product of K factors.
     Kronecker,
+    /// VeRA: per weight diag(b)·B·diag(d)·A, A and B frozen random and shared (natural fold).
+    Vera,
 }
 
 /// `--projection`.
@@ -127,6 +134,9 @@ pub enum ProjectionArg {
     Shuffle,
     /// Fastfood random expansion from ceil(ratio * N_g) values (ratio in (0, 1]).
     Fastfood,
+    /// FourierFT: per weight, --count coefficients at fixed random frequencies, dW = scale * Re(IDFT2)
+    /// (natural fold, dense factor).
+    Fourier,
 }
 
 impl From<FoldArg> for Fold {
@@ -145,6 +155,7 @@ impl From<FactorArg> for FactorKind {
             FactorArg::Lora => FactorKind::Lora,
             FactorArg::Tucker => FactorKind::Tucker,
             FactorArg::Kronecker => FactorKind::Kronecker,
+            FactorArg::Vera => FactorKind::Vera,
         }
     }
 }
@@ -155,6 +166,7 @@ impl From<ProjectionArg> for ProjectionKind {
             ProjectionArg::Identity => ProjectionKind::Identity,
             ProjectionArg::Shuffle => ProjectionKind::Shuffle,
             ProjectionArg::Fastfood => ProjectionKind::Fastfood,
+            ProjectionArg::Fourier => ProjectionKind::Fourier,
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn read_config_file(path: &Path) -> Result<AdapterSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;
     toml::from_str(&text).with_context(|| {
         format!(
-            "--config {}: not a valid adapter config (keys: fold, groups, order, factor, rank, kron, projection, ratio, scale, seed)",
+            "--config {}: not a valid adapter config (keys: fold, groups, order, factor, rank, kron, projection, ratio, scale, seed, count)",
             path.display()
         )
     })
@@ -145,6 +145,7 @@ pub fn resolve_adapter(args: &AdapterArgs) -> Result<AdapterConfig> {
         ratio: args.ratio,
         scale: args.scale,
         seed: args.seed,
+        count: args.count,
     };
     let merged = file.merge(&flags);
     merged.resolve().context("invalid adapter settings (flag or --config key)")

@@ -465,6 +465,29 @@ named_enum!(
     Identity => "identity", Shuffle => "shuffle", Fastfood => "fastfood", Fourier => "fourier",
 );
 
+impl AdapterSpec {
+    /// The `plan`/`train` flags that reproduce the shape of this spec (`--fold square --groups 4
+    /// --order 3 --factor tucker --rank 4 --ratio 0.01`; `--count` implies the fourier projection,
+    /// `--ratio` below 1 fastfood; scale and seed are left out).
+    pub fn flags(&self) -> String {
+        let mut v = Vec::new();
+        let mut push = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push(format!("--{k} {val}"));
+            }
+        };
+        push("fold", self.fold.map(|f| f.to_string()));
+        push("groups", self.groups.map(|g| g.to_string()));
+        push("order", self.order.map(|m| m.to_string()));
+        push("factor", self.factor.map(|f| f.to_string()));
+        push("kron", self.kron.map(|k| k.to_string()));
+        push("rank", self.rank.map(|r| r.to_string()));
+        push("ratio", self.ratio.map(|r| r.to_string()));
+        push("count", self.count.map(|n| n.to_string()));
+        v.join(" ")
+    }
+}
+
 impl AdapterConfig {
     /// The one short name of a config, used for default run folders (`natural-gL-m2-lora-r8`,
     /// `square-g12-m3-tucker-r5-ff0.01`, `natural-gL-m2-vera-r256`, `natural-gL-m1-dense-fourier1000`).
