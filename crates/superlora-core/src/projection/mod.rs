@@ -6,8 +6,7 @@
 //! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix;
 //! - [`fourier`] (FourierFT, per weight): v = Re(IDFT2) of n coefficients at fixed frequencies.
 //!
-//! Shuffle and fastfood are candle custom ops with their own backward (the transpose); fourier
-//! is a gather and two matmuls through candle's autograd.
+//! All three non-trivial projections are candle custom ops with their own backward (the transpose).
 
 pub(crate) mod buffers;
 pub mod fastfood;
