@@ -101,7 +101,7 @@ pub fn kron(a: &Dense, b: &Dense) -> Dense {
     Dense { shape, data }
 }
 
-/// ΔW/α of VeRA: X[i, j] = Σ_k b[i] · B[i, k] · d[k] · A[k, j], the explicit sum, with A and B
+/// ΔW/α of VeRA: X_ij = Σ_k b_i · B_ik · d_k · A_kj, the explicit sum, with A and B
 /// the `rows` x `cols` corner slices of the shared matrices.
 pub fn vera(lambda_b: &Dense, lambda_d: &Dense, a: &Dense, b: &Dense) -> Dense {
     let (rows, r, cols) = (lambda_b.data.len(), lambda_d.data.len(), a.shape[1]);
@@ -116,7 +116,7 @@ pub fn vera(lambda_b: &Dense, lambda_d: &Dense, a: &Dense, b: &Dense) -> Dense {
 }
 
 /// The explicit (R·C) x n FourierFT matrix: column k is Re(IDFT2) of a unit coefficient at flat
-/// frequency positions[k] = u·C + v, i.e. cos(2π(u·i/R + v·j/C)) / (R·C) at row i·C + j —
+/// frequency `positions[k]` = u·C + v, i.e. cos(2π(u·i/R + v·j/C)) / (R·C) at row i·C + j —
 /// straight from the definition of the inverse DFT, no separation into rows and columns.
 pub fn fourier_matrix(f: &Fourier) -> Vec<f64> {
     let (r, c, n) = (f.rows, f.cols, f.positions.len());

@@ -10,7 +10,7 @@
 //! Settings: `factor = vera` with `rank` r, natural fold with one group per weight (no `groups`),
 //! identity projection, order 2; r may not exceed min(d_out, d_in) of any weight.
 //!
-//! Symbol → variable (tensor name): b → `vera_lambda_b` [d_out], d → `vera_lambda_d` [r] (PEFT's
+//! Symbol → variable (tensor name): b → `vera_lambda_b` (d_out), d → `vera_lambda_d` (r) (PEFT's
 //! `vera_lambda_b` / `vera_lambda_d`); A_max, B_max → [`shared_values`] (never trained, never counted).
 //!
 //! Init (PEFT's defaults): b = 0 (so ΔW = 0 exactly), d = [`D_INITIAL`] = 0.1. A_max and B_max are

@@ -12,7 +12,7 @@
 //! once `projection = fourier`), ratio 1. α is the adapter's `scale`, default [`DEFAULT_SCALE`] =
 //! 150 (PEFT's default `scaling`) for this projection.
 //!
-//! Symbol → variable: x → the group's `dense` tensor [n]; (u_k, v_k) → [`Fourier::positions`]
+//! Symbol → variable: x → the group's `dense` tensor (n values); (u_k, v_k) → [`Fourier::positions`]
 //! (flat u_k·C + v_k, PEFT's `indices` before its split into rows and columns).
 //!
 //! Frequencies: the first n entries of a uniformly random permutation of 0..R·C (PEFT's
