@@ -135,13 +135,13 @@ pub fn resolve_adapter(args: &AdapterArgs) -> Result<AdapterConfig> {
         None => AdapterSpec::default(),
     };
     let flags = AdapterSpec {
-        fold: args.fold.map(Into::into),
+        fold: args.fold,
         groups: args.groups,
         order: args.order,
-        factor: args.factor.map(Into::into),
+        factor: args.factor,
         rank: args.rank,
         kron: args.kron,
-        projection: args.projection.map(Into::into),
+        projection: args.projection,
         ratio: args.ratio,
         scale: args.scale,
         seed: args.seed,

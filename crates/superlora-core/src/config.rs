@@ -420,17 +420,30 @@ impl AdapterConfig {
     }
 }
 
-/// `Display` (the name as flags and files spell it) and `FromStr` (the same names, anything else
-/// an error naming the field and the accepted values) for a field enum.
+/// A field enum named on the command line and in files: every value with its name and a one-line
+/// summary (each family's summary lives in its own file). `Display` writes the name, `FromStr`
+/// reads it (anything else is an error naming the field and the accepted values).
+pub trait Named: Copy + Sized + 'static {
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+    /// The name as flags and files spell it.
+    fn name(self) -> &'static str;
+    /// One line for `--help`.
+    fn summary(self) -> &'static str;
+}
+
 macro_rules! named_enum {
-    ($ty:ident, $field:literal, $($variant:ident => $name:literal),+ $(,)?) => {
-        impl $ty {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
-            /// The name as flags and files spell it.
-            pub fn name(self) -> &'static str {
+    ($ty:ident, $field:literal, $($variant:ident => $name:literal, $summary:expr);+ $(;)?) => {
+        impl Named for $ty {
+            const ALL: &'static [$ty] = &[$($ty::$variant),+];
+            fn name(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name),+
+                }
+            }
+            fn summary(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $summary),+
                 }
             }
         }
@@ -455,14 +468,25 @@ macro_rules! named_enum {
     };
 }
 
-named_enum!(Fold, "fold", Natural => "natural", Square => "square");
+named_enum!(
+    Fold, "fold",
+    Natural => "natural", "Whole consecutive layers with equal d_in, stacked along rows (G = L is weight-wise LoRA).";
+    Square => "square", "G contiguous, nearly equal chunks of the whole update vector (may cross layers).";
+);
 named_enum!(
     FactorKind, "factor",
-    Dense => "dense", Lora => "lora", Tucker => "tucker", Kronecker => "kronecker", Vera => "vera",
+    Dense => "dense", crate::factor::dense::SUMMARY;
+    Lora => "lora", crate::factor::lora::SUMMARY;
+    Tucker => "tucker", crate::factor::tucker::SUMMARY;
+    Kronecker => "kronecker", crate::factor::kronecker::SUMMARY;
+    Vera => "vera", crate::factor::vera::SUMMARY;
 );
 named_enum!(
     ProjectionKind, "projection",
-    Identity => "identity", Shuffle => "shuffle", Fastfood => "fastfood", Fourier => "fourier",
+    Identity => "identity", crate::projection::IDENTITY_SUMMARY;
+    Shuffle => "shuffle", crate::projection::shuffle::SUMMARY;
+    Fastfood => "fastfood", crate::projection::fastfood::SUMMARY;
+    Fourier => "fourier", crate::projection::fourier::SUMMARY;
 );
 
 impl AdapterSpec {

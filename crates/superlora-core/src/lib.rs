@@ -47,6 +47,6 @@ pub mod rng;
 pub mod sys;
 
 pub use adapter::{DeltaTape, SuperLora};
-pub use config::{AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, Projection, ProjectionKind};
+pub use config::{AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, Named, Projection, ProjectionKind};
 pub use error::{Error, Result};
 pub use plan::{FactorPlan, GroupPlan, LayerPlan, LayerShape, Plan, ProjectionPlan, Segment};

@@ -9,6 +9,9 @@
 //!
 //! Init (spec §4): zeros; as a non-last Kronecker factor, Kaiming-uniform U(±1/√(last side)).
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "The folded tensor itself is trainable.";
+
 use candle_core::{DType, Device, Var};
 
 use super::{Init, filled};

@@ -11,6 +11,9 @@
 //!
 //! Init (spec §4): the last factor as its own kind would be (zero update), the others random.
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "Kronecker product of K factors.";
+
 use candle_core::{DType, Device, Tensor};
 
 use super::{FactorVars, Init};

@@ -13,6 +13,9 @@
 //! we keep its intent, standard LoRA.] As a non-last Kronecker factor both are random:
 //! A ~ U(±1/√r), B ~ U(±1/√cols).
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "A·Bᵀ (order 2).";
+
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{Init, filled};

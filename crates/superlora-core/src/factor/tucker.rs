@@ -14,6 +14,9 @@
 //! Init (spec §4): C = 0, U_m ~ N(0, 1/s_m) (near-orthonormal columns). As a non-last Kronecker
 //! factor, C ~ N(0, 1) as well.
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "Tucker core and factors (order >= 3).";
+
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{Init, filled};

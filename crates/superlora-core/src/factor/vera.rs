@@ -21,6 +21,9 @@
 //! Generation: (b ⊙_rows B_l) · (d ⊙_rows A_l), two broadcast multiplies and one matmul, with
 //! autograd reaching b and d.
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "VeRA: per weight diag(b)·B·diag(d)·A, A and B frozen random and shared (natural fold); trains d_out + rank per weight.";
+
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};

@@ -23,6 +23,9 @@ use crate::plan::{GroupPlan, ProjectionPlan};
 use fastfood::Fastfood;
 use shuffle::Shuffle;
 
+/// One line for `--help` about the identity projection.
+pub const IDENTITY_SUMMARY: &str = "No projection (ratio 1).";
+
 /// Float types the projection kernels run on.
 pub trait Real:
     Copy
