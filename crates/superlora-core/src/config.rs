@@ -641,6 +641,37 @@ mod tests {
         }
     }
 
+    /// Default run folders and the study's folders are named by `slug`: these names may not change.
+    #[test]
+    fn slugs_of_the_existing_families_are_unchanged() {
+        let sq = |g, m, f, r| AdapterSpec {
+            fold: Some(Fold::Square),
+            groups: Some(g),
+            order: Some(m),
+            factor: Some(f),
+            rank: r,
+            ..spec()
+        };
+        let cases = [
+            (spec(), "natural-gL-m2-lora-r8"),
+            (AdapterSpec { rank: Some(1), groups: Some(2), ..spec() }, "natural-g2-m2-lora-r1"),
+            (sq(12, 3, FactorKind::Tucker, Some(5)), "square-g12-m3-tucker-r5"),
+            (
+                AdapterSpec { ratio: Some(0.01), ..sq(4, 3, FactorKind::Tucker, Some(4)) },
+                "square-g4-m3-tucker-r4-ff0.01",
+            ),
+            (AdapterSpec { kron: Some(2), ..sq(1, 2, FactorKind::Kronecker, Some(4)) }, "square-g1-m2-kron2-r4"),
+            (AdapterSpec { ratio: Some(0.001), ..sq(1, 1, FactorKind::Dense, None) }, "square-g1-m1-dense-ff0.001"),
+            (
+                AdapterSpec { projection: Some(ProjectionKind::Shuffle), ..sq(2, 2, FactorKind::Lora, Some(2)) },
+                "square-g2-m2-lora-r2-shuffle",
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(s.resolve().unwrap().slug(), want);
+        }
+    }
+
     #[test]
     fn merge_prefers_the_override_and_round_trips() {
         let file = AdapterSpec { rank: Some(4), fold: Some(Fold::Square), ..spec() };

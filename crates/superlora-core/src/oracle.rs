@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use crate::adapter::SuperLora;
 use crate::config::Fold;
 use crate::error::Result;
-use crate::factor::FactorVars;
+use crate::factor::{self, FactorVars};
 use crate::projection::GroupProjection;
 use crate::projection::fastfood::Fastfood;
 use crate::projection::fourier::Fourier;
@@ -294,17 +294,17 @@ fn rebuild(plan: &crate::plan::FactorPlan, named: &[(String, Var)], prefix: &str
         })
     };
     Ok(match plan {
-        FactorPlan::Dense { .. } => FactorVars::Dense(get("dense")?),
-        FactorPlan::Lora { .. } => FactorVars::Lora { a: get("lora_a")?, b: get("lora_b")? },
+        FactorPlan::Dense { .. } => FactorVars::Dense(get(factor::dense::NAME)?),
+        FactorPlan::Lora { .. } => FactorVars::Lora { a: get(factor::lora::A_NAME)?, b: get(factor::lora::B_NAME)? },
         FactorPlan::Tucker { sides, .. } => FactorVars::Tucker {
-            core: get("tucker_core")?,
-            factors: (0..sides.len()).map(|m| get(&format!("tucker_u.{m}"))).collect::<Result<Vec<_>>>()?,
+            core: get(factor::tucker::CORE_NAME)?,
+            factors: (0..sides.len()).map(|m| get(&factor::tucker::factor_name(m))).collect::<Result<Vec<_>>>()?,
         },
         FactorPlan::Kronecker { factors } => FactorVars::Kronecker(
             factors
                 .iter()
                 .enumerate()
-                .map(|(k, f)| rebuild(f, named, &format!("{prefix}kron.{k}.")))
+                .map(|(k, f)| rebuild(f, named, &format!("{prefix}{}", factor::kronecker::prefix(k))))
                 .collect::<Result<Vec<_>>>()?,
         ),
         FactorPlan::Vera { rows, cols, rank, shared_rows, shared_cols, seed } => {
@@ -314,8 +314,8 @@ fn rebuild(plan: &crate::plan::FactorPlan, named: &[(String, Var)], prefix: &str
             let b = b[..rows * rank].to_vec();
             let dev = candle_core::Device::Cpu;
             FactorVars::Vera(crate::factor::vera::VeraVars {
-                lambda_b: get("vera_lambda_b")?,
-                lambda_d: get("vera_lambda_d")?,
+                lambda_b: get(factor::vera::B_NAME)?,
+                lambda_d: get(factor::vera::D_NAME)?,
                 a: Tensor::from_vec(a, (*rank, *cols), &dev)?,
                 b: Tensor::from_vec(b, (*rows, *rank), &dev)?,
             })

@@ -12,7 +12,7 @@ use common::*;
 use superlora_core::oracle;
 use superlora_core::projection::GroupProjection;
 use superlora_core::projection::fourier::Fourier;
-use superlora_core::{AdapterSpec, FactorKind, FactorPlan, Fold, LayerShape, Plan, ProjectionKind};
+use superlora_core::{AdapterSpec, FactorKind, FactorPlan, Fold, LayerShape, Named, Plan, ProjectionKind};
 
 fn vera(rank: usize) -> AdapterSpec {
     AdapterSpec { factor: Some(FactorKind::Vera), rank: Some(rank), ..Default::default() }

@@ -101,20 +101,20 @@ impl FactorVars {
     /// order.
     pub fn named(&self) -> Vec<(String, Var)> {
         match self {
-            FactorVars::Dense(x) => vec![("dense".into(), x.clone())],
-            FactorVars::Lora { a, b } => vec![("lora_a".into(), a.clone()), ("lora_b".into(), b.clone())],
+            FactorVars::Dense(x) => vec![(dense::NAME.into(), x.clone())],
+            FactorVars::Lora { a, b } => vec![(lora::A_NAME.into(), a.clone()), (lora::B_NAME.into(), b.clone())],
             FactorVars::Tucker { core, factors } => {
-                let mut v = vec![("tucker_core".into(), core.clone())];
-                v.extend(factors.iter().enumerate().map(|(m, u)| (format!("tucker_u.{m}"), u.clone())));
+                let mut v = vec![(tucker::CORE_NAME.into(), core.clone())];
+                v.extend(factors.iter().enumerate().map(|(m, u)| (tucker::factor_name(m), u.clone())));
                 v
             }
             FactorVars::Kronecker(fs) => fs
                 .iter()
                 .enumerate()
-                .flat_map(|(k, f)| f.named().into_iter().map(move |(n, v)| (format!("kron.{k}.{n}"), v)))
+                .flat_map(|(k, f)| f.named().into_iter().map(move |(n, v)| (format!("{}{n}", kronecker::prefix(k)), v)))
                 .collect(),
             FactorVars::Vera(v) => {
-                vec![("vera_lambda_b".into(), v.lambda_b.clone()), ("vera_lambda_d".into(), v.lambda_d.clone())]
+                vec![(vera::B_NAME.into(), v.lambda_b.clone()), (vera::D_NAME.into(), v.lambda_d.clone())]
             }
         }
     }

@@ -84,6 +84,11 @@ pub fn plan(
     Ok(FactorPlan::Vera { rows, cols, rank, shared_rows: shared.0, shared_cols: shared.1, seed })
 }
 
+/// Tensor name of b.
+pub const B_NAME: &str = "vera_lambda_b";
+/// Tensor name of d.
+pub const D_NAME: &str = "vera_lambda_d";
+
 /// Trainable parameters of one weight: d_out + r.
 pub fn params(rows: usize, rank: usize) -> usize {
     rows + rank
@@ -91,7 +96,7 @@ pub fn params(rows: usize, rank: usize) -> usize {
 
 /// The trainable tensors' names and shapes.
 pub fn tensor_shapes(rows: usize, rank: usize) -> Vec<(String, Vec<usize>)> {
-    vec![("vera_lambda_b".into(), vec![rows]), ("vera_lambda_d".into(), vec![rank])]
+    vec![(B_NAME.into(), vec![rows]), (D_NAME.into(), vec![rank])]
 }
 
 /// One line for `plan`'s table.
