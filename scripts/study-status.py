@@ -186,8 +186,8 @@ data (stage 1), test accuracy at the best-validation step, mean ± std over seed
 The study ran in two one-thread lanes on this machine's two cores, from 2026-11-28 to 2026-11-29.
 Mid-study, on 2026-11-29, the development machine was replaced. `runs/study/` was not committed
 then and was lost with it, after every selection run and 80 + 58 study runs.
-- Their rows were rebuilt from this document's run tables at commit 72df16c by
-  `scripts/restore-study.py 72df16c`. Each carries `restored from docs/RESULTS.md at 72df16c` in
+- Their rows were rebuilt from this document's run tables at commit 72df16c by a one-off script,
+  `scripts/restore-study.py 72df16c` (removed since; it is in the history). Each carries `restored from docs/RESULTS.md at 72df16c` in
   its `run_dir` column.
 - What those tables did not keep is empty: samples/s, some final test accuracies, and the
   selection runs' parameters and test scores. Training times are rounded to 0.1 min.

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use superlora_core::{FactorKind, Fold, ProjectionKind};
+use std::str::FromStr;
+
+use superlora_core::{FactorKind, Fold, Named, ProjectionKind};
 
 /// Where the adapted weights come from.
 #[derive(Debug, Args)]
@@ -24,13 +26,13 @@ pub struct ShapeSource {
 #[derive(Debug, Args, Default)]
 pub struct AdapterArgs {
     /// TOML file with adapter settings: keys fold, groups, order, factor, rank, kron, projection,
-    /// ratio, scale, seed (the adapter flags; other flags are not read from it). Flags win.
+    /// ratio, scale, seed, count (the adapter flags; other flags are not read from it). Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// How the update vector is cut into groups: whole layers stacked (natural) or equal chunks
     /// that may cross layers (square).
-    #[arg(long, value_enum)]
-    pub fold: Option<FoldArg>,
+    #[arg(long, value_parser = named::<Fold>())]
+    pub fold: Option<Fold>,
     /// Number of groups G [default: one per layer (natural), 1 (square)].
     #[arg(long, value_name = "G")]
     pub groups: Option<usize>,
@@ -38,21 +40,25 @@ pub struct AdapterArgs {
     #[arg(long, value_name = "M")]
     pub order: Option<usize>,
     /// How each group is produced [default: lora].
-    #[arg(long, value_enum)]
-    pub factor: Option<FactorArg>,
-    /// Rank r of lora / tucker / Kronecker factors [default: 8].
+    #[arg(long, value_parser = named::<FactorKind>())]
+    pub factor: Option<FactorKind>,
+    /// Rank r of lora / tucker / Kronecker factors / vera [default: 8].
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
     /// Number of Kronecker factors K (>= 2 selects --factor kronecker) [default: 2 with kronecker].
     #[arg(long, value_name = "K")]
     pub kron: Option<usize>,
     /// Fixed projection from n_g values to N_g entries [default: identity; fastfood when --ratio < 1].
-    #[arg(long, value_enum)]
-    pub projection: Option<ProjectionArg>,
+    #[arg(long, value_parser = named::<ProjectionKind>())]
+    pub projection: Option<ProjectionKind>,
     /// Projection ratio rho in (0, 1]: the factorization produces ceil(rho * N_g) values [default: 1].
     #[arg(long, value_name = "RHO")]
     pub ratio: Option<f64>,
-    /// Output scale alpha: dW = alpha * update [default: 1].
+    /// FourierFT's spectral coefficients per adapted weight (implies --projection fourier; at most
+    /// d_out * d_in of every weight).
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Output scale alpha: dW = alpha * update [default: 1; 150 with --projection fourier].
     #[arg(long, value_name = "ALPHA", allow_negative_numbers = true)]
     pub scale: Option<f64>,
     /// Seed of every random initial value and fixed projection [default: 0].
@@ -73,6 +79,7 @@ impl AdapterArgs {
             || self.kron.is_some()
             || self.projection.is_some()
             || self.ratio.is_some()
+            || self.count.is_some()
     }
 }
 
@@ -96,67 +103,13 @@ pub enum ScheduleArg {
     Cosine,
 }
 
-/// `--fold`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum FoldArg {
-    /// Whole consecutive layers with equal d_in, stacked along rows (G = L is weight-wise LoRA).
-    Natural,
-    /// G contiguous, nearly equal chunks of the whole update vector (may cross layers).
-    Square,
-}
-
-/// `--factor`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum FactorArg {
-    /// The folded tensor itself is trainable.
-    Dense,
-    /// A·Bᵀ (order 2).
-    Lora,
-    /// Tucker core and factors (order >= 3).
-    Tucker,
-    /// Kronecker product of K factors.
-    Kronecker,
-}
-
-/// `--projection`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ProjectionArg {
-    /// No projection (ratio 1).
-    Identity,
-    /// A fixed random permutation per group (ratio 1).
-    Shuffle,
-    /// Fastfood random expansion from ceil(ratio * N_g) values (ratio in (0, 1]).
-    Fastfood,
-}
-
-impl From<FoldArg> for Fold {
-    fn from(v: FoldArg) -> Self {
-        match v {
-            FoldArg::Natural => Fold::Natural,
-            FoldArg::Square => Fold::Square,
-        }
-    }
-}
-
-impl From<FactorArg> for FactorKind {
-    fn from(v: FactorArg) -> Self {
-        match v {
-            FactorArg::Dense => FactorKind::Dense,
-            FactorArg::Lora => FactorKind::Lora,
-            FactorArg::Tucker => FactorKind::Tucker,
-            FactorArg::Kronecker => FactorKind::Kronecker,
-        }
-    }
-}
-
-impl From<ProjectionArg> for ProjectionKind {
-    fn from(v: ProjectionArg) -> Self {
-        match v {
-            ProjectionArg::Identity => ProjectionKind::Identity,
-            ProjectionArg::Shuffle => ProjectionKind::Shuffle,
-            ProjectionArg::Fastfood => ProjectionKind::Fastfood,
-        }
-    }
+/// The value parser of a core field enum (`--fold`, `--factor`, `--projection`): the names and
+/// one-line summaries come from the core ([`Named`]), so a new family needs no change here.
+pub fn named<T: Named + FromStr<Err = superlora_core::Error> + Send + Sync>()
+-> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(T::ALL.iter().map(|v| PossibleValue::new(v.name()).help(v.summary())))
+        .try_map(|s| s.parse::<T>())
 }
 
 // Value parsers: each refuses NaN, infinities and out-of-range values with a message that says

@@ -122,7 +122,7 @@ pub fn read_config_file(path: &Path) -> Result<AdapterSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;
     toml::from_str(&text).with_context(|| {
         format!(
-            "--config {}: not a valid adapter config (keys: fold, groups, order, factor, rank, kron, projection, ratio, scale, seed)",
+            "--config {}: not a valid adapter config (keys: fold, groups, order, factor, rank, kron, projection, ratio, scale, seed, count)",
             path.display()
         )
     })
@@ -135,16 +135,17 @@ pub fn resolve_adapter(args: &AdapterArgs) -> Result<AdapterConfig> {
         None => AdapterSpec::default(),
     };
     let flags = AdapterSpec {
-        fold: args.fold.map(Into::into),
+        fold: args.fold,
         groups: args.groups,
         order: args.order,
-        factor: args.factor.map(Into::into),
+        factor: args.factor,
         rank: args.rank,
         kron: args.kron,
-        projection: args.projection.map(Into::into),
+        projection: args.projection,
         ratio: args.ratio,
         scale: args.scale,
         seed: args.seed,
+        count: args.count,
     };
     let merged = file.merge(&flags);
     merged.resolve().context("invalid adapter settings (flag or --config key)")

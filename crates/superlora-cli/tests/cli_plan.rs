@@ -327,3 +327,28 @@ fn bench_refuses_a_batch_it_cannot_fill() {
     assert_eq!(o.status.code(), Some(2), "run `scripts/setup-assets.sh` if the assets are missing: {}", stderr(&o));
     assert!(stderr(&o).contains("training texts have 500 or more tokens"), "{}", stderr(&o));
 }
+
+/// The per-weight peers: VeRA's Σ (d_out + r) and FourierFT's n·L, and their refusals.
+#[test]
+fn vera_and_fourier_counts_and_refusals() {
+    let line = params_line(&["plan", "--shapes", "384x384*12", "--factor", "vera", "--rank", "256"]);
+    assert!(line.contains("7,680"), "{line}");
+    let line = params_line(&["plan", "--shapes", "576x576*2", "--projection", "fourier", "--count", "1000"]);
+    assert!(line.contains("2,000"), "{line}");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--shapes", "384x384", "--factor", "vera", "--rank", "500"], "`rank` = 500"),
+        (&["--shapes", "4x6", "--count", "25"], "`count` = 25"),
+        (&["--shapes", "64x64", "--fold", "square", "--projection", "fourier", "--count", "4"], "`fold` = square"),
+        (&["--shapes", "64x64", "--projection", "fourier"], "`count` = unset"),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["plan"];
+        args.extend_from_slice(flags);
+        let o = superlora(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let o = superlora(&["plan", "--shapes", "384x384*12", "--budget", "8000"]);
+    let out = stdout(&o);
+    assert!(out.contains("--factor vera --rank 282") && out.contains("--count 666"), "{out}");
+}

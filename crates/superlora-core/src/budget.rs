@@ -117,6 +117,21 @@ pub fn search(shapes: &[LayerShape], budget: usize, per_family: usize) -> Vec<Ca
             }
         }
     }
+    // The per-weight peers: VeRA (Σ (d_out + r), largest rank that fits) and FourierFT (n per
+    // weight, n·L ≤ budget).
+    let min_side = shapes.iter().map(|s| s.rows.min(s.cols)).min().unwrap_or(1);
+    let vera = AdapterSpec { factor: Some(FactorKind::Vera), ..Default::default() };
+    if let Some((r, p)) = best_rank(shapes, budget, &vera, min_side) {
+        push("vera", AdapterSpec { rank: Some(r), ..vera }, p);
+    }
+    let min_numel = shapes.iter().map(LayerShape::numel).min().unwrap_or(0);
+    let n = (budget / shapes.len().max(1)).min(min_numel);
+    if n >= 1 {
+        let spec = AdapterSpec { projection: Some(ProjectionKind::Fourier), count: Some(n), ..Default::default() };
+        if let Some(p) = params(shapes, &spec) {
+            push("fourierft", spec, p);
+        }
+    }
     // Dense M=1 with fastfood: ρ with Σ ⌈ρ·N_g⌉ ≤ budget, written with 3 significant digits.
     if budget > 0 && budget < total {
         let mut rho = budget as f64 / total as f64;
@@ -185,5 +200,16 @@ mod tests {
         assert!(search(&s, 100, 1).iter().all(|c| !c.family.starts_with("lora")), "LoRA cannot go below 36,864 here");
         let dense = search(&s, 100, 1).into_iter().find(|c| c.family == "dense M=1 + fastfood").unwrap();
         assert!(dense.params <= 100 && dense.params >= 90, "{dense:?}");
+    }
+
+    #[test]
+    fn peers_are_searched_too() {
+        let s: Vec<LayerShape> = (0..12).map(|i| LayerShape::new(format!("l{i}"), 384, 384)).collect();
+        let c = search(&s, 12 * (384 + 256), 1);
+        let vera = c.iter().find(|c| c.family == "vera").unwrap();
+        assert_eq!((vera.spec.rank, vera.params), (Some(256), 12 * 640));
+        let ft = c.iter().find(|c| c.family == "fourierft").unwrap();
+        assert_eq!((ft.spec.count, ft.params), (Some(640), 12 * 640));
+        assert!(search(&s, 100, 1).iter().all(|c| c.family != "vera"), "VeRA needs at least Σ (d_out + 1)");
     }
 }

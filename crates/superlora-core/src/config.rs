@@ -49,6 +49,9 @@ pub enum FactorKind {
     Tucker,
     /// X_g = X_g1 ⊗ … ⊗ X_gK (K ≥ 2).
     Kronecker,
+    /// VeRA: ΔW_l = Λ_b,l · B · Λ_d,l · A with A, B frozen and shared by every weight
+    /// ([`crate::factor::vera`]).
+    Vera,
 }
 
 /// The fixed projection family, as named on the command line.
@@ -61,6 +64,9 @@ pub enum ProjectionKind {
     Shuffle,
     /// F = the fastfood transform from n_g = ⌈ρ·N_g⌉ values to N_g (0 < ρ ≤ 1).
     Fastfood,
+    /// FourierFT: `count` spectral coefficients per weight at fixed random frequencies,
+    /// ΔW_l = α · Re(IDFT2) ([`crate::projection::fourier`]).
+    Fourier,
 }
 
 /// Flat, optional adapter settings: what a user writes. See the module docs for defaults.
@@ -87,6 +93,8 @@ pub struct AdapterSpec {
     pub scale: Option<f64>,
     /// Seed of every random initial value and fixed projection.
     pub seed: Option<u64>,
+    /// Spectral coefficients per adapted weight of `projection = fourier` (FourierFT's n).
+    pub count: Option<usize>,
 }
 
 /// The factorization with its parameters, resolved.
@@ -112,6 +120,11 @@ pub enum Factorization {
         /// r of each non-dense factor.
         rank: usize,
     },
+    /// VeRA of rank `rank` (natural fold, one group per weight, identity projection).
+    Vera {
+        /// r.
+        rank: usize,
+    },
 }
 
 /// The projection, resolved.
@@ -126,6 +139,12 @@ pub enum Projection {
     Fastfood {
         /// ρ.
         ratio: f64,
+    },
+    /// F = FourierFT's inverse 2-D DFT from `count` coefficients per weight (natural fold, one
+    /// group per weight, dense factor).
+    Fourier {
+        /// n, coefficients per weight.
+        count: usize,
     },
 }
 
@@ -164,7 +183,7 @@ impl Factorization {
     pub fn rank(&self) -> Option<usize> {
         match self {
             Factorization::Dense => None,
-            Factorization::Lora { rank } | Factorization::Tucker { rank } => Some(*rank),
+            Factorization::Lora { rank } | Factorization::Tucker { rank } | Factorization::Vera { rank } => Some(*rank),
             Factorization::Kronecker { rank, .. } => Some(*rank),
         }
     }
@@ -184,20 +203,23 @@ impl AdapterSpec {
             ratio: over.ratio.or(self.ratio),
             scale: over.scale.or(self.scale),
             seed: over.seed.or(self.seed),
+            count: over.count.or(self.count),
         }
     }
 
     /// Fills defaults and checks every rule that does not depend on the model's shapes.
     pub fn resolve(&self) -> Result<AdapterConfig> {
         let fold = self.fold.unwrap_or(Fold::Natural);
+        let fourier = self.projection.map_or(self.count.is_some(), |p| p == ProjectionKind::Fourier);
         let factor = match (self.factor, self.kron) {
             (Some(f), _) => f,
             (None, Some(k)) if k >= 2 => FactorKind::Kronecker,
+            (None, _) if fourier => FactorKind::Dense,
             (None, _) => FactorKind::Lora,
         };
         let default_order = match factor {
             FactorKind::Dense => 1,
-            FactorKind::Lora | FactorKind::Kronecker => 2,
+            FactorKind::Lora | FactorKind::Kronecker | FactorKind::Vera => 2,
             FactorKind::Tucker => 3,
         };
         let order = self.order.unwrap_or(default_order);
@@ -216,10 +238,7 @@ impl AdapterSpec {
                 return Err(Error::config(
                     "kron",
                     k,
-                    format!(
-                        "K >= 2 needs `factor = kronecker`, but factor is {}",
-                        format!("{factor:?}").to_lowercase()
-                    ),
+                    format!("K >= 2 needs `factor = kronecker`, but factor is {factor}"),
                 ));
             }
         }
@@ -265,6 +284,10 @@ impl AdapterSpec {
                 }
                 Factorization::Kronecker { factors: k, rank }
             }
+            FactorKind::Vera => {
+                crate::factor::vera::check_settings(fold, self.groups, order, self.projection)?;
+                Factorization::Vera { rank }
+            }
         };
 
         let ratio = self.ratio.unwrap_or(1.0);
@@ -272,6 +295,7 @@ impl AdapterSpec {
         let projection_kind = match self.projection {
             Some(p) => p,
             None if !exact.is_one() => ProjectionKind::Fastfood,
+            None if self.count.is_some() => ProjectionKind::Fourier,
             None => ProjectionKind::Identity,
         };
         let projection = match projection_kind {
@@ -288,7 +312,25 @@ impl AdapterSpec {
             ProjectionKind::Identity => Projection::Identity,
             ProjectionKind::Shuffle => Projection::Shuffle,
             ProjectionKind::Fastfood => Projection::Fastfood { ratio },
+            ProjectionKind::Fourier => Projection::Fourier {
+                count: crate::projection::fourier::check_settings(
+                    fold,
+                    self.groups,
+                    &factorization,
+                    self.ratio,
+                    self.count,
+                )?,
+            },
         };
+        if let Some(c) = self.count
+            && projection_kind != ProjectionKind::Fourier
+        {
+            return Err(Error::config(
+                "count",
+                c,
+                "`count` sets FourierFT's coefficients per weight: it needs `projection = fourier`",
+            ));
+        }
 
         if fold == Fold::Natural {
             if !exact.is_one() {
@@ -316,7 +358,11 @@ impl AdapterSpec {
             (Fold::Natural, None) => None,
             (Fold::Square, None) => Some(1),
         };
-        let scale = self.scale.unwrap_or(1.0);
+        let default_scale = match projection {
+            Projection::Fourier { .. } => crate::projection::fourier::DEFAULT_SCALE,
+            _ => 1.0,
+        };
+        let scale = self.scale.unwrap_or(default_scale);
         if !scale.is_finite() || scale.abs() > MAX_SCALE {
             return Err(Error::config(
                 "scale",
@@ -350,11 +396,13 @@ impl AdapterConfig {
             Factorization::Lora { rank } => (FactorKind::Lora, Some(rank), None),
             Factorization::Tucker { rank } => (FactorKind::Tucker, Some(rank), None),
             Factorization::Kronecker { factors, rank } => (FactorKind::Kronecker, Some(rank), Some(factors)),
+            Factorization::Vera { rank } => (FactorKind::Vera, Some(rank), None),
         };
-        let (projection, ratio) = match self.projection {
-            Projection::Identity => (ProjectionKind::Identity, None),
-            Projection::Shuffle => (ProjectionKind::Shuffle, None),
-            Projection::Fastfood { ratio } => (ProjectionKind::Fastfood, Some(ratio)),
+        let (projection, ratio, count) = match self.projection {
+            Projection::Identity => (ProjectionKind::Identity, None, None),
+            Projection::Shuffle => (ProjectionKind::Shuffle, None, None),
+            Projection::Fastfood { ratio } => (ProjectionKind::Fastfood, Some(ratio), None),
+            Projection::Fourier { count } => (ProjectionKind::Fourier, None, Some(count)),
         };
         AdapterSpec {
             fold: Some(self.fold),
@@ -367,7 +415,168 @@ impl AdapterConfig {
             ratio,
             scale: Some(self.scale),
             seed: Some(self.seed),
+            count,
         }
+    }
+}
+
+/// A field enum named on the command line and in files: every value with its name and a one-line
+/// summary (each family's summary lives in its own file). `Display` writes the name, `FromStr`
+/// reads it (anything else is an error naming the field and the accepted values).
+pub trait Named: Copy + Sized + 'static {
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+    /// The name as flags and files spell it.
+    fn name(self) -> &'static str;
+    /// One line for `--help`.
+    fn summary(self) -> &'static str;
+}
+
+macro_rules! named_enum {
+    ($ty:ident, $field:literal, $($variant:ident => $name:literal, $summary:expr);+ $(;)?) => {
+        impl Named for $ty {
+            const ALL: &'static [$ty] = &[$($ty::$variant),+];
+            fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+            fn summary(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $summary),+
+                }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(Error::config(
+                        $field,
+                        s,
+                        format!("must be one of {}", [$($name),+].join(", ")),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named_enum!(
+    Fold, "fold",
+    Natural => "natural", "Whole consecutive layers with equal d_in, stacked along rows (G = L is weight-wise LoRA).";
+    Square => "square", "G contiguous, nearly equal chunks of the whole update vector (may cross layers).";
+);
+named_enum!(
+    FactorKind, "factor",
+    Dense => "dense", crate::factor::dense::SUMMARY;
+    Lora => "lora", crate::factor::lora::SUMMARY;
+    Tucker => "tucker", crate::factor::tucker::SUMMARY;
+    Kronecker => "kronecker", crate::factor::kronecker::SUMMARY;
+    Vera => "vera", crate::factor::vera::SUMMARY;
+);
+named_enum!(
+    ProjectionKind, "projection",
+    Identity => "identity", crate::projection::IDENTITY_SUMMARY;
+    Shuffle => "shuffle", crate::projection::shuffle::SUMMARY;
+    Fastfood => "fastfood", crate::projection::fastfood::SUMMARY;
+    Fourier => "fourier", crate::projection::fourier::SUMMARY;
+);
+
+impl AdapterSpec {
+    /// The `plan`/`train` flags that reproduce the shape of this spec (`--fold square --groups 4
+    /// --order 3 --factor tucker --rank 4 --ratio 0.01`; `--count` implies the fourier projection,
+    /// `--ratio` below 1 fastfood; scale and seed are left out).
+    pub fn flags(&self) -> String {
+        let mut v = Vec::new();
+        let mut push = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push(format!("--{k} {val}"));
+            }
+        };
+        push("fold", self.fold.map(|f| f.to_string()));
+        push("groups", self.groups.map(|g| g.to_string()));
+        push("order", self.order.map(|m| m.to_string()));
+        push("factor", self.factor.map(|f| f.to_string()));
+        push("kron", self.kron.map(|k| k.to_string()));
+        push("rank", self.rank.map(|r| r.to_string()));
+        push("ratio", self.ratio.map(|r| r.to_string()));
+        push("count", self.count.map(|n| n.to_string()));
+        v.join(" ")
+    }
+}
+
+impl AdapterConfig {
+    /// The one short name of a config, used for default run folders (`natural-gL-m2-lora-r8`,
+    /// `square-g12-m3-tucker-r5-ff0.01`, `natural-gL-m2-vera-r256`, `natural-gL-m1-dense-fourier1000`).
+    pub fn slug(&self) -> String {
+        let g = self.groups.map_or("L".to_string(), |g| g.to_string());
+        let f = match self.factorization {
+            Factorization::Dense => "dense".to_string(),
+            Factorization::Lora { rank } => format!("lora-r{rank}"),
+            Factorization::Tucker { rank } => format!("tucker-r{rank}"),
+            Factorization::Kronecker { factors, rank } => format!("kron{factors}-r{rank}"),
+            Factorization::Vera { rank } => format!("vera-r{rank}"),
+        };
+        let p = match self.projection {
+            Projection::Identity => String::new(),
+            Projection::Shuffle => "-shuffle".into(),
+            Projection::Fastfood { ratio } => format!("-ff{ratio}"),
+            Projection::Fourier { count } => format!("-fourier{count}"),
+        };
+        format!("{}-g{g}-m{}-{f}{p}", self.fold, self.order)
+    }
+
+    /// One line with every setting, `groups` being the planned number of groups
+    /// (`fold=square groups=12 order=3 factor=tucker rank=5 projection=identity scale=1 seed=0`).
+    pub fn describe(&self, groups: usize) -> String {
+        let factor = match self.factorization {
+            Factorization::Dense => "dense".to_string(),
+            Factorization::Lora { rank } => format!("lora rank={rank}"),
+            Factorization::Tucker { rank } => format!("tucker rank={rank}"),
+            Factorization::Kronecker { factors, rank } => format!("kronecker K={factors} rank={rank}"),
+            Factorization::Vera { rank } => format!("vera rank={rank}"),
+        };
+        let projection = match self.projection {
+            Projection::Identity => "identity".to_string(),
+            Projection::Shuffle => "shuffle".to_string(),
+            Projection::Fastfood { ratio } => format!("fastfood ratio={ratio}"),
+            Projection::Fourier { count } => format!("fourier count={count}"),
+        };
+        format!(
+            "fold={} groups={groups} order={} factor={factor} projection={projection} scale={} seed={}",
+            self.fold, self.order, self.scale, self.seed
+        )
+    }
+
+    /// The plot series (family) of a config: `lora` (natural fold), `square2d`, `tucker-m<M>`,
+    /// `kron-k<K>`, `dense`, `full-ft` (dense without a shrinking projection), `vera`, `fourierft`;
+    /// `+fastfood` / `+shuffle` appended for those projections.
+    pub fn family(&self) -> String {
+        let ff = matches!(self.projection, Projection::Fastfood { .. });
+        let mut name = match self.factorization {
+            Factorization::Dense if matches!(self.projection, Projection::Fourier { .. }) => "fourierft".to_string(),
+            Factorization::Dense if !ff => "full-ft".to_string(),
+            Factorization::Dense => "dense".to_string(),
+            Factorization::Lora { .. } if self.fold == Fold::Natural => "lora".to_string(),
+            Factorization::Lora { .. } => "square2d".to_string(),
+            Factorization::Tucker { .. } => format!("tucker-m{}", self.order),
+            Factorization::Kronecker { factors, .. } => format!("kron-k{factors}"),
+            Factorization::Vera { .. } => "vera".to_string(),
+        };
+        if ff {
+            name.push_str("+fastfood");
+        }
+        if self.projection == Projection::Shuffle {
+            name.push_str("+shuffle");
+        }
+        name
     }
 }
 
@@ -429,6 +638,37 @@ mod tests {
         for (s, want) in cases {
             let e = s.resolve().unwrap_err().to_string();
             assert!(e.contains(want), "{s:?}: got `{e}`, want `{want}`");
+        }
+    }
+
+    /// Default run folders and the study's folders are named by `slug`: these names may not change.
+    #[test]
+    fn slugs_of_the_existing_families_are_unchanged() {
+        let sq = |g, m, f, r| AdapterSpec {
+            fold: Some(Fold::Square),
+            groups: Some(g),
+            order: Some(m),
+            factor: Some(f),
+            rank: r,
+            ..spec()
+        };
+        let cases = [
+            (spec(), "natural-gL-m2-lora-r8"),
+            (AdapterSpec { rank: Some(1), groups: Some(2), ..spec() }, "natural-g2-m2-lora-r1"),
+            (sq(12, 3, FactorKind::Tucker, Some(5)), "square-g12-m3-tucker-r5"),
+            (
+                AdapterSpec { ratio: Some(0.01), ..sq(4, 3, FactorKind::Tucker, Some(4)) },
+                "square-g4-m3-tucker-r4-ff0.01",
+            ),
+            (AdapterSpec { kron: Some(2), ..sq(1, 2, FactorKind::Kronecker, Some(4)) }, "square-g1-m2-kron2-r4"),
+            (AdapterSpec { ratio: Some(0.001), ..sq(1, 1, FactorKind::Dense, None) }, "square-g1-m1-dense-ff0.001"),
+            (
+                AdapterSpec { projection: Some(ProjectionKind::Shuffle), ..sq(2, 2, FactorKind::Lora, Some(2)) },
+                "square-g2-m2-lora-r2-shuffle",
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(s.resolve().unwrap().slug(), want);
         }
     }
 

@@ -3,14 +3,21 @@
 //! The whole SuperLoRA update of `superlora-spec.md` (arXiv 2403.11887) on candle tensors, with
 //! autograd, and nothing else: no models, no files.
 //!
-//! - [`config`]: the user's settings ([`AdapterSpec`]) and their validated form ([`AdapterConfig`]).
+//! - [`config`]: the user's settings ([`AdapterSpec`]) and their validated form ([`AdapterConfig`]),
+//!   with the one naming of a config (`slug`, `describe`, `family`, `flags`) and `Display`/`FromStr`
+//!   on the field enums.
 //! - [`plan`]: groups, fold sides, factor shapes, offsets and the parameter count, on integers.
-//! - [`factor`]: dense, lora, tucker and Kronecker factorizations (one file each).
-//! - [`projection`]: identity, shuffle and fastfood (custom ops with their own backward), and the
-//!   in-place Walsh–Hadamard butterfly.
-//! - [`SuperLora`]: trainable tensors + fixed projections → ΔW for every adapted layer.
+//! - [`budget`]: the configs of every family closest to a parameter budget.
+//! - [`factor`]: dense, lora, tucker, Kronecker and VeRA factorizations (one file each).
+//! - [`projection`]: identity, shuffle, fastfood and FourierFT (custom ops with their own
+//!   backward), and the in-place Walsh–Hadamard butterfly.
+//! - [`adapter`] ([`SuperLora`]): trainable tensors + fixed projections → ΔW for every adapted
+//!   layer, and the [`DeltaTape`] training loops use.
 //! - [`oracle`]: the slow, obviously correct dense construction every fast path is tested against.
 //! - [`rng`]: seeded portable randomness (ChaCha8), one stream per group and purpose.
+//! - [`math`]: exact integer roots and decimal ratios for the plan.
+//! - [`error`]: the crate's [`Error`]; every configuration error names the field, value and rule.
+//! - [`sys`]: process-level allocator tuning for CPU training.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -40,6 +47,6 @@ pub mod rng;
 pub mod sys;
 
 pub use adapter::{DeltaTape, SuperLora};
-pub use config::{AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, Projection, ProjectionKind};
+pub use config::{AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, Named, Projection, ProjectionKind};
 pub use error::{Error, Result};
 pub use plan::{FactorPlan, GroupPlan, LayerPlan, LayerShape, Plan, ProjectionPlan, Segment};

@@ -9,9 +9,10 @@ use candle_core::{DType, Tensor, Var};
 use crate::adapter::SuperLora;
 use crate::config::Fold;
 use crate::error::Result;
-use crate::factor::FactorVars;
+use crate::factor::{self, FactorVars};
 use crate::projection::GroupProjection;
 use crate::projection::fastfood::Fastfood;
+use crate::projection::fourier::Fourier;
 use crate::projection::shuffle::Shuffle;
 use crate::projection::wht::wht_reference;
 
@@ -100,6 +101,39 @@ pub fn kron(a: &Dense, b: &Dense) -> Dense {
     Dense { shape, data }
 }
 
+/// ΔW/α of VeRA: X_ij = Σ_k b_i · B_ik · d_k · A_kj, the explicit sum, with A and B
+/// the `rows` x `cols` corner slices of the shared matrices.
+pub fn vera(lambda_b: &Dense, lambda_d: &Dense, a: &Dense, b: &Dense) -> Dense {
+    let (rows, r, cols) = (lambda_b.data.len(), lambda_d.data.len(), a.shape[1]);
+    let mut data = vec![0.0; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            data[i * cols + j] =
+                (0..r).map(|k| lambda_b.data[i] * b.at(&[i, k]) * lambda_d.data[k] * a.at(&[k, j])).sum();
+        }
+    }
+    Dense { shape: vec![rows, cols], data }
+}
+
+/// The explicit (R·C) x n FourierFT matrix: column k is Re(IDFT2) of a unit coefficient at flat
+/// frequency `positions[k]` = u·C + v, i.e. cos(2π(u·i/R + v·j/C)) / (R·C) at row i·C + j —
+/// straight from the definition of the inverse DFT, no separation into rows and columns.
+pub fn fourier_matrix(f: &Fourier) -> Vec<f64> {
+    let (r, c, n) = (f.rows, f.cols, f.positions.len());
+    let mut m = vec![0.0; r * c * n];
+    for i in 0..r {
+        for j in 0..c {
+            for (k, &p) in f.positions.iter().enumerate() {
+                let (u, v) = (p / c, p % c);
+                let phase =
+                    2.0 * std::f64::consts::PI * (u as f64 * i as f64 / r as f64 + v as f64 * j as f64 / c as f64);
+                m[(i * c + j) * n + k] = phase.cos() / (r * c) as f64;
+            }
+        }
+    }
+    m
+}
+
 /// X of one factor from the current values of its tensors.
 pub fn factor(vars: &FactorVars) -> Result<Dense> {
     Ok(match vars {
@@ -115,6 +149,9 @@ pub fn factor(vars: &FactorVars) -> Result<Dense> {
                 acc = kron(&acc, x);
             }
             acc
+        }
+        FactorVars::Vera(v) => {
+            vera(&Dense::of_var(&v.lambda_b)?, &Dense::of_var(&v.lambda_d)?, &Dense::of(&v.a)?, &Dense::of(&v.b)?)
         }
     })
 }
@@ -212,6 +249,7 @@ pub fn projection_matrix(p: &GroupProjection, n: usize, big_n: usize) -> Vec<f64
         GroupProjection::Identity => diag(&vec![1.0; big_n.max(n)]),
         GroupProjection::Shuffle(s) => shuffle_matrix(s),
         GroupProjection::Fastfood(f) => fastfood_matrix(f),
+        GroupProjection::Fourier(f) => fourier_matrix(f),
     }
 }
 
@@ -256,18 +294,31 @@ fn rebuild(plan: &crate::plan::FactorPlan, named: &[(String, Var)], prefix: &str
         })
     };
     Ok(match plan {
-        FactorPlan::Dense { .. } => FactorVars::Dense(get("dense")?),
-        FactorPlan::Lora { .. } => FactorVars::Lora { a: get("lora_a")?, b: get("lora_b")? },
+        FactorPlan::Dense { .. } => FactorVars::Dense(get(factor::dense::NAME)?),
+        FactorPlan::Lora { .. } => FactorVars::Lora { a: get(factor::lora::A_NAME)?, b: get(factor::lora::B_NAME)? },
         FactorPlan::Tucker { sides, .. } => FactorVars::Tucker {
-            core: get("tucker_core")?,
-            factors: (0..sides.len()).map(|m| get(&format!("tucker_u.{m}"))).collect::<Result<Vec<_>>>()?,
+            core: get(factor::tucker::CORE_NAME)?,
+            factors: (0..sides.len()).map(|m| get(&factor::tucker::factor_name(m))).collect::<Result<Vec<_>>>()?,
         },
         FactorPlan::Kronecker { factors } => FactorVars::Kronecker(
             factors
                 .iter()
                 .enumerate()
-                .map(|(k, f)| rebuild(f, named, &format!("{prefix}kron.{k}.")))
+                .map(|(k, f)| rebuild(f, named, &format!("{prefix}{}", factor::kronecker::prefix(k))))
                 .collect::<Result<Vec<_>>>()?,
         ),
+        FactorPlan::Vera { rows, cols, rank, shared_rows, shared_cols, seed } => {
+            // The frozen matrices regenerated here in f64 (the adapter holds them in its dtype).
+            let (a, b) = crate::factor::vera::shared_values(*seed, *rank, *shared_rows, *shared_cols);
+            let a: Vec<f64> = (0..rank * cols).map(|k| a[(k / cols) * shared_cols + k % cols]).collect();
+            let b = b[..rows * rank].to_vec();
+            let dev = candle_core::Device::Cpu;
+            FactorVars::Vera(crate::factor::vera::VeraVars {
+                lambda_b: get(factor::vera::B_NAME)?,
+                lambda_d: get(factor::vera::D_NAME)?,
+                a: Tensor::from_vec(a, (*rank, *cols), &dev)?,
+                b: Tensor::from_vec(b, (*rows, *rank), &dev)?,
+            })
+        }
     })
 }

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::{AdapterConfig, Factorization, Fold, Projection};
 use crate::error::{Error, Result};
-use crate::math::{DecimalRatio, ceil_div, ceil_root, checked_pow};
+use crate::factor;
+use crate::math::{DecimalRatio, ceil_root};
 
 /// Largest group the fixed projections index (their permutations are stored as `u32`).
 pub const MAX_GROUP_LEN: usize = 1 << 31;
@@ -96,6 +97,22 @@ pub enum FactorPlan {
         /// The K factors, in product order.
         factors: Vec<FactorPlan>,
     },
+    /// VeRA ([`crate::factor::vera`]): X = diag(b) · B · diag(d) · A, b: rows, d: rank trainable;
+    /// A, B frozen slices of (rank x shared_cols) and (shared_rows x rank) matrices from `seed`.
+    Vera {
+        /// d_out.
+        rows: usize,
+        /// d_in.
+        cols: usize,
+        /// r.
+        rank: usize,
+        /// Largest d_out over the adapted weights (rows of the shared B).
+        shared_rows: usize,
+        /// Largest d_in over the adapted weights (columns of the shared A).
+        shared_cols: usize,
+        /// Seed of the shared frozen matrices.
+        seed: u64,
+    },
 }
 
 impl FactorPlan {
@@ -103,7 +120,7 @@ impl FactorPlan {
     pub fn output_shape(&self) -> Vec<usize> {
         match self {
             FactorPlan::Dense { shape } => shape.clone(),
-            FactorPlan::Lora { rows, cols, .. } => vec![*rows, *cols],
+            FactorPlan::Lora { rows, cols, .. } | FactorPlan::Vera { rows, cols, .. } => vec![*rows, *cols],
             FactorPlan::Tucker { sides, .. } => sides.clone(),
             FactorPlan::Kronecker { factors } => {
                 let mut out: Vec<usize> = vec![1; factors.first().map_or(0, |f| f.output_shape().len())];
@@ -117,54 +134,38 @@ impl FactorPlan {
         }
     }
 
-    /// Trainable parameters of this factor.
+    /// Trainable parameters of this factor (each family's own count).
     pub fn params(&self) -> usize {
         match self {
-            FactorPlan::Dense { shape } => shape.iter().product(),
-            FactorPlan::Lora { rows, cols, rank } => (rows + cols) * rank,
-            FactorPlan::Tucker { sides, rank } => rank.pow(sides.len() as u32) + rank * sides.iter().sum::<usize>(),
+            FactorPlan::Dense { shape } => factor::dense::params(shape),
+            FactorPlan::Lora { rows, cols, rank } => factor::lora::params(*rows, *cols, *rank),
+            FactorPlan::Tucker { sides, rank } => factor::tucker::params(sides, *rank),
             FactorPlan::Kronecker { factors } => factors.iter().map(FactorPlan::params).sum(),
+            FactorPlan::Vera { rows, rank, .. } => factor::vera::params(*rows, *rank),
         }
     }
 
-    /// The trainable tensors' shapes, with their names relative to the factor
-    /// (`dense`, `lora_a`, `lora_b`, `tucker_core`, `tucker_u.<m>`, `kron.<k>.<...>`).
+    /// The trainable tensors' shapes, with their names relative to the factor (each family's
+    /// own names: `dense`, `lora_a`, `lora_b`, `tucker_core`, `tucker_u.<m>`, `kron.<k>.<...>`,
+    /// `vera_lambda_b`, `vera_lambda_d`).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         match self {
-            FactorPlan::Dense { shape } => vec![("dense".into(), shape.clone())],
-            FactorPlan::Lora { rows, cols, rank } => {
-                vec![("lora_a".into(), vec![*rows, *rank]), ("lora_b".into(), vec![*cols, *rank])]
-            }
-            FactorPlan::Tucker { sides, rank } => {
-                let mut v = vec![("tucker_core".into(), vec![*rank; sides.len()])];
-                v.extend(sides.iter().enumerate().map(|(m, s)| (format!("tucker_u.{m}"), vec![*s, *rank])));
-                v
-            }
-            FactorPlan::Kronecker { factors } => factors
-                .iter()
-                .enumerate()
-                .flat_map(|(k, f)| f.tensor_shapes().into_iter().map(move |(n, s)| (format!("kron.{k}.{n}"), s)))
-                .collect(),
+            FactorPlan::Dense { shape } => factor::dense::tensor_shapes(shape),
+            FactorPlan::Lora { rows, cols, rank } => factor::lora::tensor_shapes(*rows, *cols, *rank),
+            FactorPlan::Tucker { sides, rank } => factor::tucker::tensor_shapes(sides, *rank),
+            FactorPlan::Kronecker { factors } => factor::kronecker::tensor_shapes(factors),
+            FactorPlan::Vera { rows, rank, .. } => factor::vera::tensor_shapes(*rows, *rank),
         }
     }
 
     /// A one-line human description of the factor shapes (`A 768x7, B 768x7`).
     pub fn describe(&self) -> String {
-        let dims = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
         match self {
-            FactorPlan::Dense { shape } => format!("dense {}", dims(shape)),
-            FactorPlan::Lora { rows, cols, rank } => format!("A {rows}x{rank}, B {cols}x{rank}"),
-            FactorPlan::Tucker { sides, rank } => {
-                let us = if sides.iter().all(|s| *s == sides[0]) {
-                    format!("{}x U {}x{rank}", sides.len(), sides[0])
-                } else {
-                    sides.iter().map(|s| format!("U {s}x{rank}")).collect::<Vec<_>>().join(", ")
-                };
-                format!("core {}, {us}", dims(&vec![*rank; sides.len()]))
-            }
-            FactorPlan::Kronecker { factors } => {
-                factors.iter().map(|f| format!("[{}]", f.describe())).collect::<Vec<_>>().join(" ⊗ ")
-            }
+            FactorPlan::Dense { shape } => factor::dense::describe(shape),
+            FactorPlan::Lora { rows, cols, rank } => factor::lora::describe(*rows, *cols, *rank),
+            FactorPlan::Tucker { sides, rank } => factor::tucker::describe(sides, *rank),
+            FactorPlan::Kronecker { factors } => factor::kronecker::describe(factors),
+            FactorPlan::Vera { rows, cols, rank, .. } => factor::vera::describe(*rows, *cols, *rank),
         }
     }
 }
@@ -181,6 +182,14 @@ pub enum ProjectionPlan {
     Fastfood {
         /// Lh.
         padded: usize,
+    },
+    /// v_g = Re(IDFT2) of n_g coefficients placed in a `rows` x `cols` spectrum
+    /// ([`crate::projection::fourier`]).
+    Fourier {
+        /// d_out.
+        rows: usize,
+        /// d_in.
+        cols: usize,
     },
 }
 
@@ -255,6 +264,8 @@ impl Plan {
             Fold::Square => square_ranges(total, config.groups.unwrap_or(1))?,
         };
         let ratio = DecimalRatio::from_f64(config.projection.ratio())?;
+        let shared =
+            (shapes.iter().map(|s| s.rows).max().unwrap_or(0), shapes.iter().map(|s| s.cols).max().unwrap_or(0));
         let mut groups = Vec::with_capacity(ranges.len());
         for (index, (start, len, natural_shape)) in ranges.into_iter().enumerate() {
             if len > MAX_GROUP_LEN {
@@ -266,7 +277,10 @@ impl Plan {
                     ),
                 ));
             }
-            let n = ratio.ceil_mul(len as u64) as usize;
+            let n = match config.projection {
+                Projection::Fourier { count } => crate::projection::fourier::check_count(count, natural_shape, index)?,
+                _ => ratio.ceil_mul(len as u64) as usize,
+            };
             let sides = match natural_shape {
                 Some((rows, cols)) => vec![rows, cols],
                 None => {
@@ -274,11 +288,17 @@ impl Plan {
                     vec![s; config.order]
                 }
             };
-            let factor = plan_factor(&config.factorization, &sides, n, index)?;
+            let factor = match config.factorization {
+                Factorization::Vera { rank } => {
+                    factor::vera::plan(sides[0], sides[1], rank, shared, config.seed, index)?
+                }
+                ref f => plan_factor(f, &sides, n, index)?,
+            };
             let projection = match config.projection {
                 Projection::Identity => ProjectionPlan::Identity,
                 Projection::Shuffle => ProjectionPlan::Shuffle,
                 Projection::Fastfood { .. } => ProjectionPlan::Fastfood { padded: len.next_power_of_two() },
+                Projection::Fourier { .. } => ProjectionPlan::Fourier { rows: sides[0], cols: sides[1] },
             };
             let params = factor.params();
             let segments = segments_of(&layers, start, len);
@@ -402,72 +422,17 @@ fn segments_scan(layers: &[LayerPlan], start: usize, len: usize) -> Vec<Segment>
     layers.iter().enumerate().filter_map(|(i, l)| meet(i, l, start, start + len)).collect()
 }
 
-/// Factor shapes of one group with fold sides `sides` producing `n` values.
+/// Factor shapes of one group with fold sides `sides` producing `n` values (each family plans
+/// and checks its own).
 fn plan_factor(f: &Factorization, sides: &[usize], n: usize, group: usize) -> Result<FactorPlan> {
-    let order = sides.len() as u32;
-    Ok(match *f {
-        Factorization::Dense => FactorPlan::Dense { shape: vec![n] },
-        Factorization::Lora { rank } => {
-            let (rows, cols) = (sides[0], sides[1]);
-            if rank > rows.min(cols) {
-                return Err(Error::config(
-                    "rank",
-                    rank,
-                    format!(
-                        "group {group} folds to {rows}x{cols}; a lora rank cannot exceed its smaller side {}",
-                        rows.min(cols)
-                    ),
-                ));
-            }
-            FactorPlan::Lora { rows, cols, rank }
+    match *f {
+        Factorization::Dense => Ok(FactorPlan::Dense { shape: vec![n] }),
+        Factorization::Lora { rank } => factor::lora::plan(sides[0], sides[1], rank, group),
+        Factorization::Tucker { rank } => factor::tucker::plan(sides, rank, group),
+        Factorization::Kronecker { factors, rank } => Ok(factor::kronecker::plan(sides, factors, rank)),
+        Factorization::Vera { .. } => {
+            Err(Error::Shapes("a vera factor is planned per weight, not inside a group".into()))
         }
-        Factorization::Tucker { rank } => {
-            let s = sides[0];
-            if rank > s {
-                return Err(Error::config(
-                    "rank",
-                    rank,
-                    format!("group {group} folds to side {s} (order {order}); a tucker rank cannot exceed the side"),
-                ));
-            }
-            if checked_pow(rank as u64, order).is_none_or(|p| p > 1 << 40) {
-                return Err(Error::config(
-                    "rank",
-                    rank,
-                    format!("a tucker core of {rank}^{order} entries is too large"),
-                ));
-            }
-            FactorPlan::Tucker { sides: sides.to_vec(), rank }
-        }
-        Factorization::Kronecker { factors: k, rank } => {
-            // Side split [decided, spec §3]: s_km = ⌈s^(1/K)⌉ for k < K, the last takes
-            // ⌈s / Π_{k<K} s_km⌉ — per mode, so a natural (rows, cols) fold splits each side.
-            let mut factor_sides = vec![vec![0usize; sides.len()]; k];
-            for (m, &side) in sides.iter().enumerate() {
-                let p = ceil_root(side as u64, k as u32) as usize;
-                for fs in factor_sides.iter_mut().take(k - 1) {
-                    fs[m] = p;
-                }
-                let head = p.pow(k as u32 - 1);
-                factor_sides[k - 1][m] = ceil_div(side as u64, head as u64) as usize;
-            }
-            let factors = factor_sides.into_iter().map(|fs| kron_factor_kind(fs, rank)).collect::<Vec<_>>();
-            FactorPlan::Kronecker { factors }
-        }
-    })
-}
-
-/// The kind of one Kronecker factor [decided, spec §3]: dense when r ≥ its smallest side,
-/// else lora (M = 2) or tucker (M ≥ 3); order-1 factors are always dense (there is no low-rank
-/// vector).
-fn kron_factor_kind(sides: Vec<usize>, rank: usize) -> FactorPlan {
-    let smallest = sides.iter().copied().min().unwrap_or(1);
-    if rank >= smallest || sides.len() == 1 {
-        FactorPlan::Dense { shape: sides }
-    } else if sides.len() == 2 {
-        FactorPlan::Lora { rows: sides[0], cols: sides[1], rank }
-    } else {
-        FactorPlan::Tucker { sides, rank }
     }
 }
 

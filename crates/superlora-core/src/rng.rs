@@ -26,8 +26,12 @@ pub enum Purpose {
     FastfoodPerm = 4,
     /// The Gaussian diagonal of fastfood.
     FastfoodGauss = 5,
-    /// Token sampling during text generation.
-    Sampling = 6,
+    /// VeRA's frozen shared matrices A then B (stream of group 0: shared by every weight).
+    VeraShared = 6,
+    /// FourierFT's frequency positions (stream of group 0: equal shapes get equal positions).
+    FourierPositions = 7,
+    /// Token sampling during text generation (never part of an adapter).
+    Sampling = 8,
 }
 
 /// The generator for `purpose` in group `group` under `seed`.
@@ -86,6 +90,23 @@ impl Rng {
             p.swap(i, j);
         }
         p
+    }
+
+    /// The first `k` entries of a uniformly random permutation of 0..n (Fisher–Yates run forward
+    /// for `k` steps, so it equals `permutation`-style sampling without building all n): `k`
+    /// distinct values below `n`, in draw order. `k` must be ≤ `n`.
+    pub fn sample_distinct(&mut self, n: usize, k: usize) -> Vec<usize> {
+        debug_assert!(k <= n);
+        let mut moved: std::collections::HashMap<usize, usize> = std::collections::HashMap::with_capacity(2 * k);
+        let mut out = Vec::with_capacity(k);
+        for i in 0..k.min(n) {
+            let j = i + self.below((n - i) as u64) as usize;
+            let at_j = moved.get(&j).copied().unwrap_or(j);
+            let at_i = moved.get(&i).copied().unwrap_or(i);
+            moved.insert(j, at_i);
+            out.push(at_j);
+        }
+        out
     }
 
     /// `n` random signs as booleans (true = −1).

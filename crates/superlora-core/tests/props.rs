@@ -81,6 +81,7 @@ fn closed_form(shapes: &[LayerShape], spec: &AdapterSpec) -> usize {
                     };
                     (k as usize - 1) * one(head) + one(last)
                 }
+                FactorKind::Vera => unreachable!("the strategy draws square folds, which VeRA refuses"),
             }
         })
         .sum()

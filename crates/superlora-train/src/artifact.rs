@@ -67,7 +67,7 @@ impl Rules {
     pub fn current() -> Self {
         Rules {
             kronecker_side_split: KRONECKER_SIDE_RULE.into(),
-            rng: "ChaCha8 (rand_chacha 0.9) seeded with seed_from_u64(seed), stream = group << 8 | purpose (1 init, 2 shuffle, 3 fastfood signs, 4 fastfood permutation, 5 fastfood gauss); distributions in superlora_core::rng".into(),
+            rng: "ChaCha8 (rand_chacha 0.9) seeded with seed_from_u64(seed), stream = group << 8 | purpose (1 init, 2 shuffle, 3 fastfood signs, 4 fastfood permutation, 5 fastfood gauss, 6 VeRA shared A and B, 7 FourierFT positions; groups 0 for the last two); distributions in superlora_core::rng".into(),
             lora_factors: "X = A·Bᵀ with A (lora_a) [rows, r] the output side and B (lora_b) [cols, r] the input side".into(),
         }
     }

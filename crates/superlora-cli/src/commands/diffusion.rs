@@ -543,7 +543,7 @@ fn transfer(a: &DiffusionTransferArgs) -> Result<()> {
     let seed = a.adapter.seed.unwrap_or(0);
     let settings = train_settings(&a.train, 2000, 1e-3, 250, seed)?;
     check_batches(model.config(), &settings)?;
-    let slug = super::train::adapter_slug(Some(&cfg));
+    let slug = cfg.slug();
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("diffusion-transfer-{}-{slug}-s{seed}", dataset_name(ds)))
     });

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
-use superlora_core::{Factorization, Plan, Projection};
+use superlora_core::Plan;
 
 use crate::flags::{AdapterArgs, ShapeSource, at_least_one};
 use crate::settings::{resolve_adapter, resolve_shapes};
@@ -128,39 +128,12 @@ fn budget_table(shapes: &[superlora_core::LayerShape], budget: usize, args: &Pla
             family = c.family.clone();
             println!("{family}");
         }
-        println!("  {:>12}  {}", thousands(c.params), flags(&c.spec));
+        println!("  {:>12}  {}", thousands(c.params), c.spec.flags());
     }
     if found.is_empty() {
         println!("(nothing fits: the smallest config here has more parameters)");
     }
     Ok(())
-}
-
-/// The `plan`/`train` flags that reproduce a spec.
-fn flags(s: &superlora_core::AdapterSpec) -> String {
-    let mut v = Vec::new();
-    if let Some(f) = s.fold {
-        v.push(format!("--fold {}", format!("{f:?}").to_lowercase()));
-    }
-    if let Some(g) = s.groups {
-        v.push(format!("--groups {g}"));
-    }
-    if let Some(m) = s.order {
-        v.push(format!("--order {m}"));
-    }
-    if let Some(f) = s.factor {
-        v.push(format!("--factor {}", format!("{f:?}").to_lowercase()));
-    }
-    if let Some(k) = s.kron {
-        v.push(format!("--kron {k}"));
-    }
-    if let Some(r) = s.rank {
-        v.push(format!("--rank {r}"));
-    }
-    if let Some(r) = s.ratio {
-        v.push(format!("--ratio {r}"));
-    }
-    v.join(" ")
 }
 
 #[derive(Serialize)]
@@ -214,29 +187,6 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-fn describe_config(plan: &Plan) -> String {
-    let c = &plan.config;
-    let factor = match c.factorization {
-        Factorization::Dense => "dense".to_string(),
-        Factorization::Lora { rank } => format!("lora rank={rank}"),
-        Factorization::Tucker { rank } => format!("tucker rank={rank}"),
-        Factorization::Kronecker { factors, rank } => format!("kronecker K={factors} rank={rank}"),
-    };
-    let projection = match c.projection {
-        Projection::Identity => "identity".to_string(),
-        Projection::Shuffle => "shuffle".to_string(),
-        Projection::Fastfood { ratio } => format!("fastfood ratio={ratio}"),
-    };
-    format!(
-        "fold={} groups={} order={} factor={factor} projection={projection} scale={} seed={}",
-        format!("{:?}", c.fold).to_lowercase(),
-        plan.groups.len(),
-        c.order,
-        c.scale,
-        c.seed
-    )
-}
-
 fn layers_cell(plan: &Plan, g: &superlora_core::GroupPlan) -> String {
     let mark = |seg: &superlora_core::Segment| {
         let l = &plan.layers[seg.layer];
@@ -270,7 +220,7 @@ pub fn table(plan: &Plan) -> String {
         if plan.layers.len() == 1 { "" } else { "s" },
         thousands(plan.total_entries)
     );
-    let _ = writeln!(s, "config: {}\n", describe_config(plan));
+    let _ = writeln!(s, "config: {}\n", plan.config.describe(plan.groups.len()));
     let rows: Vec<[String; 7]> = plan
         .groups
         .iter()

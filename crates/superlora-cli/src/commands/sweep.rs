@@ -291,35 +291,27 @@ fn given_name(v: &toml::Value, expands: bool, i: usize) -> Result<String> {
     }
 }
 
-/// A plot series for a config that names none: from the adapter flags.
+/// A plot series for a config that names none: the core's [`AdapterConfig::family`] of the
+/// adapter flags (`head-only` without an adapter). A cell whose flags do not resolve is named by
+/// its `factor` (its run then fails with the resolver's message).
+///
+/// [`AdapterConfig::family`]: superlora_core::AdapterConfig::family
 fn derive_family(t: &toml::Table) -> String {
-    let get = |k: &str| t.get(k).and_then(|v| scalar(k, v).ok().flatten());
     if t.get("head-only").and_then(toml::Value::as_bool) == Some(true) {
         return "head-only".into();
     }
-    let fold = get("fold").unwrap_or_else(|| "natural".into());
-    let projection = get("projection");
-    let ff = get("ratio").is_some() || projection.as_deref() == Some("fastfood");
-    let factor =
-        get("factor").unwrap_or_else(|| if get("kron").is_some() { "kronecker".into() } else { "lora".into() });
-    let base = match factor.as_str() {
-        // Dense without fastfood trains every entry of ΔW, whatever the fold: full fine-tuning.
-        "dense" if !ff => "full-ft".to_string(),
-        "dense" => "dense".to_string(),
-        "lora" if fold == "natural" => "lora".to_string(),
-        "lora" => "square2d".to_string(),
-        "tucker" => format!("tucker-m{}", get("order").unwrap_or_else(|| "3".into())),
-        "kronecker" => format!("kron-k{}", get("kron").unwrap_or_else(|| "2".into())),
-        other => other.to_string(),
-    };
-    let mut name = base;
-    if ff {
-        name.push_str("+fastfood");
+    const ADAPTER_KEYS: [&str; 11] =
+        ["fold", "groups", "order", "factor", "rank", "kron", "projection", "ratio", "scale", "seed", "count"];
+    let adapter: toml::Table =
+        t.iter().filter(|(k, _)| ADAPTER_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    match adapter
+        .try_into::<superlora_core::AdapterSpec>()
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.resolve().map_err(|e| e.to_string()))
+    {
+        Ok(cfg) => cfg.family(),
+        Err(_) => t.get("factor").and_then(toml::Value::as_str).unwrap_or("invalid").to_string(),
     }
-    if projection.as_deref() == Some("shuffle") {
-        name.push_str("+shuffle");
-    }
-    name
 }
 
 /// Rows already in results.csv, as (cell, seed); read under a shared lock so that a row being
@@ -617,6 +609,29 @@ fn cells_of(text: &str) -> Result<Vec<Cell>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_families_come_from_the_core() {
+        let cells = cells_of(
+            r#"
+            seeds = [0]
+            [train]
+            preset = "minilm-rt"
+            [[run]]
+            factor = "vera"
+            rank = [4, 16]
+            [[run]]
+            count = 100
+            [[run]]
+            projection = "fourier"
+            count = 50
+            scale = 300
+            "#,
+        )
+        .unwrap();
+        let fam: Vec<&str> = cells.iter().map(|c| c.family.as_str()).collect();
+        assert_eq!(fam, ["vera", "vera", "fourierft", "fourierft"]);
+    }
 
     #[test]
     fn lists_are_crossed_and_families_derived() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::Args;
-use superlora_core::{AdapterConfig, Factorization, Projection};
+use superlora_core::AdapterConfig;
 use superlora_train::schedule::Schedule;
 use superlora_train::trainer::{TrainSettings, Trainable, train};
 
@@ -266,21 +266,7 @@ fn task_slug(preset: Option<Preset>, dataset: &DataSource) -> String {
 
 /// A short name for the adapter, used in the default run folder.
 pub fn adapter_slug(cfg: Option<&AdapterConfig>) -> String {
-    let Some(c) = cfg else { return "head-only".into() };
-    let fold = format!("{:?}", c.fold).to_lowercase();
-    let g = c.groups.map_or("L".to_string(), |g| g.to_string());
-    let f = match c.factorization {
-        Factorization::Dense => "dense".to_string(),
-        Factorization::Lora { rank } => format!("lora-r{rank}"),
-        Factorization::Tucker { rank } => format!("tucker-r{rank}"),
-        Factorization::Kronecker { factors, rank } => format!("kron{factors}-r{rank}"),
-    };
-    let p = match c.projection {
-        Projection::Identity => String::new(),
-        Projection::Shuffle => "-shuffle".into(),
-        Projection::Fastfood { ratio } => format!("-ff{ratio}"),
-    };
-    format!("{fold}-g{g}-m{}-{f}{p}", c.order)
+    cfg.map_or_else(|| "head-only".into(), AdapterConfig::slug)
 }
 
 /// Adapter learning rate without --adapter-lr (and without a preset rate for the family).

@@ -9,11 +9,32 @@
 //!
 //! Init (spec §4): zeros; as a non-last Kronecker factor, Kaiming-uniform U(±1/√(last side)).
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "The folded tensor itself is trainable.";
+
 use candle_core::{DType, Device, Var};
 
 use super::{Init, filled};
 use crate::error::Result;
 use crate::rng::Rng;
+
+/// Tensor name of X.
+pub const NAME: &str = "dense";
+
+/// Π shape.
+pub fn params(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// X itself.
+pub fn tensor_shapes(shape: &[usize]) -> Vec<(String, Vec<usize>)> {
+    vec![(NAME.into(), shape.to_vec())]
+}
+
+/// `dense 1000`.
+pub fn describe(shape: &[usize]) -> String {
+    format!("dense {}", shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x"))
+}
 
 /// The dense tensor of `shape`.
 pub fn init(shape: &[usize], init: Init, rng: &mut Rng, dtype: DType, device: &Device) -> Result<Var> {

@@ -11,12 +11,63 @@
 //!
 //! Init (spec §4): the last factor as its own kind would be (zero update), the others random.
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "Kronecker product of K factors.";
+
 use candle_core::{DType, Device, Tensor};
 
 use super::{FactorVars, Init};
 use crate::error::Result;
+use crate::math::{ceil_div, ceil_root};
 use crate::plan::FactorPlan;
 use crate::rng::Rng;
+
+/// Tensor-name prefix of factor k (`kron.<k>.`, then the factor's own names).
+pub fn prefix(k: usize) -> String {
+    format!("kron.{k}.")
+}
+
+/// The K factors' tensors, prefixed.
+pub fn tensor_shapes(factors: &[FactorPlan]) -> Vec<(String, Vec<usize>)> {
+    factors
+        .iter()
+        .enumerate()
+        .flat_map(|(k, f)| f.tensor_shapes().into_iter().map(move |(n, s)| (format!("{}{n}", prefix(k)), s)))
+        .collect()
+}
+
+/// `[A 28x4, B 28x4] ⊗ [dense 6x6]`.
+pub fn describe(factors: &[FactorPlan]) -> String {
+    factors.iter().map(|f| format!("[{}]", f.describe())).collect::<Vec<_>>().join(" ⊗ ")
+}
+
+/// The plan of X = X₁ ⊗ … ⊗ X_K over fold `sides` [decided, spec §3]: per mode,
+/// s_km = ⌈s^(1/K)⌉ for k < K and the last takes ⌈s / Π_{k<K} s_km⌉ (a natural (rows, cols) fold
+/// splits each side); each factor is dense when r ≥ its smallest side or M = 1, else lora
+/// (M = 2) or tucker (M ≥ 3) of rank r.
+pub fn plan(sides: &[usize], k: usize, rank: usize) -> FactorPlan {
+    let mut factor_sides = vec![vec![0usize; sides.len()]; k];
+    for (m, &side) in sides.iter().enumerate() {
+        let p = ceil_root(side as u64, k as u32) as usize;
+        for fs in factor_sides.iter_mut().take(k - 1) {
+            fs[m] = p;
+        }
+        let head = p.pow(k as u32 - 1);
+        factor_sides[k - 1][m] = ceil_div(side as u64, head as u64) as usize;
+    }
+    FactorPlan::Kronecker { factors: factor_sides.into_iter().map(|fs| factor_kind(fs, rank)).collect() }
+}
+
+fn factor_kind(sides: Vec<usize>, rank: usize) -> FactorPlan {
+    let smallest = sides.iter().copied().min().unwrap_or(1);
+    if rank >= smallest || sides.len() == 1 {
+        FactorPlan::Dense { shape: sides }
+    } else if sides.len() == 2 {
+        FactorPlan::Lora { rows: sides[0], cols: sides[1], rank }
+    } else {
+        FactorPlan::Tucker { sides, rank }
+    }
+}
 
 /// The K factors; factor k < K random, the last with the zero-update init. Drawn in order.
 pub fn init(plans: &[FactorPlan], init: Init, rng: &mut Rng, dtype: DType, device: &Device) -> Result<Vec<FactorVars>> {

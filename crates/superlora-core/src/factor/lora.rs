@@ -13,11 +13,50 @@
 //! we keep its intent, standard LoRA.] As a non-last Kronecker factor both are random:
 //! A ~ U(±1/√r), B ~ U(±1/√cols).
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "A·Bᵀ (order 2).";
+
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{Init, filled};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::plan::FactorPlan;
 use crate::rng::Rng;
+
+/// Tensor name of A.
+pub const A_NAME: &str = "lora_a";
+/// Tensor name of B.
+pub const B_NAME: &str = "lora_b";
+
+/// The plan of X = A·Bᵀ with X of `rows` x `cols`; the rank may not exceed the smaller side.
+pub fn plan(rows: usize, cols: usize, rank: usize, group: usize) -> Result<FactorPlan> {
+    if rank > rows.min(cols) {
+        return Err(Error::config(
+            "rank",
+            rank,
+            format!(
+                "group {group} folds to {rows}x{cols}; a lora rank cannot exceed its smaller side {}",
+                rows.min(cols)
+            ),
+        ));
+    }
+    Ok(FactorPlan::Lora { rows, cols, rank })
+}
+
+/// (rows + cols)·r.
+pub fn params(rows: usize, cols: usize, rank: usize) -> usize {
+    (rows + cols) * rank
+}
+
+/// A: rows x r, B: cols x r.
+pub fn tensor_shapes(rows: usize, cols: usize, rank: usize) -> Vec<(String, Vec<usize>)> {
+    vec![(A_NAME.into(), vec![rows, rank]), (B_NAME.into(), vec![cols, rank])]
+}
+
+/// `A 768x7, B 768x7`.
+pub fn describe(rows: usize, cols: usize, rank: usize) -> String {
+    format!("A {rows}x{rank}, B {cols}x{rank}")
+}
 
 /// A (rows x r) and B (cols x r); B is drawn first, then A.
 pub fn init(

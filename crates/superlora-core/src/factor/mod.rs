@@ -2,13 +2,14 @@
 //! (spec §3 step 3) and initialised (spec §4).
 //!
 //! One file per family, each opening with its equation: [`dense`], [`lora`], [`tucker`],
-//! [`kronecker`]. [`FactorVars`] holds the trainable [`Var`]s of one factor in the shapes that
+//! [`kronecker`], [`vera`]. [`FactorVars`] holds the trainable [`Var`]s of one factor in the shapes that
 //! [`FactorPlan`] fixed, and produces X on candle tensors so that autograd reaches every `Var`.
 
 pub mod dense;
 pub mod kronecker;
 pub mod lora;
 pub mod tucker;
+pub mod vera;
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -46,6 +47,8 @@ pub enum FactorVars {
     },
     /// The K factors of a Kronecker product.
     Kronecker(Vec<FactorVars>),
+    /// VeRA's trainable vectors and frozen shared slices.
+    Vera(vera::VeraVars),
 }
 
 /// A tensor of `shape` filled from `f` (drawn in row-major order).
@@ -73,6 +76,7 @@ impl FactorVars {
             FactorPlan::Kronecker { factors } => {
                 FactorVars::Kronecker(kronecker::init(factors, init, rng, dtype, device)?)
             }
+            FactorPlan::Vera { .. } => FactorVars::Vera(vera::init(plan, dtype, device)?),
         })
     }
 
@@ -89,6 +93,7 @@ impl FactorVars {
                 let xs = fs.iter().map(FactorVars::generate).collect::<Result<Vec<_>>>()?;
                 kronecker::generate(&xs)
             }
+            FactorVars::Vera(v) => vera::generate(v.lambda_b.as_tensor(), v.lambda_d.as_tensor(), &v.a, &v.b),
         }
     }
 
@@ -96,18 +101,21 @@ impl FactorVars {
     /// order.
     pub fn named(&self) -> Vec<(String, Var)> {
         match self {
-            FactorVars::Dense(x) => vec![("dense".into(), x.clone())],
-            FactorVars::Lora { a, b } => vec![("lora_a".into(), a.clone()), ("lora_b".into(), b.clone())],
+            FactorVars::Dense(x) => vec![(dense::NAME.into(), x.clone())],
+            FactorVars::Lora { a, b } => vec![(lora::A_NAME.into(), a.clone()), (lora::B_NAME.into(), b.clone())],
             FactorVars::Tucker { core, factors } => {
-                let mut v = vec![("tucker_core".into(), core.clone())];
-                v.extend(factors.iter().enumerate().map(|(m, u)| (format!("tucker_u.{m}"), u.clone())));
+                let mut v = vec![(tucker::CORE_NAME.into(), core.clone())];
+                v.extend(factors.iter().enumerate().map(|(m, u)| (tucker::factor_name(m), u.clone())));
                 v
             }
             FactorVars::Kronecker(fs) => fs
                 .iter()
                 .enumerate()
-                .flat_map(|(k, f)| f.named().into_iter().map(move |(n, v)| (format!("kron.{k}.{n}"), v)))
+                .flat_map(|(k, f)| f.named().into_iter().map(move |(n, v)| (format!("{}{n}", kronecker::prefix(k)), v)))
                 .collect(),
+            FactorVars::Vera(v) => {
+                vec![(vera::B_NAME.into(), v.lambda_b.clone()), (vera::D_NAME.into(), v.lambda_d.clone())]
+            }
         }
     }
 }

@@ -30,6 +30,9 @@
 //! second Hadamard transform. `slot[j]` is where source j is staged, `local[k]` where staged
 //! value k lands inside its block. The transpose runs the same two passes in reverse.
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "Fastfood random expansion from ceil(ratio * N_g) values (ratio in (0, 1]).";
+
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};

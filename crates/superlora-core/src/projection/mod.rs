@@ -3,12 +3,14 @@
 //!
 //! - identity (ρ = 1): v = x;
 //! - [`shuffle`] (ρ = 1): v[π(i)] = x[i];
-//! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix.
+//! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix;
+//! - [`fourier`] (FourierFT, per weight): v = Re(IDFT2) of n coefficients at fixed frequencies.
 //!
-//! Both non-trivial projections are candle custom ops with their own backward (the transpose).
+//! All three non-trivial projections are candle custom ops with their own backward (the transpose).
 
 pub(crate) mod buffers;
 pub mod fastfood;
+pub mod fourier;
 pub mod shuffle;
 pub mod wht;
 
@@ -20,6 +22,9 @@ use crate::error::Result;
 use crate::plan::{GroupPlan, ProjectionPlan};
 use fastfood::Fastfood;
 use shuffle::Shuffle;
+
+/// One line for `--help` about the identity projection.
+pub const IDENTITY_SUMMARY: &str = "No projection (ratio 1).";
 
 /// Float types the projection kernels run on.
 pub trait Real:
@@ -108,6 +113,8 @@ pub enum GroupProjection {
     Shuffle(Arc<Shuffle>),
     /// v = F x.
     Fastfood(Arc<Fastfood>),
+    /// v = Re(IDFT2(x at fixed frequencies)).
+    Fourier(Arc<fourier::Fourier>),
 }
 
 impl GroupProjection {
@@ -121,6 +128,9 @@ impl GroupProjection {
             ProjectionPlan::Fastfood { .. } => {
                 GroupProjection::Fastfood(Arc::new(Fastfood::generate(group.n, group.len, seed, group.index)))
             }
+            ProjectionPlan::Fourier { rows, cols } => {
+                GroupProjection::Fourier(Arc::new(fourier::Fourier::generate(rows, cols, group.n, seed)))
+            }
         }
     }
 
@@ -130,6 +140,7 @@ impl GroupProjection {
             GroupProjection::Identity => x.clone(),
             GroupProjection::Shuffle(s) => x.contiguous()?.apply_op1(shuffle::ShuffleOp(s.clone()))?,
             GroupProjection::Fastfood(f) => x.contiguous()?.apply_op1(fastfood::FastfoodOp(f.clone()))?,
+            GroupProjection::Fourier(f) => f.apply(x)?,
         })
     }
 
@@ -139,6 +150,7 @@ impl GroupProjection {
             GroupProjection::Identity => g.clone(),
             GroupProjection::Shuffle(s) => g.contiguous()?.apply_op1(shuffle::ShuffleTransposeOp(s.clone()))?,
             GroupProjection::Fastfood(f) => g.contiguous()?.apply_op1(fastfood::FastfoodTransposeOp(f.clone()))?,
+            GroupProjection::Fourier(f) => f.apply_transpose(g)?,
         })
     }
 }

@@ -5,6 +5,9 @@
 //!
 //! Symbol → variable: π⁻¹ → [`Shuffle::src`]; N_g → `src.len()`.
 
+/// One line for `--help`.
+pub const SUMMARY: &str = "A fixed random permutation per group (ratio 1).";
+
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};

@@ -112,5 +112,25 @@ pub fn matrix() -> Vec<(String, AdapterSpec)> {
             out.push((format!("{fl} | {pl}"), with_projection(&f, p, r)));
         }
     }
+    out.extend(peer_rows().into_iter().map(|(l, s)| (l.to_string(), s)));
     out
+}
+
+/// The per-weight peers, VeRA and FourierFT (natural fold, one group per weight, no other
+/// projection): ranks up to the smallest side, counts up to a whole weight.
+pub fn peer_rows() -> Vec<(&'static str, AdapterSpec)> {
+    let vera = |r| AdapterSpec { factor: Some(FactorKind::Vera), rank: Some(r), ..Default::default() };
+    let fourier = |n, scale| AdapterSpec {
+        projection: Some(ProjectionKind::Fourier),
+        count: Some(n),
+        scale,
+        ..Default::default()
+    };
+    vec![
+        ("vera r=1", vera(1)),
+        ("vera r=3", vera(3)),
+        ("fourier n=1 α=150", fourier(1, None)),
+        ("fourier n=7 α=1", fourier(7, Some(1.0))),
+        ("fourier n=21 α=2 (all of l1)", fourier(21, Some(2.0))),
+    ]
 }
