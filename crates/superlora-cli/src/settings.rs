@@ -84,10 +84,11 @@ pub fn resolve_shapes(source: &ShapeSource, targets: Option<&str>, regex: Option
 }
 
 /// The linear layers `train` can adapt, for a model this program trains: a DINOv2 `.onnx` (converted
-/// once, as `train` does) or a BERT (a folder with `config.json` + `model.safetensors`, or that
-/// `.safetensors` file with its `config.json` beside it). None for any
-/// other model, whose 2-D `.weight` tensors are then read from the headers — so `plan` and `train`
-/// count the same weights (headers alone would also offer embedding tables and BERT's pooler).
+/// once, as `train` does), or a Hugging Face folder (or a `.safetensors` file with its
+/// `config.json` beside it) whose `model_type` is one `train` supports (bert, roberta, distilbert,
+/// vit, dinov2). None for any other model, whose 2-D `.weight` tensors are then read from the
+/// headers — so `plan` and `train` count the same weights (headers alone would also offer
+/// embedding tables and BERT's pooler).
 fn trainable_linears(path: &Path) -> Result<Option<Vec<superlora_models::adapt::LinearInfo>>> {
     let cpu = candle_core::Device::Cpu;
     if path.extension().is_some_and(|e| e == "onnx") {
@@ -96,25 +97,23 @@ fn trainable_linears(path: &Path) -> Result<Option<Vec<superlora_models::adapt::
             .with_context(|| format!("reading --model {}", path.display()))?;
         return Ok(Some(vit.linears()));
     }
-    let dir = if path.is_dir() { Some(path) } else { path.parent().filter(|_| path.is_file()) };
-    let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    let config = dir.map(|d| d.join("config.json")).filter(|c| c.is_file());
-    if let Some(config) = config
-        && weights.is_file()
-    {
-        // A BERT (by its config's `model_type`) must load; any other model with a config (e.g. a
-        // decoder-only one) is read from its headers.
-        let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-        let kind = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("model_type").and_then(|t| t.as_str()).map(str::to_string));
-        if kind.as_deref() == Some("bert") {
-            let bert = superlora_models::bert::Bert::load(path, &cpu)
-                .with_context(|| format!("reading --model {} as a BERT", path.display()))?;
-            return Ok(Some(bert.linears()));
-        }
+    let dir = crate::runspec::model_dir(path);
+    if !dir.join("config.json").is_file() {
+        return Ok(None);
     }
-    Ok(None)
+    // A supported model (by its config's `model_type`) must load; any other model with a config
+    // (e.g. a decoder-only one) is read from its headers.
+    let Ok(kind) = superlora_models::model_type(&dir) else { return Ok(None) };
+    let context = || format!("reading --model {} as a {kind} model", path.display());
+    Ok(match kind.as_str() {
+        k if superlora_models::hf::TEXT.contains(&k) => {
+            Some(superlora_models::load_text_encoder(path, &cpu).with_context(context)?.linears())
+        }
+        k if superlora_models::hf::IMAGE.contains(&k) => {
+            Some(superlora_models::load_image_encoder(path, &cpu).with_context(context)?.linears())
+        }
+        _ => None,
+    })
 }
 
 /// Reads a TOML adapter-settings file.

@@ -498,10 +498,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             out.display()
         )));
     }
-    // Held until the run ends: another process training into this folder is refused.
-    let _lock = rundir::lock(&out, args.force)?;
+    // Model and data first: input they refuse leaves nothing behind (no run folder).
     let device = Device::Cpu;
     let task = build_task(&spec.task, &device)?;
+    // Held until the run ends: another process training into this folder is refused.
+    let _lock = rundir::lock(&out, args.force)?;
     if let Some(epochs) = args.epochs {
         let n = task.len(superlora_train::task::Split::Train);
         let per_epoch = (n / spec.train.batch_size).max(1) as f64;
