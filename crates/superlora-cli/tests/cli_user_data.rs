@@ -141,7 +141,7 @@ fn fashion_folder(dir: &Path, per_class: usize) -> Vec<String> {
         std::fs::create_dir_all(dir.join(&class)).unwrap();
         let grey = set.image(i).unwrap();
         let path = dir.join(&class).join(format!("{i}.png"));
-        if counts[l] % 3 == 0 {
+        if counts[l].is_multiple_of(3) {
             let rgb: Vec<u8> = grey.iter().flat_map(|&g| [g, g, g]).collect();
             write_png(&path, &rgb, 28, 28, png::ColorType::Rgb);
         } else {
