@@ -27,7 +27,7 @@ fn minilm() -> PathBuf {
 fn shapes() -> Vec<LayerShape> {
     (0..6)
         .flat_map(|l| {
-            ["query", "value"].map(|m| LayerShape::new(&format!("encoder.layer.{l}.attention.self.{m}"), 384, 384))
+            ["query", "value"].map(|m| LayerShape::new(format!("encoder.layer.{l}.attention.self.{m}"), 384, 384))
         })
         .collect()
 }
