@@ -54,7 +54,7 @@ pub struct ExportArgs {
 /// `--format` of export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// Hugging Face PEFT LoRA: adapter_config.json + adapter_model.safetensors.
+    /// Hugging Face PEFT (LoRA; VeRA exactly for a VeRA adapter): adapter_config.json + adapter_model.safetensors.
     Peft,
     /// The exact ΔW of every adapted weight, named after the weight it updates.
     Delta,

@@ -1,4 +1,5 @@
-//! `superlora import --format peft`: a Hugging Face PEFT LoRA adapter in as one of ours.
+//! `superlora import --format peft`: a Hugging Face PEFT LoRA or VeRA adapter in as one of ours
+//! (VeRA: see [`vera_adapter`]; FourierFT is refused, its frequency positions are not in the file).
 //!
 //! PEFT computes, per target module, ΔW = s · lora_B.weight · lora_A.weight with lora_A [r, d_in],
 //! lora_B [d_out, r] and s = lora_alpha / r (lora_alpha / √r with `use_rslora`). Ours, for
@@ -40,7 +41,14 @@ The base model, the task and the head come from --like (one of our adapter folde
 model, e.g. a linear probe trained with `train --head-only`), or from --preset (no head: `predict \
 --json` then prints the features only). Every target module must be a linear layer of that model \
 with the shapes the PEFT tensors imply. Refused, with the reason: DoRA, bias training, \
-fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that is not a LoRA factor.";
+fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that is not a LoRA factor.
+
+A PEFT VeRA (peft_type VERA) saved with its projections (save_projection, PEFT's default) comes in \
+exactly: as our VeRA (b = vera_lambda_b, d = vera_lambda_d, α = 1, seed = projection_prng_key) when \
+vera_A / vera_B are the ones our VeRA draws from that seed (an adapter exported by us), otherwise as \
+weight-wise LoRA of rank r with the same ΔW (A = diag(λ_b)·vera_B·diag(λ_d), B = vera_Aᵀ), since \
+PEFT's torch-drawn projections cannot be regenerated here. Refused: VeRA without saved projections, \
+and FourierFT (PEFT regenerates its frequency positions with torch.randperm).";
 
 pub(crate) const IMPORT_EXAMPLES: &str = "\
 Examples:
