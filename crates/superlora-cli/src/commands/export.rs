@@ -6,6 +6,11 @@
 //!   `base_model.model.<module>.lora_{A,B}.weight`.
 //! - `--format peft --rank k`, any adapter: each layer's ΔW as its best rank-k approximation
 //!   (`lora_alpha` = k), the relative Frobenius error printed per layer.
+//! - `--format peft` of a VeRA adapter, exact: PEFT's VERA with the projections saved
+//!   (`base_model.vera_A` / `vera_B` = our shared A_max / B_max, f32), per module
+//!   `vera_lambda_b` = α·b and `vera_lambda_d` = d (PEFT's VeRA has no scale, so α is folded into b).
+//! - FourierFT cannot go out as PEFT's FOURIERFT (PEFT keeps no frequency positions and
+//!   regenerates them with torch's `randperm`): `--rank K` or `--format delta` instead.
 //! - `--format delta`: the exact ΔW tensors, named `<module>.weight`.
 //!
 //! Folders are written atomically and never replace an existing one without `--force`.
@@ -14,9 +19,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use superlora_core::{Factorization, Fold, Projection};
+use superlora_core::factor::vera;
+use superlora_core::{FactorPlan, Factorization, Fold, LayerShape, Projection, SuperLora};
 use superlora_train::artifact;
 use superlora_train::checkpoint::save_tensors;
 use superlora_train::lowrank::best_rank;
@@ -48,7 +54,7 @@ pub struct ExportArgs {
 /// `--format` of export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// Hugging Face PEFT LoRA: adapter_config.json + adapter_model.safetensors.
+    /// Hugging Face PEFT (LoRA; VeRA exactly for a VeRA adapter): adapter_config.json + adapter_model.safetensors.
     Peft,
     /// The exact ΔW of every adapted weight, named after the weight it updates.
     Delta,
@@ -99,6 +105,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 && adapter.plan().groups.len() == loaded.targets.len()
                 && matches!(cfg.factorization, Factorization::Lora { .. })
                 && cfg.projection == Projection::Identity;
+            let is_vera = matches!(cfg.factorization, Factorization::Vera { .. });
             let (r, alpha) = match (args.rank, exact_lora) {
                 (None, true) => {
                     let Factorization::Lora { rank } = cfg.factorization else { bail!("unreachable") };
@@ -140,6 +147,24 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                     }
                     (k, k as f64)
                 }
+                (None, false) if !is_vera && matches!(cfg.projection, Projection::Fourier { .. }) => {
+                    bail!(InputError(format!(
+                        "{} is FourierFT: PEFT's FOURIERFT stores no frequency positions (it regenerates them with \
+                         torch.randperm from `random_loc_seed`, which this tool does not reproduce), so it cannot \
+                         hold ours; give --rank K to export each layer's best rank-K LoRA approximation (exact at \
+                         full rank), or use --format delta for the exact ΔW",
+                        args.adapter.display()
+                    )))
+                }
+                (None, false) if is_vera => {
+                    let Factorization::Vera { rank } = cfg.factorization else { bail!("unreachable") };
+                    vera_tensors(adapter, &loaded.targets, &mut tensors)?;
+                    println!(
+                        "exact VeRA export: rank {rank}, α = {} folded into vera_lambda_b, shared vera_A/vera_B saved",
+                        cfg.scale
+                    );
+                    (rank, 1.0)
+                }
                 (None, false) => bail!(InputError(format!(
                     "{} is not exactly weight-wise LoRA; give --rank K to export each layer's best rank-K approximation, or use --format delta",
                     args.adapter.display()
@@ -151,7 +176,11 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 Some(HashMap::from([("format".into(), "pt".into())])),
             )?;
             let targets: Vec<&str> = loaded.targets.iter().map(|t| t.name.as_str()).collect();
-            let config = serde_json::json!({
+            let base = hub_path(&loaded.file.base_model.path);
+            let config = if is_vera && args.rank.is_none() {
+                vera_config(r, cfg.seed, &targets, &base)
+            } else {
+                serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": null,
                 "r": r,
@@ -170,8 +199,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 "use_rslora": false,
                 "use_dora": false,
                 "revision": null,
-                "base_model_name_or_path": hub_path(&loaded.file.base_model.path),
-            });
+                "base_model_name_or_path": base,
+                })
+            };
             std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)
                 .with_context(|| format!("writing {}", tmp.display()))?;
         }
@@ -179,6 +209,57 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     staged.commit().with_context(|| format!("moving the export into {}", args.out.display()))?;
     println!("written to {}", args.out.display());
     Ok(())
+}
+
+/// PEFT VeRA tensors of a VeRA adapter: per target `vera_lambda_b` = α·b (α folded in: PEFT's
+/// VeRA has no scale) and `vera_lambda_d` = d, and the shared `base_model.vera_A` (r x max d_in)
+/// and `base_model.vera_B` (max d_out x r), the very f32 matrices our adapter runs with.
+fn vera_tensors(adapter: &SuperLora, targets: &[LayerShape], out: &mut HashMap<String, Tensor>) -> Result<()> {
+    let cfg = adapter.config();
+    let named: HashMap<String, Tensor> =
+        adapter.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let mut shared_dims = None;
+    for (g, (t, group)) in targets.iter().zip(&adapter.plan().groups).enumerate() {
+        let FactorPlan::Vera { rank, shared_rows, shared_cols, seed, .. } = group.factor else {
+            bail!("group {g} of a vera adapter is not a vera factor")
+        };
+        shared_dims = Some((seed, rank, shared_rows, shared_cols));
+        let b = named[&format!("group.{g}.{}", vera::B_NAME)].to_dtype(DType::F32)?;
+        let b = (b * cfg.scale)?;
+        let d = named[&format!("group.{g}.{}", vera::D_NAME)].to_dtype(DType::F32)?;
+        out.insert(format!("{}.vera_lambda_b", key(&t.name)), b);
+        out.insert(format!("{}.vera_lambda_d", key(&t.name)), d);
+    }
+    let Some((seed, rank, rows, cols)) = shared_dims else { bail!("a vera adapter without weights") };
+    let (a, b) = vera::shared(seed, rank, rows, cols, DType::F32, &Device::Cpu)?;
+    out.insert("base_model.vera_A".into(), a);
+    out.insert("base_model.vera_B".into(), b);
+    Ok(())
+}
+
+/// PEFT's VeRA `adapter_config.json`. `projection_prng_key` holds our seed: PEFT seeds torch's
+/// generator with it only to fill buffers the saved `vera_A` / `vera_B` then replace
+/// (`save_projection` is true), and `import` uses it to recognise projections made by us.
+fn vera_config(r: usize, seed: u64, targets: &[&str], base: &str) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "VERA",
+        "task_type": null,
+        "r": r,
+        "target_modules": targets,
+        "projection_prng_key": seed,
+        "save_projection": true,
+        "vera_dropout": 0.0,
+        "d_initial": vera::D_INITIAL,
+        "fan_in_fan_out": false,
+        "bias": "none",
+        "modules_to_save": null,
+        "init_weights": true,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "inference_mode": true,
+        "revision": null,
+        "base_model_name_or_path": base,
+    })
 }
 
 /// What PEFT's `base_model_name_or_path` should hold: the folder `from_pretrained` loads (the

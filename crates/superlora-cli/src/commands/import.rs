@@ -1,4 +1,5 @@
-//! `superlora import --format peft`: a Hugging Face PEFT LoRA adapter in as one of ours.
+//! `superlora import --format peft`: a Hugging Face PEFT LoRA or VeRA adapter in as one of ours
+//! (VeRA: see [`vera_adapter`]; FourierFT is refused, its frequency positions are not in the file).
 //!
 //! PEFT computes, per target module, ΔW = s · lora_B.weight · lora_A.weight with lora_A [r, d_in],
 //! lora_B [d_out, r] and s = lora_alpha / r (lora_alpha / √r with `use_rslora`). Ours, for
@@ -17,7 +18,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use superlora_core::{AdapterConfig, Factorization, Fold, LayerShape, Plan, Projection, SuperLora};
+use superlora_core::{
+    AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, LayerShape, Plan, Projection, SuperLora,
+};
 use superlora_io::TargetPattern;
 use superlora_models::adapt::LinearInfo;
 use superlora_train::artifact::{self, AdapterFile, BaseModel, Rules, Target};
@@ -38,7 +41,14 @@ The base model, the task and the head come from --like (one of our adapter folde
 model, e.g. a linear probe trained with `train --head-only`), or from --preset (no head: `predict \
 --json` then prints the features only). Every target module must be a linear layer of that model \
 with the shapes the PEFT tensors imply. Refused, with the reason: DoRA, bias training, \
-fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that is not a LoRA factor.";
+fan_in_fan_out, per-layer rank/alpha patterns, modules_to_save, any tensor that is not a LoRA factor.
+
+A PEFT VeRA (peft_type VERA) saved with its projections (save_projection, PEFT's default) comes in \
+exactly: as our VeRA (b = vera_lambda_b, d = vera_lambda_d, α = 1, seed = projection_prng_key) when \
+vera_A / vera_B are the ones our VeRA draws from that seed (an adapter exported by us), otherwise as \
+weight-wise LoRA of rank r with the same ΔW (A = diag(λ_b)·vera_B·diag(λ_d), B = vera_Aᵀ), since \
+PEFT's torch-drawn projections cannot be regenerated here. Refused: VeRA without saved projections, \
+and FourierFT (PEFT regenerates its frequency positions with torch.randperm).";
 
 pub(crate) const IMPORT_EXAMPLES: &str = "\
 Examples:
@@ -78,12 +88,15 @@ pub enum ImportFormat {
     Peft,
 }
 
-/// What a PEFT LoRA config says, checked.
+/// What a PEFT config says, checked.
 struct PeftLora {
     r: usize,
+    /// LoRA: lora_alpha / r (or / √r); VeRA: 1 (PEFT's VeRA has no scale).
     scale: f64,
     /// `target_modules` (None: absent, null or `all-linear`).
     targets: Option<(String, TargetPattern)>,
+    /// VeRA: `Some(projection_prng_key)`; LoRA: None.
+    vera_key: Option<u64>,
 }
 
 fn bad(dir: &Path, what: impl std::fmt::Display) -> anyhow::Error {
@@ -97,13 +110,45 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
         serde_json::from_str(&text).map_err(|e| bad(dir, format!("adapter_config.json is not JSON: {e}")))?;
     let Some(o) = v.as_object() else { return Err(bad(dir, "adapter_config.json is not a JSON object")) };
     let peft_type = o.get("peft_type").and_then(|x| x.as_str()).unwrap_or("(missing)");
-    if peft_type != "LORA" {
-        return Err(bad(dir, format!("peft_type is `{peft_type}`; only LORA adapters can be imported")));
+    match peft_type {
+        "LORA" | "VERA" => {}
+        "FOURIERFT" => {
+            return Err(bad(
+                dir,
+                "peft_type is `FOURIERFT`: PEFT stores only the spectral coefficients and regenerates their \
+                 frequency positions with torch.randperm seeded by `random_loc_seed`; this tool does not \
+                 reproduce torch's generator, so the positions (and ΔW) are unknown here. Merge the adapter \
+                 in PEFT, or convert it to LoRA there, and import that instead",
+            ));
+        }
+        other => {
+            return Err(bad(dir, format!("peft_type is `{other}`; only LORA and VERA adapters can be imported")));
+        }
     }
     let r = o.get("r").and_then(serde_json::Value::as_u64).filter(|&r| r >= 1).ok_or_else(|| {
         bad(dir, format!("`r` = {}: must be a positive integer", o.get("r").unwrap_or(&serde_json::Value::Null)))
     })? as usize;
-    let alpha = o.get("lora_alpha").and_then(serde_json::Value::as_f64).filter(|a| a.is_finite()).ok_or_else(|| {
+    let vera_key = if peft_type == "VERA" {
+        if o.get("save_projection").and_then(serde_json::Value::as_bool) == Some(false) {
+            return Err(bad(
+                dir,
+                "`save_projection` is false: the shared vera_A / vera_B are not in the file and PEFT \
+                 regenerates them with torch's generator from `projection_prng_key`, which this tool does \
+                 not reproduce; save the adapter with save_projection=True",
+            ));
+        }
+        let key = match o.get("projection_prng_key") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(v) => {
+                v.as_u64().ok_or_else(|| bad(dir, format!("`projection_prng_key` = {v}: must be an integer")))?
+            }
+        };
+        Some(key)
+    } else {
+        None
+    };
+    let alpha = if vera_key.is_some() { Some(1.0) } else { o.get("lora_alpha").and_then(serde_json::Value::as_f64) };
+    let alpha = alpha.filter(|a| a.is_finite()).ok_or_else(|| {
         bad(
             dir,
             format!("`lora_alpha` = {}: must be a number", o.get("lora_alpha").unwrap_or(&serde_json::Value::Null)),
@@ -137,7 +182,13 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
     {
         return Err(bad(dir, format!("`bias` = `{b}`: trained biases are not part of a LoRA adapter here")));
     }
-    let scale = if flag("use_rslora") { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
+    let scale = if vera_key.is_some() {
+        1.0
+    } else if flag("use_rslora") {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    };
     if scale.abs() > superlora_core::config::MAX_SCALE {
         return Err(bad(
             dir,
@@ -163,7 +214,7 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
             return Err(bad(dir, format!("`target_modules` = {other}: must be a list of strings or one regex")));
         }
     };
-    Ok(PeftLora { r, scale, targets })
+    Ok(PeftLora { r, scale, targets, vera_key })
 }
 
 /// Splits `base_model.model.<module>.lora_{A,B}[.<adapter>].weight` into (module, "A" | "B").
@@ -206,8 +257,38 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     }
     let raw = load_tensors(&tensor_path, &device)?;
     let mut factors: BTreeMap<String, HashMap<&str, Tensor>> = BTreeMap::new();
+    let mut shared: HashMap<&str, Tensor> = HashMap::new();
     for (key, t) in raw {
-        let Some((module, which)) = split_key(&key) else {
+        let parsed = if peft.vera_key.is_some() {
+            match split_vera_key(&key) {
+                Some(VeraKey::Shared(which)) => {
+                    if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+                        return Err(bad(
+                            dir,
+                            format!("tensor `{key}` is {:?}; vera_A/B are floating point", t.dtype()),
+                        ));
+                    }
+                    check_finite(dir, &key, &t)?;
+                    if shared.insert(which, t.to_dtype(DType::F32)?).is_some() {
+                        return Err(bad(dir, format!("two `vera_{which}` tensors (key `{key}`): one adapter only")));
+                    }
+                    continue;
+                }
+                Some(VeraKey::Layer(m, w)) => Some((m, w)),
+                None => {
+                    return Err(bad(
+                        dir,
+                        format!(
+                            "tensor `{key}` is not a VeRA tensor (`base_model.vera_A|vera_B`, \
+                             `base_model.model.<module>.vera_lambda_b|vera_lambda_d`)"
+                        ),
+                    ));
+                }
+            }
+        } else {
+            split_key(&key)
+        };
+        let Some((module, which)) = parsed else {
             return Err(bad(
                 dir,
                 format!("tensor `{key}` is not a LoRA factor (`base_model.model.<module>.lora_A|lora_B.weight`)"),
@@ -278,6 +359,37 @@ pub fn run(args: &ImportArgs) -> Result<()> {
             dir,
             format!("module `{unknown}` is not a linear layer of {} (e.g. {})", weights.display(), close.join(", ")),
         ));
+    }
+    if let Some(prng_key) = peft.vera_key {
+        let (cfg, adapter, how) = vera_adapter(dir, &peft, prng_key, &targets, &factors, &shared, &device)?;
+        let (head_info, head) = match like {
+            Some((file, head)) => (file.head, head),
+            None => (None, None),
+        };
+        let file = AdapterFile {
+            format: artifact::FORMAT.into(),
+            format_version: artifact::FORMAT_VERSION,
+            adapter: Some(cfg),
+            targets: targets.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
+            rules: Rules::current(),
+            base_model: BaseModel { kind: kind.into(), path: weights.display().to_string(), sha256: sha },
+            head: if head.is_some() { head_info } else { None },
+            trainable_params: adapter.num_trainable(),
+            head_params: head.as_ref().map_or(0, Head::num_params),
+            projection_saved: false,
+            task: serde_json::to_value(&spec)?,
+        };
+        artifact::save(&args.out, &file, Some(&adapter), head.as_ref(), args.force)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        println!(
+            "imported {} VeRA layers (r = {}) from {} into {} as {how}{}",
+            targets.len(),
+            peft.r,
+            dir.display(),
+            args.out.display(),
+            if head.is_some() { " with the head of --like" } else { " (no head: predict --json prints features)" }
+        );
+        return Ok(());
     }
     let cfg = AdapterConfig {
         fold: Fold::Natural,
@@ -350,6 +462,157 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     Ok(())
 }
 
+fn check_finite(dir: &Path, name: &str, t: &Tensor) -> Result<()> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(bad(dir, format!("`{name}` has a non-finite value at flat index {i}")));
+    }
+    Ok(())
+}
+
+/// A VeRA tensor of a PEFT file.
+#[derive(Debug, PartialEq)]
+enum VeraKey {
+    /// `base_model.vera_A` / `vera_B` (an adapter name may follow): "A" | "B".
+    Shared(&'static str),
+    /// `base_model.model.<module>.vera_lambda_b|d[.<adapter>]`: (module, "b" | "d").
+    Layer(String, &'static str),
+}
+
+fn split_vera_key(key: &str) -> Option<VeraKey> {
+    let one_name =
+        |tail: &str| tail.is_empty() || (tail.len() > 1 && tail.starts_with('.') && !tail[1..].contains('.'));
+    for (tag, which) in [("base_model.vera_A", "A"), ("base_model.vera_B", "B")] {
+        if let Some(tail) = key.strip_prefix(tag)
+            && one_name(tail)
+        {
+            return Some(VeraKey::Shared(which));
+        }
+    }
+    let rest = key.strip_prefix("base_model.model.")?;
+    for (tag, which) in [(".vera_lambda_b", "b"), (".vera_lambda_d", "d")] {
+        if let Some(i) = rest.rfind(tag)
+            && i > 0
+            && one_name(&rest[i + tag.len()..])
+        {
+            return Some(VeraKey::Layer(rest[..i].to_string(), which));
+        }
+    }
+    None
+}
+
+/// Our adapter for a PEFT VeRA: ΔW_l = diag(λ_b)·B_l·diag(λ_d)·A_l with A_l = vera_A[:, :d_in],
+/// B_l = vera_B[:d_out, :]. When vera_A / vera_B are, bit for bit, the matrices our VeRA draws from
+/// the seed `projection_prng_key` (an adapter exported by us), a VeRA adapter with that seed and
+/// α = 1 (b = λ_b, d = λ_d: exact, no arithmetic). Otherwise (PEFT's torch-drawn projections, which
+/// our VeRA cannot regenerate) the same ΔW as weight-wise LoRA of rank r with α = 1:
+/// A = diag(λ_b)·B_l·diag(λ_d) (output side), B = A_lᵀ (one f32 rounding per entry of A).
+fn vera_adapter(
+    dir: &Path,
+    peft: &PeftLora,
+    prng_key: u64,
+    targets: &[LayerShape],
+    factors: &BTreeMap<String, HashMap<&str, Tensor>>,
+    shared: &HashMap<&str, Tensor>,
+    device: &Device,
+) -> Result<(AdapterConfig, SuperLora, &'static str)> {
+    let r = peft.r;
+    let (Some(va), Some(vb)) = (shared.get("A"), shared.get("B")) else {
+        return Err(bad(dir, "`base_model.vera_A` and `base_model.vera_B` must both be in the file (save_projection)"));
+    };
+    let max_rows = targets.iter().map(|t| t.rows).max().unwrap_or(0);
+    let max_cols = targets.iter().map(|t| t.cols).max().unwrap_or(0);
+    if va.rank() != 2 || va.dims()[0] != r || va.dims()[1] < max_cols {
+        return Err(bad(
+            dir,
+            format!(
+                "`base_model.vera_A` has shape {:?}; r = {r} and the widest target need [{r}, ≥{max_cols}]",
+                va.dims()
+            ),
+        ));
+    }
+    if vb.rank() != 2 || vb.dims()[1] != r || vb.dims()[0] < max_rows {
+        return Err(bad(
+            dir,
+            format!(
+                "`base_model.vera_B` has shape {:?}; r = {r} and the tallest target need [≥{max_rows}, {r}]",
+                vb.dims()
+            ),
+        ));
+    }
+    for t in targets {
+        let f = &factors[&t.name];
+        let (Some(b), Some(d)) = (f.get("b"), f.get("d")) else {
+            return Err(bad(dir, format!("module `{}` needs both vera_lambda_b and vera_lambda_d", t.name)));
+        };
+        for (which, got, want) in [("vera_lambda_b", b, vec![t.rows]), ("vera_lambda_d", d, vec![r])] {
+            if got.dims() != want.as_slice() {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "`{}.{which}` has shape {:?}; the weight {}x{} and r = {r} need {want:?}",
+                        t.name,
+                        got.dims(),
+                        t.rows,
+                        t.cols
+                    ),
+                ));
+            }
+            check_finite(dir, &format!("{}.{which}", t.name), got)?;
+        }
+    }
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+    };
+    let ours = if va.dims() == [r, max_cols] && vb.dims() == [max_rows, r] {
+        let (a, b) = superlora_core::factor::vera::shared(prng_key, r, max_rows, max_cols, DType::F32, device)?;
+        bits(&a)? == bits(va)? && bits(&b)? == bits(vb)?
+    } else {
+        false
+    };
+    if ours {
+        let cfg = AdapterSpec {
+            fold: Some(Fold::Natural),
+            order: Some(2),
+            factor: Some(FactorKind::Vera),
+            rank: Some(r),
+            scale: Some(1.0),
+            seed: Some(prng_key),
+            ..Default::default()
+        }
+        .resolve()
+        .map_err(|e| bad(dir, format!("rank {r}: {e}")))?;
+        let plan = Plan::new(targets, &cfg).map_err(|e| bad(dir, format!("rank {r} does not fit: {e}")))?;
+        let adapter = SuperLora::new(plan, DType::F32, device)?;
+        for (g, t) in targets.iter().enumerate() {
+            let f = &factors[&t.name];
+            adapter.set(&format!("group.{g}.vera_lambda_b"), &f["b"])?;
+            adapter.set(&format!("group.{g}.vera_lambda_d"), &f["d"])?;
+        }
+        return Ok((cfg, adapter, "VeRA (the projections are ours for seed `projection_prng_key`)"));
+    }
+    let cfg = AdapterConfig {
+        fold: Fold::Natural,
+        groups: Some(targets.len()),
+        order: 2,
+        factorization: Factorization::Lora { rank: r },
+        projection: Projection::Identity,
+        scale: 1.0,
+        seed: 0,
+    };
+    let plan = Plan::new(targets, &cfg).map_err(|e| bad(dir, format!("rank {r} does not fit: {e}")))?;
+    let adapter = SuperLora::new(plan, DType::F32, device)?;
+    for (g, t) in targets.iter().enumerate() {
+        let f = &factors[&t.name];
+        let b_l = vb.narrow(0, 0, t.rows)?;
+        let a_l = va.narrow(1, 0, t.cols)?;
+        let left = b_l.broadcast_mul(&f["b"].unsqueeze(1)?)?.broadcast_mul(&f["d"].unsqueeze(0)?)?;
+        adapter.set(&format!("group.{g}.lora_a"), &left.contiguous()?)?;
+        adapter.set(&format!("group.{g}.lora_b"), &a_l.t()?.contiguous()?)?;
+    }
+    Ok((cfg, adapter, "weight-wise LoRA of rank r with the same ΔW (PEFT's torch-drawn vera_A/B are not ours)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_key;
@@ -369,5 +632,20 @@ mod tests {
         assert_eq!(k("encoder.layer.0.query.lora_A.weight"), None);
         assert_eq!(k("base_model.model.x.lora_A.a.b.weight"), None);
         assert_eq!(k("base_model.model.x.lora_embedding_A"), None);
+    }
+
+    #[test]
+    fn peft_vera_keys_split() {
+        use super::{VeraKey, split_vera_key};
+        assert_eq!(split_vera_key("base_model.vera_A"), Some(VeraKey::Shared("A")));
+        assert_eq!(split_vera_key("base_model.vera_B.default"), Some(VeraKey::Shared("B")));
+        assert_eq!(split_vera_key("base_model.vera_Ax"), None);
+        assert_eq!(
+            split_vera_key("base_model.model.encoder.layer.0.attention.self.query.vera_lambda_b"),
+            Some(VeraKey::Layer("encoder.layer.0.attention.self.query".into(), "b"))
+        );
+        assert_eq!(split_vera_key("base_model.model.q.vera_lambda_d.default"), Some(VeraKey::Layer("q".into(), "d")));
+        assert_eq!(split_vera_key("base_model.model.q.vera_lambda_d.a.b"), None);
+        assert_eq!(split_vera_key("base_model.model.q.lora_A.weight"), None);
     }
 }
