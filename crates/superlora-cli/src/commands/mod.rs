@@ -4,6 +4,7 @@ pub mod bench;
 pub mod diffusion;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod import;
 pub mod merge;
 pub mod plan;
