@@ -114,7 +114,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let tok = LlmTokenizer::for_model(&args.model)
         .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
-    let text = if args.chat { chat_prompt(&[ChatMessage::new("user", &args.prompt)], true) } else { args.prompt.clone() };
+    let text =
+        if args.chat { chat_prompt(&[ChatMessage::new("user", &args.prompt)], true) } else { args.prompt.clone() };
     let prompt = tok.encode(&text)?;
     if prompt.is_empty() {
         bail!(InputError("the prompt is empty: give some text to continue".into()));

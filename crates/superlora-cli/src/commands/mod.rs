@@ -12,3 +12,4 @@ pub mod plot;
 pub mod predict;
 pub mod sweep;
 pub mod train;
+pub mod train_lm;
