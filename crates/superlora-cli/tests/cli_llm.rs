@@ -48,3 +48,52 @@ fn greedy_generation_repeats_and_bad_input_exits_2() {
     let r = run(&["generate", "--model", "/nonexistent/model.gguf", "hi"]);
     assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
 }
+
+#[test]
+fn three_causal_lm_steps_write_an_adapter_that_generate_uses() {
+    let m = gguf();
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park", "while", "birds", "sang"];
+    let body: Vec<&str> = (0..400).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
+    let txt = dir.path().join("t.txt");
+    std::fs::write(&txt, body.join(" ")).unwrap();
+    let out = dir.path().join("run");
+    let t0 = std::time::Instant::now();
+    let r = run(&[
+        "train",
+        "--task",
+        "causal-lm",
+        "--model",
+        m,
+        "--data",
+        txt.to_str().unwrap(),
+        "--max-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "3",
+        "--rank",
+        "2",
+        "--adapter-lr",
+        "1e-2",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    eprintln!("causal-lm, 3 steps: {:.1} s", t0.elapsed().as_secs_f64());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let ppl = summary["final_test_ppl"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0, "perplexity {ppl}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model"]["kind"], "llama");
+    assert!(config["head"].is_null());
+    let adapter = out.join("adapter");
+    let g = run(&["generate", "--model", m, "--adapter", adapter.to_str().unwrap(), "--max-tokens", "4", "the cat"]);
+    assert!(g.status.success(), "{}", text(&g.stderr));
+    assert!(!text(&g.stdout).trim().is_empty());
+}
