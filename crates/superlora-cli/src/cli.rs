@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{bench, diffusion, eval, export, import, merge, plan, plot, predict, sweep, train};
+use crate::commands::{bench, diffusion, eval, export, generate, import, merge, plan, plot, predict, sweep, train};
 
 /// Fine-tune pretrained transformers with SuperLoRA and every LoRA variant it contains.
 #[derive(Debug, Parser)]
@@ -29,6 +29,9 @@ pub enum Command {
     /// Classify images (PNG/JPEG files) or texts with a saved adapter and print the class and the
     /// probabilities.
     Predict(predict::PredictArgs),
+    /// Continue a text with a decoder LLM (a Llama .gguf or folder), optionally with an adapter,
+    /// streaming the tokens; greedy unless --temperature / --top-p.
+    Generate(generate::GenerateArgs),
     /// Write the base model's weights with W + ΔW in place (same names, same dtype, every other
     /// tensor untouched) and check that the merged model gives the same outputs.
     Merge(merge::MergeArgs),

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         cli::Command::Eval(a) => commands::eval::run(a),
         cli::Command::Bench(a) => commands::bench::run(a),
         cli::Command::Predict(a) => commands::predict::run(a),
+        cli::Command::Generate(a) => commands::generate::run(a),
         cli::Command::Merge(a) => commands::merge::run(a),
         cli::Command::Export(a) => commands::export::run(a),
         cli::Command::Import(a) => commands::import::run(a),

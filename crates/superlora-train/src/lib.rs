@@ -7,6 +7,7 @@
 pub mod artifact;
 pub mod checkpoint;
 pub mod head;
+pub mod lm;
 pub mod lowrank;
 pub mod metrics;
 pub mod optim;

@@ -50,6 +50,10 @@ Examples:
 /// `superlora train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    /// What to train: a classifier, or a decoder LLM on next-token prediction (`causal-lm`: --model
+    /// a Llama .gguf, --data a .txt or a table's --text-column; reports held-out perplexity).
+    #[arg(long, value_enum, default_value_t)]
+    pub task: super::train_lm::TaskKind,
     /// A built-in set-up of model, data and budget (flags override it).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
@@ -486,6 +490,9 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
 
 /// Runs the command.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.task == super::train_lm::TaskKind::CausalLm {
+        return super::train_lm::run(args);
+    }
     let mut spec = resolve(args)?;
     let out = args.out.clone().unwrap_or_else(|| {
         let name = task_slug(args.preset, &spec.task.dataset);

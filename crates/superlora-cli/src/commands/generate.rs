@@ -1,0 +1,184 @@
+//! `superlora generate`: text from a decoder LLM (a Llama-architecture `.gguf` file or Hugging
+//! Face folder), optionally with a trained adapter's ΔW, streamed to stdout token by token.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use superlora_models::adapt::Deltas;
+use superlora_models::llama::{GenerateOptions, Llama, Sampling};
+use superlora_models::llm_tokenizer::{ChatMessage, LlmTokenizer, chat_prompt};
+use superlora_train::artifact;
+
+use crate::flags::at_least_one;
+use crate::settings::InputError;
+
+/// `superlora generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The model: a Llama-architecture `.gguf` file or a Hugging Face Llama folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// An adapter folder trained on this model (`superlora train --task causal-lm`): its ΔW is
+    /// added to the weights.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    pub max_tokens: usize,
+    /// Sample at this temperature (> 0) instead of greedy decoding.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+    /// Sample from the smallest set of tokens whose probability reaches P, in (0, 1] [default: 1
+    /// when sampling].
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f64>,
+    /// Seed of the sampling (the same seed gives the same text) [default: 0].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Wrap the prompt in the model's chat format (one user message) and answer as the assistant.
+    #[arg(long)]
+    pub chat: bool,
+    /// The text to continue (or, with --chat, the user's message).
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+}
+
+/// The file whose sha256 identifies a Llama model: the `.gguf` (or `.safetensors`) itself, or a
+/// folder's `model.safetensors`.
+pub fn llama_weights_file(model: &Path) -> PathBuf {
+    if model.is_dir() { model.join("model.safetensors") } else { model.to_path_buf() }
+}
+
+/// The decoding rule the flags ask for.
+fn sampling(args: &GenerateArgs) -> Result<Sampling> {
+    if args.temperature.is_none() && args.top_p.is_none() {
+        if args.seed.is_some() {
+            eprintln!("note: --seed only matters when sampling (--temperature / --top-p); decoding greedily");
+        }
+        return Ok(Sampling::Greedy);
+    }
+    let temperature = args.temperature.unwrap_or(1.0);
+    let top_p = args.top_p.unwrap_or(1.0);
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!(InputError(format!("--temperature {temperature}: must be > 0 (leave it out for greedy decoding)")));
+    }
+    if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+        bail!(InputError(format!("--top-p {top_p}: must be in (0, 1]")));
+    }
+    Ok(Sampling::TopP { temperature, top_p, seed: args.seed.unwrap_or(0) })
+}
+
+/// ΔW of the adapter folder `dir`, checked to belong to the model at `model`.
+pub fn llama_deltas(dir: &Path, model: &Path, device: &Device) -> Result<Deltas> {
+    let file = artifact::read_config(dir)?;
+    if file.base_model.kind != "llama" {
+        bail!(InputError(format!(
+            "{} adapts a `{}` model, not a Llama decoder; use `superlora predict` for it",
+            dir.display(),
+            file.base_model.kind
+        )));
+    }
+    let weights = llama_weights_file(model);
+    let sha = artifact::file_sha256(&weights)?;
+    if sha != file.base_model.sha256 {
+        bail!(InputError(format!(
+            "{} was trained on {} (sha256 {}), but {} has sha256 {sha}",
+            dir.display(),
+            file.base_model.path,
+            file.base_model.sha256,
+            weights.display()
+        )));
+    }
+    let loaded = artifact::load(dir, device).with_context(|| format!("reading the adapter {}", dir.display()))?;
+    Ok(match &loaded.adapter {
+        Some(a) => {
+            let d: Vec<Tensor> = a.delta_weights()?.iter().map(Tensor::detach).collect();
+            Deltas::new(&loaded.targets, &d)?
+        }
+        None => Deltas::none(),
+    })
+}
+
+/// Runs the command.
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let sampling = sampling(args)?;
+    if !args.model.exists() {
+        bail!(InputError(format!(
+            "--model {}: no such file or folder (SmolLM2: `scripts/setup-assets.sh smollm2`)",
+            args.model.display()
+        )));
+    }
+    let tok = LlmTokenizer::for_model(&args.model)
+        .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
+    let text =
+        if args.chat { chat_prompt(&[ChatMessage::new("user", &args.prompt)], true) } else { args.prompt.clone() };
+    let prompt = tok.encode(&text)?;
+    if prompt.is_empty() {
+        bail!(InputError("the prompt is empty: give some text to continue".into()));
+    }
+    let model = Llama::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let ctx = model.config().max_position_embeddings;
+    if prompt.len() >= ctx {
+        bail!(InputError(format!(
+            "the prompt is {} tokens long, but the model's context is {ctx} tokens (prompt and output together, \
+             at least one new token): shorten the prompt",
+            prompt.len()
+        )));
+    }
+    let deltas = match &args.adapter {
+        Some(dir) => llama_deltas(dir, &args.model, &device)?,
+        None => Deltas::none(),
+    };
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling,
+        stop_tokens: tok.eos.into_iter().collect(),
+        use_cache: true,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut tokens: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let mut failure: Option<anyhow::Error> = None;
+    // Decodes everything generated so far and prints what is new, holding back an incomplete
+    // UTF-8 sequence (a character split over tokens) until it is complete.
+    let mut emit = |tokens: &[u32], last: bool| -> Result<()> {
+        let s = tok.decode(tokens, true)?;
+        if !last && s.ends_with('\u{FFFD}') {
+            return Ok(());
+        }
+        if s.len() > printed && s.is_char_boundary(printed) {
+            out.write_all(&s.as_bytes()[printed..])?;
+            out.flush()?;
+            printed = s.len();
+        }
+        Ok(())
+    };
+    let generation = model.generate(&prompt, &opts, &deltas, &mut |t| {
+        tokens.push(t);
+        match emit(&tokens, false) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e.context("writing the generated text"));
+    }
+    emit(&tokens, true)?;
+    println!();
+    eprintln!(
+        "{} tokens ({:?}); prompt {} tokens in {:.2} s; {:.1} tokens/s",
+        generation.tokens.len(),
+        generation.stop,
+        prompt.len(),
+        generation.prompt_secs,
+        generation.tokens_per_sec()
+    );
+    Ok(())
+}
