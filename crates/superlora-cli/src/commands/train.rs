@@ -16,10 +16,12 @@ use crate::runspec::{DataSource, Dataset, FileData, RunSpec, TaskSpec, build_mod
 use crate::settings::{InputError, resolve_adapter};
 
 pub(crate) const TRAIN_ABOUT: &str = "\
-Fine-tune a real pretrained model on a real dataset. A preset fills in the model, the data and the \
-training budget; every flag overrides it. The adapter flags are those of `plan` (default: weight-wise \
-LoRA of rank 8 on the query and value weights); --head-only trains just the classification head \
-(a linear probe). The head is trained in every run and counted separately.
+Fine-tune a real pretrained model on a real dataset: a built-in one, or your own files (--data: a \
+CSV / TSV / JSONL of labelled texts, an image folder of class folders, or a CSV of image paths) with \
+any Hugging Face model folder (--model: bert, roberta, distilbert, vit, dinov2). A preset fills in \
+the model, the data, the training budget and the learning rates; every flag overrides it. The \
+adapter flags are those of `plan` (default: weight-wise LoRA of rank 8 on the query and value \
+weights); --head-only trains just the classification head (a linear probe). The head is trained in every run and counted separately.
 
 The run folder (--out, default runs/<preset>-<adapter>-s<seed>) gets run.json (the resolved \
 settings), metrics.jsonl (one line per evaluation: step, epoch, train loss and accuracy, validation \
@@ -45,7 +47,14 @@ Examples:
   superlora train --preset vit-fmnist --fold square --order 1 --factor dense \\
     --ratio 0.001 --adapter-lr 5e-2
   # continue a killed run
-  superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume";
+  superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume
+  # your own texts (CSV/TSV/JSONL: text, label) and a Hugging Face model folder
+  superlora train --data reviews.csv --model models/roberta-base --rank 4
+  # sentence pairs with your own column names and test file
+  superlora train --data nli.jsonl --text-column premise \\
+    --text-pair-column hypothesis --test test.jsonl --model models/bert
+  # your own images: photos/<class>/*.jpg, a ViT folder
+  superlora train --data photos/ --model models/vit-base --image-size 96";
 
 /// `superlora train`.
 #[derive(Debug, Args)]
