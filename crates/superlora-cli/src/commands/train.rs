@@ -21,7 +21,8 @@ CSV / TSV / JSONL of labelled texts, an image folder of class folders, or a CSV 
 any Hugging Face model folder (--model: bert, roberta, distilbert, vit, dinov2). A preset fills in \
 the model, the data, the training budget and the learning rates; every flag overrides it. The \
 adapter flags are those of `plan` (default: weight-wise LoRA of rank 8 on the query and value \
-weights); --head-only trains just the classification head (a linear probe). The head is trained in every run and counted separately.
+weights); --head-only trains just the classification head (a linear probe). The head is trained in \
+every run and counted separately.
 
 The run folder (--out, default runs/<preset>-<adapter>-s<seed>) gets run.json (the resolved \
 settings), metrics.jsonl (one line per evaluation: step, epoch, train loss and accuracy, validation \
