@@ -3,7 +3,7 @@
 selection runs scored best with on the VALIDATION split (best_valid_acc; ties: the smaller rate).
 
     scripts/pick_lrs.py SELECT_RESULTS.csv STUDY_TEMPLATE.toml > study.toml
-    scripts/pick_lrs.py --table SELECT_RESULTS.csv     # the Markdown table of docs/RESULTS.md
+    scripts/pick_lrs.py --table SELECT_RESULTS.csv     # the Markdown table of docs/results/README.md
 
 Families are matched by the `family` column of the selection results.csv and the `family` key of
 each [[run]] of the template. A family without selection runs is an error. The choices are printed

@@ -1,7 +1,13 @@
 //! # superlora-io
 //!
-//! The model-facing layer that needs no framework: read a safetensors header without loading
-//! the weights ([`header`]), and decide which weights an adapter targets ([`targets`]).
+//! The model-facing layer that needs no framework:
+//!
+//! - [`header`]: a safetensors header read without loading the weights;
+//! - [`targets`]: which weights an adapter targets (names, regexes, shapes);
+//! - [`onnx`]: a minimal ONNX reader (graph nodes and initializers, hand-decoded protobuf);
+//! - [`dinov2`]: the packaged DINOv2 ViT-S/14 ONNX export converted to Hugging Face-named
+//!   safetensors.
+//!
 //! Every reader treats its input as untrusted: malformed files give an [`Error`], never a panic.
 
 pub mod dinov2;

@@ -16,7 +16,10 @@
 //!   byte-level BPE tokenizer and chat prompts;
 //! - [`google_vit`]: ViT encoders in the `ViTModel` layout (google/vit-*);
 //! - [`adapt`]: which linears are targets, and the ΔW handed to a forward pass;
-//! - [`ops`]: frozen/adapted linears, layer norm, softmax, attention.
+//! - [`ops`]: frozen/adapted linears, layer norm, softmax, attention;
+//! - [`bmm`]: batched products of many small matrices (attention heads);
+//! - [`weights`]: base weights from safetensors (sharded too), looked up by name with the shape
+//!   checked.
 
 pub mod adapt;
 pub mod bert;

@@ -1,8 +1,18 @@
 //! # superlora-train
 //!
-//! The pieces of a training run: [`optim::AdamW`] with saveable state, [`schedule`], the
-//! classification [`head`] and loss, and the one training loop ([`train_loop::run_loop`], generic
-//! over a [`train_loop::LoopTask`]) that classification ([`trainer`]) and the diffusion crate run.
+//! The pieces of a training run, and the one training loop ([`train_loop::run_loop`], generic over
+//! a [`train_loop::LoopTask`]) that classification, causal-LM fine-tuning and the diffusion crate
+//! run:
+//!
+//! - [`train_loop`]: resume, seeded batch order, schedule, NaN stop, checkpoints, progress,
+//!   `metrics.jsonl` and `summary.json` for any task;
+//! - [`trainer`]: classification (frozen encoder + adapter + [`head`]) on a [`task`];
+//! - [`lm`]: causal-LM fine-tuning of a decoder (token chunks, next-token loss, perplexity);
+//! - [`optim`]: AdamW with saveable state; [`schedule`]: learning-rate schedules;
+//! - [`checkpoint`]: atomic run checkpoints; [`metrics`]: run records and peak memory;
+//! - [`artifact`]: the adapter folder (config + safetensors, docs/FORMAT.md);
+//! - [`lowrank`]: best rank-k factors of any ΔW, for LoRA export;
+//! - [`output`]: staged, atomic writes that never replace what they must not.
 
 pub mod artifact;
 pub mod checkpoint;
