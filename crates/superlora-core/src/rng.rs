@@ -121,6 +121,71 @@ impl Rng {
     }
 }
 
+/// The largest `total` [`torch_randperm_prefix`] reproduces: from `u32::MAX / 20` on, torch's CPU
+/// `randperm` switches to another shuffle (64-bit draws, "inside-out" Fisher–Yates).
+pub const TORCH_RANDPERM_MAX: usize = (u32::MAX / 20) as usize - 1;
+
+/// The first `k` entries of `torch.randperm(total, generator=torch.Generator().manual_seed(seed))`
+/// on the CPU, bit for bit, for `total` ≤ [`TORCH_RANDPERM_MAX`]: PEFT's FourierFT draws its
+/// frequency positions this way, so an adapter whose positions come from here is a PEFT FOURIERFT
+/// adapter with `random_loc_seed = seed`.
+///
+/// torch's algorithm (ATen `randperm_cpu`, unchanged since its TH days): r = 0..total, then for
+/// i in 0..total−1: z = mt19937() mod (total − i), swap r[i] and r[i + z]. The first k entries are
+/// final after k swaps. Its generator is the standard 32-bit Mersenne Twister seeded with the low
+/// 32 bits of `seed` ([`Mt19937`]). `None` when `total` is above the bound or `k > total`.
+pub fn torch_randperm_prefix(total: usize, k: usize, seed: u64) -> Option<Vec<usize>> {
+    if total > TORCH_RANDPERM_MAX || k > total {
+        return None;
+    }
+    let mut mt = Mt19937::new(seed as u32);
+    let mut r: Vec<u32> = (0..total as u32).collect();
+    for i in 0..k.min(total.saturating_sub(1)) {
+        let z = mt.next_u32() as usize % (total - i);
+        r.swap(i, i + z);
+    }
+    Some(r[..k].iter().map(|&x| x as usize).collect())
+}
+
+/// The 32-bit Mersenne Twister MT19937 (Matsumoto & Nishimura 1998; C++'s `std::mt19937`, torch's
+/// CPU generator), only to reproduce torch's permutations; the project's own randomness is
+/// [`stream`].
+pub struct Mt19937 {
+    state: [u32; 624],
+    index: usize,
+}
+
+impl Mt19937 {
+    /// Seeded as `std::mt19937(seed)`.
+    pub fn new(seed: u32) -> Self {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            let prev = state[i - 1];
+            state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+        }
+        Mt19937 { state, index: 624 }
+    }
+
+    /// The next 32-bit output.
+    pub fn next_u32(&mut self) -> u32 {
+        if self.index >= 624 {
+            for i in 0..624 {
+                let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % 624] & 0x7fff_ffff);
+                let mag = if y & 1 == 1 { 0x9908_b0df } else { 0 };
+                self.state[i] = self.state[(i + 397) % 624] ^ (y >> 1) ^ mag;
+            }
+            self.index = 0;
+        }
+        let mut y = self.state[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +203,37 @@ mod tests {
         assert_ne!(xs, (0..8).map(|_| z.next_u64()).collect::<Vec<_>>());
         assert_ne!(xs, (0..8).map(|_| w.next_u64()).collect::<Vec<_>>());
     }
+
+    /// The standard's check value: the 10,000th output of `std::mt19937` with its default seed
+    /// 5489 is 4123659995 (C++ [rand.predef]); its first is 3499211612.
+    #[test]
+    fn mt19937_matches_the_standard() {
+        let mut mt = Mt19937::new(5489);
+        assert_eq!(mt.next_u32(), 3_499_211_612);
+        let last = (1..10_000).map(|_| mt.next_u32()).last();
+        assert_eq!(last, Some(4_123_659_995));
+    }
+
+    /// torch's own output (2.15.0, CPU; the algorithm is unchanged since torch 1.0):
+    /// `torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:8]`.
+    #[test]
+    fn torch_randperm_prefix_matches_torch() {
+        for (n, seed, want) in TORCH_RANDPERM {
+            assert_eq!(torch_randperm_prefix(n, 8, seed).as_deref(), Some(&want[..]), "n = {n}, seed = {seed}");
+        }
+        assert_eq!(torch_randperm_prefix(5, 6, 0), None);
+        assert_eq!(torch_randperm_prefix(TORCH_RANDPERM_MAX + 1, 1, 0), None);
+        let full = torch_randperm_prefix(1000, 1000, 3).unwrap();
+        let mut sorted = full.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    }
+    const TORCH_RANDPERM: [(usize, u64, [usize; 8]); 4] = [
+        (147_456, 777, [96359, 50365, 131849, 102443, 146067, 129450, 139833, 89139]),
+        (147_456, 0, [51884, 142755, 100661, 77040, 34203, 47894, 76483, 24639]),
+        (110_592, 3, [96106, 78163, 25559, 29901, 3140, 16341, 72192, 28597]),
+        (1000, 12_345_678_901, [866, 681, 425, 528, 647, 42, 662, 844]),
+    ];
 
     /// Pins the exact bits so a dependency upgrade that changes the stream fails loudly.
     #[test]

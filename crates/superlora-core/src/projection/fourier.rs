@@ -15,9 +15,11 @@
 //! Symbol → variable: x → the group's `dense` tensor (n values); (u_k, v_k) → [`Fourier::positions`]
 //! (flat u_k·C + v_k, PEFT's `indices` before its split into rows and columns).
 //!
-//! Frequencies: the first n entries of a uniformly random permutation of 0..R·C (PEFT's
-//! `randperm(R·C)[:n]`, with the portable generator: stream (seed, group 0,
-//! [`Purpose::FourierPositions`]); like PEFT, weights of equal shape get equal frequencies).
+//! Frequencies: exactly PEFT's, `torch.randperm(R·C, generator=manual_seed(seed))[:n]` with
+//! `random_loc_seed` = the adapter's seed, reproduced bit for bit by
+//! [`torch_randperm_prefix`] (MT19937 + torch's Fisher–Yates, pinned against torch's own output);
+//! like PEFT, weights of equal shape get equal frequencies. So a FourierFT adapter goes to and comes
+//! from PEFT's FOURIERFT exactly (`superlora export --format peft`, `superlora import`).
 //!
 //! Fast path: a candle custom op. Forward: scatter x into a complex R x C grid, inverse FFT of
 //! the rows that hold a coefficient (length C), inverse FFT of every column (length R), keep the
@@ -39,7 +41,7 @@ use super::{Real, run_1d};
 
 use crate::config::{Factorization, Fold};
 use crate::error::{Error, Result};
-use crate::rng::{Purpose, stream};
+use crate::rng::{Purpose, TORCH_RANDPERM_MAX, stream, torch_randperm_prefix};
 
 /// PEFT's default FourierFT `scaling` α, the default `scale` of `projection = fourier`.
 pub const DEFAULT_SCALE: f64 = 150.0;
@@ -102,6 +104,16 @@ pub fn check_count(count: usize, natural_shape: Option<(usize, usize)>, group: u
     let Some((rows, cols)) = natural_shape else {
         return Err(Error::config("fold", "square", "`projection = fourier` needs `fold = natural`"));
     };
+    if rows * cols > TORCH_RANDPERM_MAX {
+        return Err(Error::config(
+            "projection",
+            "fourier",
+            format!(
+                "weight {group} is {rows}x{cols}: FourierFT draws its frequencies as torch's randperm \
+                 does (PEFT compatibility), which this project reproduces for d_out·d_in ≤ {TORCH_RANDPERM_MAX}"
+            ),
+        ));
+    }
     if count > rows * cols {
         return Err(Error::config(
             "count",
@@ -145,9 +157,14 @@ impl PartialEq for Fourier {
 }
 
 impl Fourier {
-    /// The `n` frequencies of a `rows` x `cols` weight under `seed`.
+    /// The `n` frequencies of a `rows` x `cols` weight under `seed`: PEFT's, bit for bit
+    /// (`torch.randperm(rows·cols, generator=manual_seed(seed))[:n]`). A shape above
+    /// [`TORCH_RANDPERM_MAX`] entries (refused by [`check_count`]) falls back to the project's own
+    /// stream so that this never fails.
     pub fn generate(rows: usize, cols: usize, n: usize, seed: u64) -> Self {
-        let positions = stream(seed, 0, Purpose::FourierPositions).sample_distinct(rows * cols, n.min(rows * cols));
+        let n = n.min(rows * cols);
+        let positions = torch_randperm_prefix(rows * cols, n, seed)
+            .unwrap_or_else(|| stream(seed, 0, Purpose::FourierPositions).sample_distinct(rows * cols, n));
         Self::from_positions(rows, cols, positions)
     }
 
