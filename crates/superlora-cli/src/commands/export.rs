@@ -9,8 +9,10 @@
 //! - `--format peft` of a VeRA adapter, exact: PEFT's VERA with the projections saved
 //!   (`base_model.vera_A` / `vera_B` = our shared A_max / B_max, f32), per module
 //!   `vera_lambda_b` = α·b and `vera_lambda_d` = d (PEFT's VeRA has no scale, so α is folded into b).
-//! - FourierFT cannot go out as PEFT's FOURIERFT (PEFT keeps no frequency positions and
-//!   regenerates them with torch's `randperm`): `--rank K` or `--format delta` instead.
+//! - `--format peft` of a FourierFT adapter, exact: PEFT's FOURIERFT, per module
+//!   `fourierft_spectrum` = our n coefficients, `scaling` = α, `random_loc_seed` = our seed (PEFT
+//!   regenerates the frequency positions with torch's `randperm` from it, and ours are drawn the
+//!   same way: [`superlora_core::rng::torch_randperm_prefix`]).
 //! - `--format delta`: the exact ΔW tensors, named `<module>.weight`.
 //!
 //! Folders are written atomically and never replace an existing one without `--force`.
@@ -54,7 +56,7 @@ pub struct ExportArgs {
 /// `--format` of export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// Hugging Face PEFT (LoRA; VeRA exactly for a VeRA adapter): adapter_config.json + adapter_model.safetensors.
+    /// Hugging Face PEFT (LoRA; VeRA / FourierFT exactly for such adapters): adapter_config.json + adapter_model.safetensors.
     Peft,
     /// The exact ΔW of every adapted weight, named after the weight it updates.
     Delta,
@@ -106,6 +108,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 && matches!(cfg.factorization, Factorization::Lora { .. })
                 && cfg.projection == Projection::Identity;
             let is_vera = matches!(cfg.factorization, Factorization::Vera { .. });
+            let is_fourier = matches!(cfg.projection, Projection::Fourier { .. });
             let (r, alpha) = match (args.rank, exact_lora) {
                 (None, true) => {
                     let Factorization::Lora { rank } = cfg.factorization else { bail!("unreachable") };
@@ -147,14 +150,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                     }
                     (k, k as f64)
                 }
-                (None, false) if !is_vera && matches!(cfg.projection, Projection::Fourier { .. }) => {
-                    bail!(InputError(format!(
-                        "{} is FourierFT: PEFT's FOURIERFT stores no frequency positions (it regenerates them with \
-                         torch.randperm from `random_loc_seed`, which this tool does not reproduce), so it cannot \
-                         hold ours; give --rank K to export each layer's best rank-K LoRA approximation (exact at \
-                         full rank), or use --format delta for the exact ΔW",
-                        args.adapter.display()
-                    )))
+                (None, false) if is_fourier => {
+                    let Projection::Fourier { count } = cfg.projection else { bail!("unreachable") };
+                    fourier_tensors(adapter, &loaded.targets, &mut tensors)?;
+                    println!(
+                        "exact FourierFT export: n_frequency {count}, scaling {}, random_loc_seed {}",
+                        cfg.scale, cfg.seed
+                    );
+                    (count, cfg.scale)
                 }
                 (None, false) if is_vera => {
                     let Factorization::Vera { rank } = cfg.factorization else { bail!("unreachable") };
@@ -179,6 +182,8 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             let base = hub_path(&loaded.file.base_model.path);
             let config = if is_vera && args.rank.is_none() {
                 vera_config(r, cfg.seed, &targets, &base)
+            } else if is_fourier && args.rank.is_none() {
+                fourier_config(r, alpha, cfg.seed, &targets, &base)
             } else {
                 serde_json::json!({
                 "peft_type": "LORA",
@@ -235,6 +240,45 @@ fn vera_tensors(adapter: &SuperLora, targets: &[LayerShape], out: &mut HashMap<S
     out.insert("base_model.vera_A".into(), a);
     out.insert("base_model.vera_B".into(), b);
     Ok(())
+}
+
+/// PEFT FourierFT tensors of a FourierFT adapter: per target `fourierft_spectrum` = our n
+/// coefficients (the group's `dense`), unchanged: PEFT's ΔW = ifft2(spectrum at its positions).real
+/// · scaling is ours with scaling = α, and its positions (torch's randperm from
+/// `random_loc_seed`) are the ones our FourierFT draws from the same seed.
+fn fourier_tensors(adapter: &SuperLora, targets: &[LayerShape], out: &mut HashMap<String, Tensor>) -> Result<()> {
+    let named: HashMap<String, Tensor> =
+        adapter.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    for (g, t) in targets.iter().enumerate() {
+        let x = named
+            .get(&format!("group.{g}.{}", superlora_core::factor::dense::NAME))
+            .with_context(|| format!("group {g} of a FourierFT adapter has no coefficients"))?;
+        out.insert(format!("{}.fourierft_spectrum", key(&t.name)), x.to_dtype(DType::F32)?.flatten_all()?);
+    }
+    Ok(())
+}
+
+/// PEFT's FourierFT `adapter_config.json`: `random_loc_seed` is our seed, from which PEFT draws
+/// the same frequency positions as ours.
+fn fourier_config(n: usize, scaling: f64, seed: u64, targets: &[&str], base: &str) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "FOURIERFT",
+        "task_type": null,
+        "n_frequency": n,
+        "scaling": scaling,
+        "random_loc_seed": seed,
+        "target_modules": targets,
+        "fan_in_fan_out": false,
+        "bias": "none",
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "n_frequency_pattern": {},
+        "init_weights": false,
+        "inference_mode": true,
+        "revision": null,
+        "base_model_name_or_path": base,
+    })
 }
 
 /// PEFT's VeRA `adapter_config.json`. `projection_prng_key` holds our seed: PEFT seeds torch's

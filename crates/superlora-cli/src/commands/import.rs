@@ -1,5 +1,5 @@
 //! `superlora import --format peft`: a Hugging Face PEFT LoRA or VeRA adapter in as one of ours
-//! (VeRA: see [`vera_adapter`]; FourierFT is refused, its frequency positions are not in the file).
+//! (VeRA: see [`vera_adapter`]; FourierFT: see [`fourier_adapter`]).
 //!
 //! PEFT computes, per target module, ΔW = s · lora_B.weight · lora_A.weight with lora_A [r, d_in],
 //! lora_B [d_out, r] and s = lora_alpha / r (lora_alpha / √r with `use_rslora`). Ours, for
@@ -47,8 +47,11 @@ A PEFT VeRA (peft_type VERA) saved with its projections (save_projection, PEFT's
 exactly: as our VeRA (b = vera_lambda_b, d = vera_lambda_d, α = 1, seed = projection_prng_key) when \
 vera_A / vera_B are the ones our VeRA draws from that seed (an adapter exported by us), otherwise as \
 weight-wise LoRA of rank r with the same ΔW (A = diag(λ_b)·vera_B·diag(λ_d), B = vera_Aᵀ), since \
-PEFT's torch-drawn projections cannot be regenerated here. Refused: VeRA without saved projections, \
-and FourierFT (PEFT regenerates its frequency positions with torch.randperm).";
+PEFT's torch-drawn projections cannot be regenerated here. Refused: VeRA without saved projections.
+
+A PEFT FourierFT (peft_type FOURIERFT) comes in exactly as our FourierFT: count = n_frequency, scale = \
+scaling, seed = random_loc_seed (both draw the frequency positions with torch's randperm from that \
+seed), coefficients = fourierft_spectrum. Refused: n_frequency_pattern.";
 
 pub(crate) const IMPORT_EXAMPLES: &str = "\
 Examples:
@@ -97,6 +100,8 @@ struct PeftLora {
     targets: Option<(String, TargetPattern)>,
     /// VeRA: `Some(projection_prng_key)`; LoRA: None.
     vera_key: Option<u64>,
+    /// FourierFT: `Some((n_frequency, random_loc_seed))`; `r` is n and `scale` is `scaling`.
+    fourier: Option<(usize, u64)>,
 }
 
 fn bad(dir: &Path, what: impl std::fmt::Display) -> anyhow::Error {
@@ -111,23 +116,41 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
     let Some(o) = v.as_object() else { return Err(bad(dir, "adapter_config.json is not a JSON object")) };
     let peft_type = o.get("peft_type").and_then(|x| x.as_str()).unwrap_or("(missing)");
     match peft_type {
-        "LORA" | "VERA" => {}
-        "FOURIERFT" => {
+        "LORA" | "VERA" | "FOURIERFT" => {}
+        other => {
             return Err(bad(
                 dir,
-                "peft_type is `FOURIERFT`: PEFT stores only the spectral coefficients and regenerates their \
-                 frequency positions with torch.randperm seeded by `random_loc_seed`; this tool does not \
-                 reproduce torch's generator, so the positions (and ΔW) are unknown here. Merge the adapter \
-                 in PEFT, or convert it to LoRA there, and import that instead",
+                format!("peft_type is `{other}`; only LORA, VERA and FOURIERFT adapters can be imported"),
             ));
         }
-        other => {
-            return Err(bad(dir, format!("peft_type is `{other}`; only LORA and VERA adapters can be imported")));
-        }
     }
-    let r = o.get("r").and_then(serde_json::Value::as_u64).filter(|&r| r >= 1).ok_or_else(|| {
-        bad(dir, format!("`r` = {}: must be a positive integer", o.get("r").unwrap_or(&serde_json::Value::Null)))
-    })? as usize;
+    let fourier = if peft_type == "FOURIERFT" {
+        let n = o.get("n_frequency").and_then(serde_json::Value::as_u64).filter(|&n| n >= 1).ok_or_else(|| {
+            bad(
+                dir,
+                format!(
+                    "`n_frequency` = {}: must be a positive integer",
+                    o.get("n_frequency").unwrap_or(&serde_json::Value::Null)
+                ),
+            )
+        })? as usize;
+        // PEFT's default random_loc_seed is 777.
+        let seed = match o.get("random_loc_seed") {
+            None | Some(serde_json::Value::Null) => 777,
+            Some(v) => {
+                v.as_u64().ok_or_else(|| bad(dir, format!("`random_loc_seed` = {v}: must be an integer ≥ 0")))?
+            }
+        };
+        Some((n, seed))
+    } else {
+        None
+    };
+    let r = match fourier {
+        Some((n, _)) => n,
+        None => o.get("r").and_then(serde_json::Value::as_u64).filter(|&r| r >= 1).ok_or_else(|| {
+            bad(dir, format!("`r` = {}: must be a positive integer", o.get("r").unwrap_or(&serde_json::Value::Null)))
+        })? as usize,
+    };
     let vera_key = if peft_type == "VERA" {
         if o.get("save_projection").and_then(serde_json::Value::as_bool) == Some(false) {
             return Err(bad(
@@ -147,12 +170,18 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
     } else {
         None
     };
-    let alpha = if vera_key.is_some() { Some(1.0) } else { o.get("lora_alpha").and_then(serde_json::Value::as_f64) };
+    let alpha_key = if fourier.is_some() { "scaling" } else { "lora_alpha" };
+    let alpha = match (vera_key, fourier) {
+        (Some(_), _) => Some(1.0),
+        // PEFT's default FourierFT scaling is 150.
+        (None, Some(_)) => match o.get("scaling") {
+            None | Some(serde_json::Value::Null) => Some(150.0),
+            Some(v) => v.as_f64(),
+        },
+        (None, None) => o.get("lora_alpha").and_then(serde_json::Value::as_f64),
+    };
     let alpha = alpha.filter(|a| a.is_finite()).ok_or_else(|| {
-        bad(
-            dir,
-            format!("`lora_alpha` = {}: must be a number", o.get("lora_alpha").unwrap_or(&serde_json::Value::Null)),
-        )
+        bad(dir, format!("`{alpha_key}` = {}: must be a number", o.get(alpha_key).unwrap_or(&serde_json::Value::Null)))
     })?;
     let flag = |name: &str| o.get(name).and_then(serde_json::Value::as_bool).unwrap_or(false);
     for (name, why) in [
@@ -169,7 +198,7 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
         Some(serde_json::Value::Array(a)) => a.is_empty(),
         _ => false,
     };
-    for name in ["rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"] {
+    for name in ["rank_pattern", "alpha_pattern", "n_frequency_pattern", "modules_to_save", "layers_to_transform"] {
         if !empty(name) {
             return Err(bad(
                 dir,
@@ -184,6 +213,8 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
     }
     let scale = if vera_key.is_some() {
         1.0
+    } else if fourier.is_some() {
+        alpha
     } else if flag("use_rslora") {
         alpha / (r as f64).sqrt()
     } else {
@@ -193,7 +224,7 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
         return Err(bad(
             dir,
             format!(
-                "`lora_alpha` = {alpha} gives the scale {scale:e}, beyond {:e}: ΔW would overflow f32",
+                "`{alpha_key}` = {alpha} gives the scale {scale:e}, beyond {:e}: ΔW would overflow f32",
                 superlora_core::config::MAX_SCALE
             ),
         ));
@@ -214,7 +245,7 @@ fn read_peft_config(dir: &Path) -> Result<PeftLora> {
             return Err(bad(dir, format!("`target_modules` = {other}: must be a list of strings or one regex")));
         }
     };
-    Ok(PeftLora { r, scale, targets, vera_key })
+    Ok(PeftLora { r, scale, targets, vera_key, fourier })
 }
 
 /// Splits `base_model.model.<module>.lora_{A,B}[.<adapter>].weight` into (module, "A" | "B").
@@ -231,6 +262,51 @@ fn split_key(key: &str) -> Option<(String, &'static str)> {
         }
     }
     None
+}
+
+/// Splits `base_model.model.<module>.fourierft_spectrum[.<adapter>]` into the module.
+fn split_fourier_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("base_model.model.")?;
+    let tag = ".fourierft_spectrum";
+    let i = rest.rfind(tag)?;
+    let tail = &rest[i + tag.len()..];
+    (tail.is_empty() || (tail.starts_with('.') && !tail[1..].contains('.'))).then(|| rest[..i].to_string())
+}
+
+/// A PEFT FourierFT adapter as ours: FourierFT with count = n_frequency, scale = scaling and
+/// seed = random_loc_seed, whose frequencies are PEFT's (both draw torch's randperm from that
+/// seed), and coefficients = `fourierft_spectrum`: exact.
+fn fourier_adapter(
+    dir: &Path,
+    peft: &PeftLora,
+    (n, seed): (usize, u64),
+    targets: &[LayerShape],
+    factors: &BTreeMap<String, HashMap<&str, Tensor>>,
+    device: &Device,
+) -> Result<(AdapterConfig, SuperLora)> {
+    let spec = AdapterSpec {
+        projection: Some(superlora_core::ProjectionKind::Fourier),
+        count: Some(n),
+        scale: Some(peft.scale),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let cfg = spec.resolve().map_err(|e| bad(dir, format!("n_frequency {n}: {e}")))?;
+    let plan = Plan::new(targets, &cfg).map_err(|e| bad(dir, format!("n_frequency {n} does not fit: {e}")))?;
+    let adapter = SuperLora::new(plan, DType::F32, device)?;
+    let vars: HashMap<String, candle_core::Var> = adapter.named_vars().into_iter().collect();
+    for (g, t) in targets.iter().enumerate() {
+        let x = &factors[&t.name]["S"];
+        if x.dims() != [n] {
+            return Err(bad(
+                dir,
+                format!("`{}.fourierft_spectrum` has shape {:?}; n_frequency = {n} needs [{n}]", t.name, x.dims()),
+            ));
+        }
+        check_finite(dir, &format!("{}.fourierft_spectrum", t.name), x)?;
+        vars[&format!("group.{g}.{}", superlora_core::factor::dense::NAME)].set(x)?;
+    }
+    Ok((cfg, adapter))
 }
 
 /// The base model's linear layers and weights file.
@@ -281,6 +357,18 @@ pub fn run(args: &ImportArgs) -> Result<()> {
                         format!(
                             "tensor `{key}` is not a VeRA tensor (`base_model.vera_A|vera_B`, \
                              `base_model.model.<module>.vera_lambda_b|vera_lambda_d`)"
+                        ),
+                    ));
+                }
+            }
+        } else if peft.fourier.is_some() {
+            match split_fourier_key(&key) {
+                Some(m) => Some((m, "S")),
+                None => {
+                    return Err(bad(
+                        dir,
+                        format!(
+                            "tensor `{key}` is not a FourierFT tensor (`base_model.model.<module>.fourierft_spectrum`)"
                         ),
                     ));
                 }
@@ -360,34 +448,32 @@ pub fn run(args: &ImportArgs) -> Result<()> {
             format!("module `{unknown}` is not a linear layer of {} (e.g. {})", weights.display(), close.join(", ")),
         ));
     }
+    if let Some(fourier) = peft.fourier {
+        let (cfg, adapter) = fourier_adapter(dir, &peft, fourier, &targets, &factors, &device)?;
+        let imported = Imported { targets: &targets, kind, weights: &weights, sha, spec: &spec };
+        let with_head = imported.save(args, like, cfg, &adapter)?;
+        println!(
+            "imported {} FourierFT layers (n = {}, scaling {}, random_loc_seed {}) from {} into {}{}",
+            targets.len(),
+            fourier.0,
+            peft.scale,
+            fourier.1,
+            dir.display(),
+            args.out.display(),
+            with_head
+        );
+        return Ok(());
+    }
     if let Some(prng_key) = peft.vera_key {
         let (cfg, adapter, how) = vera_adapter(dir, &peft, prng_key, &targets, &factors, &shared, &device)?;
-        let (head_info, head) = match like {
-            Some((file, head)) => (file.head, head),
-            None => (None, None),
-        };
-        let file = AdapterFile {
-            format: artifact::FORMAT.into(),
-            format_version: artifact::FORMAT_VERSION,
-            adapter: Some(cfg),
-            targets: targets.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
-            rules: Rules::current(),
-            base_model: BaseModel { kind: kind.into(), path: weights.display().to_string(), sha256: sha },
-            head: if head.is_some() { head_info } else { None },
-            trainable_params: adapter.num_trainable(),
-            head_params: head.as_ref().map_or(0, Head::num_params),
-            projection_saved: false,
-            task: serde_json::to_value(&spec)?,
-        };
-        artifact::save(&args.out, &file, Some(&adapter), head.as_ref(), args.force)
-            .with_context(|| format!("writing {}", args.out.display()))?;
+        let imported = Imported { targets: &targets, kind, weights: &weights, sha, spec: &spec };
+        let with_head = imported.save(args, like, cfg, &adapter)?;
         println!(
-            "imported {} VeRA layers (r = {}) from {} into {} as {how}{}",
+            "imported {} VeRA layers (r = {}) from {} into {} as {how}{with_head}",
             targets.len(),
             peft.r,
             dir.display(),
             args.out.display(),
-            if head.is_some() { " with the head of --like" } else { " (no head: predict --json prints features)" }
         );
         return Ok(());
     }
@@ -431,25 +517,8 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         vars[&format!("group.{g}.lora_b")].set(&a.t()?.contiguous()?)?;
     }
 
-    let (head_info, head) = match like {
-        Some((file, head)) => (file.head, head),
-        None => (None, None),
-    };
-    let file = AdapterFile {
-        format: artifact::FORMAT.into(),
-        format_version: artifact::FORMAT_VERSION,
-        adapter: Some(cfg),
-        targets: targets.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
-        rules: Rules::current(),
-        base_model: BaseModel { kind: kind.into(), path: weights.display().to_string(), sha256: sha },
-        head: if head.is_some() { head_info } else { None },
-        trainable_params: adapter.num_trainable(),
-        head_params: head.as_ref().map_or(0, Head::num_params),
-        projection_saved: false,
-        task: serde_json::to_value(&spec)?,
-    };
-    artifact::save(&args.out, &file, Some(&adapter), head.as_ref(), args.force)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let imported = Imported { targets: &targets, kind, weights: &weights, sha, spec: &spec };
+    let with_head = imported.save(args, like, cfg, &adapter)?;
     println!(
         "imported {} LoRA layers (r = {}, α = {}) from {} into {}{}",
         targets.len(),
@@ -457,9 +526,55 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         peft.scale,
         dir.display(),
         args.out.display(),
-        if head.is_some() { " with the head of --like" } else { " (no head: predict --json prints features)" }
+        with_head
     );
     Ok(())
+}
+
+/// What every import writes beside the adapter itself.
+struct Imported<'a> {
+    targets: &'a [LayerShape],
+    kind: &'static str,
+    weights: &'a Path,
+    sha: String,
+    spec: &'a TaskSpec,
+}
+
+impl Imported<'_> {
+    /// Writes `--out` (config, adapter, the head of `--like` if any); returns the tail of the
+    /// report line that says whether a head came along.
+    fn save(
+        self,
+        args: &ImportArgs,
+        like: Option<(AdapterFile, Option<Head>)>,
+        cfg: AdapterConfig,
+        adapter: &SuperLora,
+    ) -> Result<&'static str> {
+        let (head_info, head) = match like {
+            Some((file, head)) => (file.head, head),
+            None => (None, None),
+        };
+        let file = AdapterFile {
+            format: artifact::FORMAT.into(),
+            format_version: artifact::FORMAT_VERSION,
+            adapter: Some(cfg),
+            targets: self.targets.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
+            rules: Rules::current(),
+            base_model: BaseModel {
+                kind: self.kind.into(),
+                path: self.weights.display().to_string(),
+                sha256: self.sha,
+            },
+            head: if head.is_some() { head_info } else { None },
+            trainable_params: adapter.num_trainable(),
+            head_params: head.as_ref().map_or(0, Head::num_params),
+            projection_saved: false,
+            task: serde_json::to_value(self.spec)?,
+        };
+        artifact::save(&args.out, &file, Some(adapter), head.as_ref(), args.force)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        Ok(if head.is_some() { " with the head of --like" } else { " (no head: predict --json prints features)" })
+    }
 }
 
 fn check_finite(dir: &Path, name: &str, t: &Tensor) -> Result<()> {

@@ -2,9 +2,10 @@
 //! weights (random b and d, α = 2.5) goes out with `export --format peft` and back in with
 //! `import --format peft --preset minilm-rt`, and comes back as VeRA with the same ΔW (α is folded
 //! into `vera_lambda_b` on the way out). A PEFT VeRA whose projections are not ours comes in as
-//! weight-wise LoRA with the same ΔW. FourierFT is refused both ways with the reason, exit code 2.
-//! Needs the MiniLM asset (`scripts/setup-assets.sh minilm`); tools/peft_vera_check.py checks the
-//! same files against PEFT itself.
+//! weight-wise LoRA with the same ΔW. A FourierFT adapter goes out as PEFT's FOURIERFT (the
+//! coefficients; PEFT redraws the same frequencies from `random_loc_seed`) and comes back with the
+//! same ΔW. Needs the MiniLM asset (`scripts/setup-assets.sh minilm`); tools/peft_peers_check.py
+//! checks the same files against PEFT itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -157,7 +158,7 @@ fn vera_goes_out_to_peft_and_comes_back_with_the_same_delta() {
     let (code, out) =
         cli(&["import", "--format", "peft", &s(&foreign), "--preset", "minilm-rt", "--out", &s(&lora), "--force"]);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("random_loc_seed"), "{out}");
+    assert!(out.contains("`n_frequency` = null"), "{out}");
     let mut missing = t.clone();
     missing.remove("base_model.vera_B");
     std::fs::write(foreign.join("adapter_config.json"), cfg.to_string()).unwrap();
@@ -166,22 +167,61 @@ fn vera_goes_out_to_peft_and_comes_back_with_the_same_delta() {
         cli(&["import", "--format", "peft", &s(&foreign), "--preset", "minilm-rt", "--out", &s(&lora), "--force"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("vera_B"), "{out}");
+}
 
-    // Our FourierFT cannot go out as PEFT's: refused with the reason and the alternatives.
-    let four = tmp.path().join("four");
+#[test]
+fn fourierft_goes_out_to_peft_and_comes_back_with_the_same_delta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let ours = tmp.path().join("ours");
     make(
-        &four,
+        &ours,
         AdapterSpec {
-            fold: Some(Fold::Natural),
-            order: Some(1),
-            factor: Some(FactorKind::Dense),
             projection: Some(ProjectionKind::Fourier),
             count: Some(50),
+            scale: Some(120.0),
             seed: Some(3),
             ..Default::default()
         },
     );
-    let (code, out) = cli(&["export", "--format", "peft", "--adapter", &s(&four), "--out", &s(&tmp.path().join("f"))]);
+    let peft = tmp.path().join("peft");
+    let (code, out) = cli(&["export", "--format", "peft", "--adapter", &s(&ours), "--out", &s(&peft)]);
+    assert_eq!(code, Some(0), "{out}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "FOURIERFT");
+    assert_eq!((cfg["n_frequency"].as_u64(), cfg["scaling"].as_f64()), (Some(50), Some(120.0)));
+    assert_eq!(cfg["random_loc_seed"], 3);
+    let t = load_tensors(&peft.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(t.len(), 12);
+    assert_eq!(t["base_model.model.encoder.layer.5.attention.self.value.fourierft_spectrum"].dims(), [50]);
+
+    let back = tmp.path().join("back");
+    let (code, out) = cli(&["import", "--format", "peft", &s(&peft), "--preset", "minilm-rt", "--out", &s(&back)]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("12 FourierFT layers"), "{out}");
+    let (c0, d0) = deltas(&ours);
+    let (c1, d1) = deltas(&back);
+    assert_eq!((c1.projection, c1.scale, c1.seed), (c0.projection, 120.0, 3));
+    assert_eq!(d0, d1, "FourierFT round trip: the coefficients and frequencies come back unchanged");
+
+    // Refusals, exit code 2, with the reason: a wrong spectrum length, per-layer counts.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let mut short = t.clone();
+    let key = "base_model.model.encoder.layer.0.attention.self.query.fourierft_spectrum";
+    short.insert(key.into(), Tensor::zeros(49, DType::F32, &Device::Cpu).unwrap());
+    std::fs::write(bad.join("adapter_config.json"), cfg.to_string()).unwrap();
+    save_tensors(&bad.join("adapter_model.safetensors"), &short, None).unwrap();
+    let out_dir = s(&tmp.path().join("x"));
+    let (code, out) = cli(&["import", "--format", "peft", &s(&bad), "--preset", "minilm-rt", "--out", &out_dir]);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("FourierFT") && out.contains("--rank K"), "{out}");
+    assert!(out.contains("has shape [49]; n_frequency = 50 needs [50]"), "{out}");
+    let mut pattern = cfg.clone();
+    pattern["n_frequency_pattern"] = serde_json::json!({"query": 10});
+    std::fs::write(bad.join("adapter_config.json"), pattern.to_string()).unwrap();
+    save_tensors(&bad.join("adapter_model.safetensors"), &t, None).unwrap();
+    let (code, out) = cli(&["import", "--format", "peft", &s(&bad), "--preset", "minilm-rt", "--out", &out_dir]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("`n_frequency_pattern` is set"), "{out}");
 }

@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
-"""Cross-checks superlora's PEFT VeRA export and import against Hugging Face PEFT (not run by CI).
+"""Cross-checks superlora's PEFT export and import of the few-parameter peers, VeRA and FourierFT,
+against Hugging Face PEFT (not run by CI). --adapter picks the family: a VeRA adapter
+(`train --factor vera`) or a FourierFT one (`train --count n`), trained by superlora on MiniLM.
 
-1. ours -> PEFT: `superlora export --format peft` of a MiniLM VeRA adapter trained by superlora
-   (`train --factor vera`) is loaded with `peft.PeftModel.from_pretrained` over transformers'
-   BertModel on the same MiniLM weights (no missing VeRA keys, no unexpected keys); its mean-pooled
-   embeddings are compared with the `features` of `superlora predict --json` on the original adapter.
-2. PEFT -> ours: a VeRA made in Python (r=8, query+value, save_projection=True, random non-zero
-   vera_lambda_b and vera_lambda_d) is saved with `save_pretrained`, brought in with
-   `superlora import --format peft --preset minilm-rt`, and compared the same way.
-3. ours -> PEFT -> ours: the export of 1 imported back must give the original features (it comes
-   back as a VeRA adapter, because its vera_A/vera_B are ours for the seed in projection_prng_key).
+1. ours -> PEFT: `superlora export --format peft` of the adapter is loaded with
+   `peft.PeftModel.from_pretrained` over transformers' BertModel on the same MiniLM weights (no
+   missing adapter keys, no unexpected keys); its mean-pooled embeddings are compared with the
+   `features` of `superlora predict --json` on the original adapter.
+2. PEFT -> ours: an adapter of the same family made in Python (VeRA: r=8, save_projection=True,
+   random non-zero vera_lambda_b and vera_lambda_d; FourierFT: n_frequency=200, scaling 150,
+   random_loc_seed 1234, random spectrum), query+value, is saved with `save_pretrained`, brought in
+   with `superlora import --format peft --preset minilm-rt`, and compared the same way.
+3. ours -> PEFT -> ours: the export of 1 imported back must give the original features (VeRA comes
+   back as VeRA because its vera_A/vera_B are ours for the seed in projection_prng_key; FourierFT
+   because PEFT's frequencies and ours are the same torch randperm of random_loc_seed).
 
 Differences are printed as max |a - b| and relative to max |features|; the adapters' own effect
 (max |adapted - base|) is printed for scale. Exits 1 if a relative difference exceeds --tol.
 
 Environment (pinned): python3 -m venv .venv-peft && .venv-peft/bin/pip install -r tools/requirements-peft.txt
 
-    .venv-peft/bin/python tools/peft_vera_check.py --adapter runs/<minilm-vera-run>/adapter
+    .venv-peft/bin/python tools/peft_peers_check.py --adapter runs/<minilm-vera-or-fourierft-run>/adapter
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,7 +32,7 @@ import tempfile
 import peft
 import torch
 import transformers
-from peft import PeftModel, VeraConfig, get_peft_model
+from peft import FourierFTConfig, PeftModel, VeraConfig, get_peft_model
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +49,7 @@ def compare(label, peft_emb, ours, base_emb):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--adapter", required=True, help="a superlora MiniLM VeRA adapter folder (train --factor vera)")
+    ap.add_argument("--adapter", required=True, help="a superlora MiniLM VeRA or FourierFT adapter folder")
     ap.add_argument("--minilm", default=os.path.join(cache_dir(), "assets", "minilm"))
     ap.add_argument("--superlora", default="target/release/superlora")
     ap.add_argument("--max-len", type=int, default=64, help="the adapter's max_len (presets: 64)")
@@ -54,6 +59,15 @@ def main():
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.minilm, "tokenizer.json"))
+    with open(os.path.join(args.adapter, "adapter_config.json")) as f:
+        ours_cfg = json.load(f)["adapter"]
+    if ours_cfg["factorization"]["kind"] == "vera":
+        family, config_class, tag = "VeRA", VeraConfig, "vera_"
+    elif ours_cfg["projection"]["kind"] == "fourier":
+        family, config_class, tag = "FourierFT", FourierFTConfig, "fourierft_"
+    else:
+        sys.exit(f"{args.adapter} is neither VeRA nor FourierFT: {ours_cfg}")
+    print(f"family: {family}")
     worst = 0.0
     with tempfile.TemporaryDirectory() as work:
         base = AutoModel.from_pretrained(args.minilm).eval()
@@ -63,11 +77,11 @@ def main():
         exported = os.path.join(work, "peft-export")
         print(run([args.superlora, "export", "--adapter", args.adapter, "--format", "peft", "--out", exported]).strip())
         model = PeftModel.from_pretrained(AutoModel.from_pretrained(args.minilm), exported).eval()
-        if not isinstance(model.peft_config["default"], VeraConfig):
-            sys.exit(f"PEFT loaded {type(model.peft_config['default']).__name__}, not VeraConfig")
+        if not isinstance(model.peft_config["default"], config_class):
+            sys.exit(f"PEFT loaded {type(model.peft_config['default']).__name__}, not {config_class.__name__}")
         res = model.load_adapter(exported, adapter_name="check")
-        missing = [k for k in res.missing_keys if "vera_" in k]
-        print(f"PEFT load: {len(missing)} missing VeRA keys, {len(res.unexpected_keys)} unexpected keys")
+        missing = [k for k in res.missing_keys if tag in k]
+        print(f"PEFT load: {len(missing)} missing {family} keys, {len(res.unexpected_keys)} unexpected keys")
         if missing or res.unexpected_keys:
             sys.exit(f"missing {missing[:5]} unexpected {res.unexpected_keys[:5]}")
         model.set_adapter("default")
@@ -85,13 +99,16 @@ def main():
 
         # 2. PEFT -> ours
         made = os.path.join(work, "peft-made")
-        cfg = VeraConfig(r=8, target_modules=["query", "value"], save_projection=True, projection_prng_key=1234)
+        if family == "VeRA":
+            cfg = VeraConfig(r=8, target_modules=["query", "value"], save_projection=True, projection_prng_key=1234)
+            trained = ("vera_lambda_b", "vera_lambda_d")
+        else:
+            cfg = FourierFTConfig(n_frequency=200, scaling=150.0, random_loc_seed=1234, target_modules=["query", "value"])
+            trained = ("fourierft_spectrum",)
         pm = get_peft_model(AutoModel.from_pretrained(args.minilm), cfg)
         with torch.no_grad():
             for name, p in pm.named_parameters():
-                if "vera_lambda_b" in name:
-                    p.normal_(0.0, 0.5)
-                elif "vera_lambda_d" in name:
+                if any(t in name for t in trained):
                     p.normal_(0.0, 0.5)
         pm.save_pretrained(made)
         pm.eval()
