@@ -39,9 +39,15 @@ def rows(path):
 
 def status(p):
     select, study = rows(f"runs/study/{p}/select/results.csv"), rows(f"runs/study/{p}/study/results.csv")
-    grid = f"runs/study/{p}/study.toml"
-    of = total(grid) if os.path.exists(grid) else "?"
+    of = study_total(p)
+    of = "? (the selection stage is not finished)" if of is None else of
     return f"{p} selection {len(select)} of {total(f'sweeps/{p}-select.toml')} runs, study {len(study)} of {of}"
+
+
+def study_total(p):
+    """Runs in the study grid, or None before the selection stage has written it."""
+    grid = f"runs/study/{p}/study.toml"
+    return total(grid) if os.path.exists(grid) else None
 
 
 def plot(p):
@@ -50,9 +56,11 @@ def plot(p):
     csv_path = f"runs/study/{p}/study/results.csv"
     if not rows(csv_path):
         return "(no study run finished yet)\n"
-    done, of = len(rows(csv_path)), total(f"runs/study/{p}/study.toml")
+    done, of = len(rows(csv_path)), study_total(p)
     title = f"{p}: test accuracy vs trainable adapter parameters"
-    if done < of:
+    if of is None:
+        title += f" (partial: {done} runs; the selection stage is not finished)"
+    elif done < of:
         title += f" (partial: {done} of {of} runs)"
     out = f"docs/results/{p}"
     subprocess.run([BIN, "plot", csv_path, "--out", out, "--force", "--title", title], check=True, capture_output=True)
@@ -84,9 +92,13 @@ if len(sys.argv) != 2:
     sys.exit(__doc__)
 date = sys.argv[1]
 # The results themselves are committed (runs/ is not): scripts/study.sh starts from these copies
-# on a machine without runs/study/.
+# on a machine without runs/study/, and so does this script.
 for p in PRESETS:
     for stage in ["select", "study"]:
+        run_csv, doc_csv = f"runs/study/{p}/{stage}/results.csv", f"docs/results/{p}/{stage}-results.csv"
+        if not os.path.exists(run_csv) and os.path.exists(doc_csv):
+            os.makedirs(os.path.dirname(run_csv), exist_ok=True)
+            shutil.copyfile(doc_csv, run_csv)
         if os.path.exists(f"runs/study/{p}/{stage}/results.csv"):
             shutil.copyfile(f"runs/study/{p}/{stage}/results.csv", f"docs/results/{p}/{stage}-results.csv")
 sel = {p: table(f"runs/study/{p}/select/results.csv") for p in PRESETS}
