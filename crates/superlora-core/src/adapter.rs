@@ -154,6 +154,7 @@ impl SuperLora {
                 vars: Vec::new(),
                 updates: Vec::new(),
                 deltas,
+                low_rank: None,
                 leaves: false,
             });
         }
@@ -161,7 +162,59 @@ impl SuperLora {
         let deltas = (0..self.plan.layers.len())
             .map(|l| Ok(Var::from_tensor(&self.assemble_layer(l, &detached)?)?.as_tensor().clone()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(DeltaTape { plan: self.plan.clone(), vars: self.vars(), updates, deltas, leaves: true })
+        Ok(DeltaTape { plan: self.plan.clone(), vars: self.vars(), updates, deltas, low_rank: None, leaves: true })
+    }
+
+    /// The training tape: [`Self::forward_tape`], except that an adapter that is exactly
+    /// weight-wise LoRA (see [`Self::low_rank_deltas`]) keeps every ΔW_l factored, so the model
+    /// computes x·Wᵀ + α·(x·B_l)·A_lᵀ beside the frozen product (as PEFT does) and never forms ΔW_l
+    /// or its d_out x d_in gradient. Same loss and gradients as the dense tape up to summation
+    /// order (tested). `SUPERLORA_DENSE_DELTA=1` forces the dense tape (for benchmarks).
+    pub fn training_tape(&self) -> Result<DeltaTape> {
+        let dense_forced = std::env::var_os("SUPERLORA_DENSE_DELTA").is_some_and(|v| v == "1");
+        match self.low_rank_deltas()? {
+            Some(low_rank) if !dense_forced => Ok(DeltaTape {
+                plan: self.plan.clone(),
+                vars: Vec::new(),
+                updates: Vec::new(),
+                deltas: Vec::new(),
+                low_rank: Some(low_rank),
+                leaves: false,
+            }),
+            _ => self.forward_tape(),
+        }
+    }
+
+    /// ΔW_l = P_l·Q_lᵀ for every layer, factored, when the adapter is exactly weight-wise LoRA: the
+    /// natural fold, one group per layer covering it exactly, the low-rank factor, no projection.
+    /// Then P_l = α·A_l (d_out x r) and Q_l = B_l (d_in x r), attached to the trainable tensors.
+    /// `None` for every other adapter.
+    pub fn low_rank_deltas(&self) -> Result<Option<Vec<LowRankDelta>>> {
+        if self.plan.config.fold != crate::config::Fold::Natural || self.plan.groups.len() != self.plan.layers.len() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(self.groups.len());
+        for (l, layer) in self.plan.layers.iter().enumerate() {
+            let (gp, gr) = self.group(l)?;
+            let whole_layer = gp.segments.len() == 1
+                && gp.segments[0].layer == l
+                && gp.segments[0].layer_offset == 0
+                && gp.segments[0].len == layer.rows * layer.cols
+                && gp.len == layer.rows * layer.cols
+                && gp.n == gp.len
+                && gp.sides == [layer.rows, layer.cols];
+            let (FactorVars::Lora { a, b }, GroupProjection::Identity, true) = (&gr.vars, &gr.projection, whole_layer)
+            else {
+                return Ok(None);
+            };
+            if a.dims() != [layer.rows, b.dim(1)?] || b.dims() != [layer.cols, a.dim(1)?] {
+                return Ok(None);
+            }
+            let scale = self.plan.config.scale;
+            let out_side = if scale == 1.0 { a.as_tensor().clone() } else { a.as_tensor().affine(scale, 0.0)? };
+            out.push(LowRankDelta { out: out_side, inp: b.as_tensor().clone() });
+        }
+        Ok(Some(out))
     }
 
     /// α · reshape(concatenation of layer `l`'s pieces of the group updates).
@@ -214,20 +267,56 @@ fn crop(x: &Tensor, sides: &[usize]) -> Result<Tensor> {
     Ok(x)
 }
 
+/// ΔW_l = P·Qᵀ of one layer of a weight-wise LoRA adapter, kept factored
+/// ([`SuperLora::low_rank_deltas`]).
+#[derive(Clone, Debug)]
+pub struct LowRankDelta {
+    /// P = α·A, d_out x r (the output side, α folded in).
+    pub out: Tensor,
+    /// Q = B, d_in x r (the input side).
+    pub inp: Tensor,
+}
+
+impl LowRankDelta {
+    /// ΔW = P·Qᵀ, d_out x d_in (formed: for evaluation, merging and tests).
+    pub fn dense(&self) -> Result<Tensor> {
+        Ok(self.out.matmul(&self.inp.t()?)?)
+    }
+}
+
 /// The per-layer ΔW of one forward pass, and the group updates (with their graph) they were cut
-/// from. See [`SuperLora::forward_tape`].
+/// from. See [`SuperLora::forward_tape`] and [`SuperLora::training_tape`].
 pub struct DeltaTape {
     plan: Plan,
     vars: Vec<Var>,
     updates: Vec<Tensor>,
     deltas: Vec<Tensor>,
+    low_rank: Option<Vec<LowRankDelta>>,
     leaves: bool,
 }
 
+/// The ΔW a [`DeltaTape`] hands to the model, in plan order.
+#[derive(Clone, Copy, Debug)]
+pub enum TapeDeltas<'a> {
+    /// Every ΔW_l formed (d_out x d_in).
+    Dense(&'a [Tensor]),
+    /// Every ΔW_l = P_l·Q_lᵀ kept factored.
+    LowRank(&'a [LowRankDelta]),
+}
+
 impl DeltaTape {
-    /// ΔW_l for every adapted layer, in plan order.
+    /// ΔW_l for every adapted layer, in plan order; empty for a factored tape (see
+    /// [`Self::layer_deltas`], which covers both).
     pub fn deltas(&self) -> &[Tensor] {
         &self.deltas
+    }
+
+    /// The ΔW for the model: formed or factored.
+    pub fn layer_deltas(&self) -> TapeDeltas<'_> {
+        match &self.low_rank {
+            Some(lr) => TapeDeltas::LowRank(lr),
+            None => TapeDeltas::Dense(&self.deltas),
+        }
     }
 
     /// Completes the backward pass: `grads` (from the model's `loss.backward()`) comes back with

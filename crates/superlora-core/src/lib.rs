@@ -46,7 +46,7 @@ pub mod projection;
 pub mod rng;
 pub mod sys;
 
-pub use adapter::{DeltaTape, SuperLora};
+pub use adapter::{DeltaTape, LowRankDelta, SuperLora, TapeDeltas};
 pub use config::{AdapterConfig, AdapterSpec, FactorKind, Factorization, Fold, Named, Projection, ProjectionKind};
 pub use error::{Error, Result};
 pub use plan::{FactorPlan, GroupPlan, LayerPlan, LayerShape, Plan, ProjectionPlan, Segment};

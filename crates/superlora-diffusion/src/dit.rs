@@ -31,7 +31,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use superlora_models::adapt::{Deltas, LinearInfo};
+use superlora_models::adapt::{Deltas, LayerDelta, LinearInfo};
 use superlora_models::ops;
 
 use crate::schedule::{BetaSchedule, NoiseSchedule};
@@ -409,12 +409,13 @@ impl Dit {
         let delta = deltas.get(name);
         Ok(match mode {
             Mode::Frozen => match delta {
-                Some(d) => ops::adapted_linear(x, &w, d, Some(&b))?,
+                Some(LayerDelta::Dense(d)) => ops::adapted_linear(x, &w, d, Some(&b))?,
+                Some(LayerDelta::LowRank(lr)) => ops::low_rank_linear(x, &w, &lr.out, &lr.inp, Some(&b))?,
                 None => ops::frozen_linear(x, &w, Some(&b))?,
             },
             Mode::TrainBase => {
                 let w = match delta {
-                    Some(d) => (w + d)?,
+                    Some(d) => (w + d.dense()?)?,
                     None => w,
                 };
                 let dims = x.dims().to_vec();

@@ -1,12 +1,13 @@
 //! Adapter plumbing between a model and a SuperLoRA adapter: the model lists its linear layers in
 //! module order ([`LinearInfo`]), targets are chosen among them by name/suffix/regex
 //! ([`select`]), and each forward pass receives the ΔW of the targeted layers ([`Deltas`]). A
-//! linear whose name has a ΔW runs with W + ΔW; every other weight stays frozen.
+//! linear whose name has a ΔW runs with W + ΔW, or, for a factored ΔW = P·Qᵀ (weight-wise LoRA
+//! in training), with x·Wᵀ + (x·Q)·Pᵀ beside the frozen product; every other weight stays frozen.
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use superlora_core::LayerShape;
+use superlora_core::{DeltaTape, LayerShape, LowRankDelta, TapeDeltas};
 use superlora_io::TargetPattern;
 
 use crate::{Error, Result};
@@ -28,10 +29,44 @@ pub fn select(linears: &[LinearInfo], pattern: &TargetPattern) -> Result<Vec<Lay
     Ok(superlora_io::select_linears(&candidates, pattern)?)
 }
 
+/// The ΔW of one layer: formed, or kept factored.
+#[derive(Clone, Debug)]
+pub enum LayerDelta {
+    /// ΔW, d_out x d_in.
+    Dense(Tensor),
+    /// ΔW = P·Qᵀ.
+    LowRank(LowRankDelta),
+}
+
+impl LayerDelta {
+    /// Its shape (d_out, d_in).
+    fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            LayerDelta::Dense(d) => d.dims2()?,
+            LayerDelta::LowRank(lr) => (lr.out.dim(0)?, lr.inp.dim(0)?),
+        })
+    }
+
+    /// ΔW, formed if it is factored.
+    pub fn dense(&self) -> Result<Tensor> {
+        Ok(match self {
+            LayerDelta::Dense(d) => d.clone(),
+            LayerDelta::LowRank(lr) => lr.dense()?,
+        })
+    }
+
+    fn detach(&self) -> Self {
+        match self {
+            LayerDelta::Dense(d) => LayerDelta::Dense(d.detach()),
+            LayerDelta::LowRank(lr) => LayerDelta::LowRank(LowRankDelta { out: lr.out.detach(), inp: lr.inp.detach() }),
+        }
+    }
+}
+
 /// The ΔW of one forward pass, by module path.
 #[derive(Clone, Debug, Default)]
 pub struct Deltas {
-    map: HashMap<String, Tensor>,
+    map: HashMap<String, LayerDelta>,
 }
 
 impl Deltas {
@@ -43,29 +78,42 @@ impl Deltas {
     /// ΔW for the layers `targets` (plan order), `tensors[i]` for `targets[i]`, each checked
     /// against the layer's shape.
     pub fn new(targets: &[LayerShape], tensors: &[Tensor]) -> Result<Self> {
-        if targets.len() != tensors.len() {
-            return Err(Error::Adapter(format!("{} targets but {} ΔW tensors", targets.len(), tensors.len())));
+        Self::from_layers(targets, tensors.iter().cloned().map(LayerDelta::Dense).collect())
+    }
+
+    /// The ΔW a training tape hands out ([`DeltaTape::layer_deltas`]: formed or factored) for the
+    /// layers `targets` (plan order).
+    pub fn from_tape(targets: &[LayerShape], tape: &DeltaTape) -> Result<Self> {
+        match tape.layer_deltas() {
+            TapeDeltas::Dense(d) => Self::new(targets, d),
+            TapeDeltas::LowRank(lr) => {
+                Self::from_layers(targets, lr.iter().cloned().map(LayerDelta::LowRank).collect())
+            }
+        }
+    }
+
+    fn from_layers(targets: &[LayerShape], layers: Vec<LayerDelta>) -> Result<Self> {
+        if targets.len() != layers.len() {
+            return Err(Error::Adapter(format!("{} targets but {} ΔW tensors", targets.len(), layers.len())));
         }
         let mut map = HashMap::with_capacity(targets.len());
-        for (t, d) in targets.iter().zip(tensors) {
-            if d.dims() != [t.rows, t.cols] {
+        for (t, d) in targets.iter().zip(layers) {
+            let dims = d.dims()?;
+            if dims != (t.rows, t.cols) {
                 return Err(Error::Adapter(format!(
-                    "ΔW for `{}` has shape {:?}, the layer is {}x{}",
-                    t.name,
-                    d.dims(),
-                    t.rows,
-                    t.cols
+                    "ΔW for `{}` has shape {}x{}, the layer is {}x{}",
+                    t.name, dims.0, dims.1, t.rows, t.cols
                 )));
             }
-            if map.insert(t.name.clone(), d.clone()).is_some() {
+            if map.insert(t.name.clone(), d).is_some() {
                 return Err(Error::Adapter(format!("`{}` is targeted twice", t.name)));
             }
         }
         Ok(Deltas { map })
     }
 
-    /// ΔW of the layer `name`, if it is targeted.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
+    /// ΔW of the layer `name` (formed or factored), if it is targeted.
+    pub fn get(&self, name: &str) -> Option<&LayerDelta> {
         self.map.get(name)
     }
 
@@ -126,7 +174,10 @@ impl Linear {
     /// y = x·(W [+ ΔW])ᵀ + b, with ΔW from `deltas` if this layer is targeted.
     pub fn forward(&self, x: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         match deltas.get(&self.name) {
-            Some(d) => crate::ops::adapted_linear(x, &self.weight, d, self.bias.as_ref()),
+            Some(LayerDelta::Dense(d)) => crate::ops::adapted_linear(x, &self.weight, d, self.bias.as_ref()),
+            Some(LayerDelta::LowRank(lr)) => {
+                crate::ops::low_rank_linear(x, &self.weight, &lr.out, &lr.inp, self.bias.as_ref())
+            }
             None => crate::ops::frozen_linear(x, &self.weight, self.bias.as_ref()),
         }
     }

@@ -36,7 +36,7 @@ pub mod roberta;
 pub mod vit;
 pub mod weights;
 
-pub use adapt::{Deltas, LinearInfo};
+pub use adapt::{Deltas, LayerDelta, LinearInfo};
 pub use encoder::{ImageEncoder, TextEncoder};
 pub use hf::{SUPPORTED, load_image_encoder, load_text_encoder, model_type};
 pub use llama::{GenerateOptions, Generation, KvCache, Llama, LlamaConfig, Sampling};

@@ -206,6 +206,16 @@ pub fn adapted_linear(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option<&Tensor>
     unrows(y, lead)
 }
 
+/// y = x·Wᵀ + (x·Q)·Pᵀ + b for a frozen W [N, K] and b, with ΔW = P·Qᵀ kept factored
+/// (P [N, r], Q [K, r], both trainable): PEFT's LoRA forward. The backward never forms an N x K
+/// gradient: ∂P = (∂y)ᵀ·(x·Q), ∂Q = xᵀ·(∂y·P). [`adapted_linear`] with ΔW = P·Qᵀ is its oracle.
+pub fn low_rank_linear(x: &Tensor, w: &Tensor, p: &Tensor, q: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let base = frozen_linear(x, w, b)?;
+    let (x2, lead) = rows(x)?;
+    let update = x2.matmul(q)?.matmul(&p.t()?)?;
+    Ok((base + unrows(update, lead)?)?)
+}
+
 /// erf(x), Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), branch-free apart from the sign, so
 /// it vectorises; candle's `gelu_erf` calls a scalar libm `erf` per element, which was 13% of a
 /// MiniLM training step.

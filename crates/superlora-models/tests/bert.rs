@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use superlora_core::{AdapterSpec, FactorKind, Fold, SuperLora};
+use superlora_core::{AdapterSpec, FactorKind, Fold, ProjectionKind, SuperLora};
 use superlora_io::TargetPattern;
 use superlora_models::adapt::{Deltas, select};
 use superlora_models::bert::{Bert, cosine};
@@ -100,5 +100,60 @@ fn adapter_gradients_reach_every_tensor_and_frozen_weights_get_none() {
         for t in m.frozen_tensors() {
             assert!(grads.get(&t).is_none(), "a frozen base weight of shape {:?} got a gradient", t.dims());
         }
+    }
+}
+
+/// The factored LoRA path (x·Wᵀ + (x·Q)·Pᵀ, ΔW never formed) against its oracle, the dense tape
+/// (x·(W + ΔW)ᵀ): the same embeddings and the same gradient for every trainable tensor, with
+/// α ≠ 1; and adapters that are not exactly weight-wise LoRA stay dense.
+#[test]
+fn factored_lora_matches_the_dense_delta_path() {
+    let m = model();
+    let targets = select(&m.linears(), &TargetPattern::names("query,value").unwrap()).unwrap();
+    let (ids, mask) = tokenize(&["a gripping, funny film", "dull and far too long"]);
+    let dev = Device::Cpu;
+    let spec = AdapterSpec { rank: Some(4), scale: Some(3.0), ..Default::default() };
+    let a = SuperLora::from_shapes(&targets, &spec.resolve().unwrap(), DType::F32, &dev).unwrap();
+    for (name, v) in a.named_vars() {
+        a.set(&name, &Tensor::randn(0f32, 0.05, v.dims(), &dev).unwrap()).unwrap();
+    }
+    let c = Tensor::randn(0f32, 1.0, (2, 384), &dev).unwrap();
+    let run = |tape: &superlora_core::DeltaTape| {
+        let e = m.embed(&ids, &mask, &Deltas::from_tape(&targets, tape).unwrap()).unwrap();
+        let grads = tape.backward(e.mul(&c).unwrap().sum_all().unwrap().backward().unwrap()).unwrap();
+        let g: Vec<Vec<f32>> = a
+            .named_vars()
+            .iter()
+            .map(|(n, v)| {
+                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
+                g.flatten_all().unwrap().to_vec1().unwrap()
+            })
+            .collect();
+        (e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+    };
+    let factored = a.training_tape().unwrap();
+    assert!(
+        matches!(factored.layer_deltas(), superlora_core::TapeDeltas::LowRank(_)),
+        "weight-wise LoRA must train factored"
+    );
+    let dense = a.forward_tape().unwrap();
+    assert!(matches!(dense.layer_deltas(), superlora_core::TapeDeltas::Dense(_)));
+    let ((ef, gf), (ed, gd)) = (run(&factored), run(&dense));
+    let rel = |x: &[f32], y: &[f32]| {
+        let num = x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        num / y.iter().map(|b| b.abs()).fold(0f32, f32::max).max(1e-12)
+    };
+    assert!(rel(&ef, &ed) < 1e-5, "embeddings differ by {} (relative)", rel(&ef, &ed));
+    for ((n, _), (x, y)) in a.named_vars().iter().zip(gf.iter().zip(&gd)) {
+        assert!(x.iter().any(|v| *v != 0.0), "zero gradient for {n}");
+        assert!(rel(x, y) < 1e-4, "gradient of {n} differs by {} (relative)", rel(x, y));
+    }
+    // Square fold, or a shuffle projection: not weight-wise LoRA, so the tape stays dense.
+    for spec in [
+        AdapterSpec { fold: Some(Fold::Square), groups: Some(4), rank: Some(2), ..Default::default() },
+        AdapterSpec { rank: Some(2), projection: Some(ProjectionKind::Shuffle), ..Default::default() },
+    ] {
+        let b = SuperLora::from_shapes(&targets, &spec.resolve().unwrap(), DType::F32, &dev).unwrap();
+        assert!(b.low_rank_deltas().unwrap().is_none(), "{spec:?} is not weight-wise LoRA");
     }
 }

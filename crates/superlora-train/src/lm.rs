@@ -257,8 +257,8 @@ impl LoopTask for CausalLm<'_> {
     fn step(&self, _step: u64, idx: &[usize]) -> Result<StepResult> {
         let rows: Vec<&Vec<u32>> = idx.iter().filter_map(|&i| self.data.train.get(i)).collect();
         let (ids, mask, predicted) = batch(&rows, self.model.device())?;
-        let tape = self.adapter.forward_tape()?;
-        let deltas = Deltas::new(self.targets, tape.deltas())?;
+        let tape = self.adapter.training_tape()?;
+        let deltas = Deltas::from_tape(self.targets, &tape)?;
         let loss = self.model.next_token_loss(&ids, &mask, &deltas)?;
         Ok(StepResult { loss, tape: Some(tape), units: predicted, hits: 0 })
     }

@@ -153,9 +153,9 @@ pub struct StepOutput {
 /// The loss of one classification step on the training examples `idx`, before any backward:
 /// ΔW (tape), features, head, cross-entropy; and the batch's correct predictions.
 fn step_result(task: &dyn Task, model: &Trainable, idx: &[usize]) -> Result<StepResult> {
-    let tape = model.adapter.map(SuperLora::forward_tape).transpose()?;
+    let tape = model.adapter.map(SuperLora::training_tape).transpose()?;
     let deltas = match &tape {
-        Some(t) => Deltas::new(model.targets, t.deltas())?,
+        Some(t) => Deltas::from_tape(model.targets, t)?,
         None => Deltas::none(),
     };
     let features = task.features(Split::Train, idx, &deltas)?;
