@@ -1,7 +1,9 @@
-//! `superlora bench`: training-step throughput on MiniLM, the setting of the PyTorch + PEFT
-//! anchor in docs/BENCHMARKS.md (LoRA r=8 on query+value, batch 32, sequence 32, AdamW, 2 threads).
-//! Each config runs in a child process (so `peak RSS` is that config's own); the parent prints a
-//! table with samples/s and the step time relative to LoRA r=8.
+//! `superlora bench`: training-step throughput in the settings of the PyTorch + PEFT comparison in
+//! docs/BENCHMARKS.md: MiniLM on review texts (batch 32, sequence 32) or DINOv2 ViT-S/14 on
+//! Fashion-MNIST images (batch 32, 112 px), query+value adapted, AdamW, all threads. Each config
+//! runs in a child process (so `peak RSS` is that config's own); the parent prints a table with
+//! samples/s and the step time relative to LoRA r=8, and `--json` writes the rows for scripts
+//! (scripts/bench-vs-peft.sh runs it beside tools/peft_bench.py).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,15 +18,28 @@ use superlora_train::schedule::Schedule;
 use superlora_train::task::{Split, Task};
 use superlora_train::trainer::{TrainSettings, Trainable, optimizer, train_step};
 
-use crate::flags::{at_least_one, batch_count, sequence_length};
+use crate::flags::{Preset, at_least_one, batch_count, sequence_length};
 use crate::runspec::{DataSource, Dataset, RunSpec, TaskSpec, build_model, build_task};
 use crate::settings::InputError;
 
 /// `superlora bench`.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  superlora bench                                        # every config on MiniLM text
+  superlora bench --preset vit-fmnist --configs lora-r8  # DINOv2-S at 112 px, LoRA r=8 only
+  superlora bench --configs lora-r8,head --json out.json # rows for a script
+
+Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker, kronecker, fastfood, full-qv.
+SUPERLORA_DENSE_DELTA=1 trains weight-wise LoRA through the formed ΔW instead of the factored
+path (to measure what the factored path saves).")]
 pub struct BenchArgs {
-    /// BERT folder [default: the minilm asset].
-    #[arg(long, value_name = "DIR")]
+    /// Which model and data: minilm-rt (MiniLM-L6 on Rotten Tomatoes texts) or vit-fmnist (DINOv2
+    /// ViT-S/14 on Fashion-MNIST images at --image-size).
+    #[arg(long, value_enum, default_value = "minilm-rt")]
+    pub preset: Preset,
+    /// The model: a BERT folder (minilm-rt) or the DINOv2 .onnx / folder (vit-fmnist) [default:
+    /// the preset's asset].
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Examples per step.
     #[arg(long, default_value_t = 32, value_parser = batch_count)]
@@ -33,20 +48,29 @@ pub struct BenchArgs {
     /// positions).
     #[arg(long, default_value_t = 32, value_parser = sequence_length)]
     pub seq_len: usize,
+    /// Image side in pixels for vit-fmnist (a multiple of 14).
+    #[arg(long, default_value_t = 112, value_parser = at_least_one)]
+    pub image_size: usize,
     /// Timed steps per config (after the warm-up).
     #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub steps: usize,
     /// Untimed warm-up steps per config.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Comma-separated configs to run (see below) [default: all].
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub configs: Vec<String>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     /// Run only config number N (used internally: each config runs in its own process so its
     /// peak memory is its own).
     #[arg(long, hide = true)]
     pub only: Option<usize>,
 }
 
-/// The configs measured: (label, adapter spec; None = head only).
-fn configs() -> Vec<(&'static str, Option<AdapterSpec>)> {
+/// The configs measured: (name, label, adapter spec; None = head only).
+fn configs() -> Vec<(&'static str, &'static str, Option<AdapterSpec>)> {
     let sq = |g, m, f, r| AdapterSpec {
         fold: Some(Fold::Square),
         groups: Some(g),
@@ -56,19 +80,20 @@ fn configs() -> Vec<(&'static str, Option<AdapterSpec>)> {
         ..Default::default()
     };
     vec![
-        ("LoRA r=8 (reference)", Some(AdapterSpec { rank: Some(8), ..Default::default() })),
-        ("head only", None),
-        ("LoRA r=1", Some(AdapterSpec { rank: Some(1), ..Default::default() })),
-        ("square 2D G=4 lora r=8", Some(sq(4, 2, FactorKind::Lora, Some(8)))),
-        ("Tucker M=3 G=12 r=5", Some(sq(12, 3, FactorKind::Tucker, Some(5)))),
-        ("Kronecker K=2 r=4", Some(AdapterSpec { kron: Some(2), ..sq(1, 2, FactorKind::Kronecker, Some(4)) })),
-        ("dense M=1 fastfood ρ=0.01", Some(AdapterSpec { ratio: Some(0.01), ..sq(1, 1, FactorKind::Dense, None) })),
-        ("full FT of q,v (dense M=1)", Some(sq(1, 1, FactorKind::Dense, None))),
+        ("lora-r8", "LoRA r=8 (reference)", Some(AdapterSpec { rank: Some(8), ..Default::default() })),
+        ("head", "head only", None),
+        ("lora-r1", "LoRA r=1", Some(AdapterSpec { rank: Some(1), ..Default::default() })),
+        ("square2d", "square 2D G=4 lora r=8", Some(sq(4, 2, FactorKind::Lora, Some(8)))),
+        ("tucker", "Tucker M=3 G=12 r=5", Some(sq(12, 3, FactorKind::Tucker, Some(5)))),
+        ("kronecker", "Kronecker K=2 r=4", Some(AdapterSpec { kron: Some(2), ..sq(1, 2, FactorKind::Kronecker, Some(4)) })),
+        ("fastfood", "dense M=1 fastfood ρ=0.01", Some(AdapterSpec { ratio: Some(0.01), ..sq(1, 1, FactorKind::Dense, None) })),
+        ("full-qv", "full FT of q,v (dense M=1)", Some(sq(1, 1, FactorKind::Dense, None))),
     ]
 }
 
 #[derive(Serialize, Deserialize)]
 struct Measured {
+    name: String,
     label: String,
     adapter_params: usize,
     median_step_ms: f64,
@@ -76,22 +101,28 @@ struct Measured {
     peak_rss_mb: f64,
 }
 
-fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
-    let (label, adapter) = configs().into_iter().nth(i).context("no such bench config")?;
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => superlora_data::cache_dir()?.join("assets").join("minilm"),
+/// The preset's dataset, default model and input size.
+fn preset_task(args: &BenchArgs) -> Result<TaskSpec> {
+    let assets = superlora_data::cache_dir()?.join("assets");
+    let (dataset, default_model) = match args.preset {
+        Preset::MinilmRt => (Dataset::RottenTomatoes, assets.join("minilm")),
+        Preset::VitFmnist => (Dataset::FashionMnist, assets.join("dinov2-onnx").join("vit_s_focus.onnx")),
     };
+    Ok(TaskSpec {
+        dataset: DataSource::Builtin(dataset),
+        model: args.model.clone().unwrap_or(default_model),
+        image_size: args.image_size,
+        max_len: args.seq_len,
+        train_subset: None,
+        data_seed: 0,
+    })
+}
+
+fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
+    let (name, label, adapter) = configs().into_iter().nth(i).context("no such bench config")?;
     let spec = RunSpec {
         preset: None,
-        task: TaskSpec {
-            dataset: DataSource::Builtin(Dataset::RottenTomatoes),
-            model,
-            image_size: 56,
-            max_len: args.seq_len,
-            train_subset: None,
-            data_seed: 0,
-        },
+        task: preset_task(args)?,
         targets: "query,value".into(),
         adapter: adapter.map(|a| a.resolve()).transpose()?,
         train: TrainSettings {
@@ -112,8 +143,12 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
         },
     };
     let task = build_task(&spec.task, &Device::Cpu)?;
-    // Texts with at least seq_len tokens, so every example is exactly seq_len tokens long.
-    let text = task_texts(task.as_ref(), args)?;
+    // Texts with at least seq_len tokens, so every example is exactly seq_len tokens long; images
+    // are all the same size.
+    let text = match args.preset {
+        Preset::MinilmRt => task_texts(task.as_ref(), args)?,
+        Preset::VitFmnist => (0..args.batch_size.min(task.len(Split::Train))).collect(),
+    };
     let (adapter, targets, head) = build_model(&spec, task.as_ref())?;
     let model = Trainable { adapter: adapter.as_ref(), targets: &targets, head: &head };
     let mut opt = optimizer(&model, &spec.train)?;
@@ -128,6 +163,7 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     Ok(Measured {
+        name: name.to_string(),
         label: label.to_string(),
         adapter_params: adapter.as_ref().map_or(0, |a| a.num_trainable()),
         median_step_ms: median * 1e3,
@@ -163,31 +199,58 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&measure(args, i)?)?);
         return Ok(());
     }
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => superlora_data::cache_dir()?.join("assets").join("minilm"),
+    let all = configs();
+    let picked: Vec<usize> = if args.configs.is_empty() {
+        (0..all.len()).collect()
+    } else {
+        args.configs
+            .iter()
+            .map(|c| {
+                all.iter().position(|(n, _, _)| *n == c.trim()).ok_or_else(|| {
+                    let names: Vec<&str> = all.iter().map(|(n, _, _)| *n).collect();
+                    anyhow::Error::new(InputError(format!(
+                        "--configs: no config `{c}`; the configs are {}",
+                        names.join(", ")
+                    )))
+                })
+            })
+            .collect::<Result<_>>()?
     };
-    if !model.join("config.json").is_file() {
+    let model = preset_task(args)?.model;
+    let ok = match args.preset {
+        Preset::MinilmRt => model.join("config.json").is_file(),
+        Preset::VitFmnist => model.is_file() || model.join("config.json").is_file(),
+    };
+    if !ok {
         bail!(InputError(format!(
-            "--model {}: not a BERT folder (no config.json in it); omit --model for the minilm asset \
-             (`scripts/setup-assets.sh minilm` fetches it)",
+            "--model {}: not found or not a model of this preset; omit --model for the preset's asset \
+             (`scripts/setup-assets.sh` fetches it)",
             model.display()
         )));
     }
     let exe = std::env::current_exe()?;
+    let what = match args.preset {
+        Preset::MinilmRt => format!("MiniLM-L6 on Rotten Tomatoes texts, batch {}, sequence {}", args.batch_size, args.seq_len),
+        Preset::VitFmnist => {
+            format!("DINOv2 ViT-S/14 on Fashion-MNIST, batch {}, {} px", args.batch_size, args.image_size)
+        }
+    };
     eprintln!(
-        "MiniLM-L6 on Rotten Tomatoes texts, batch {}, sequence {}, AdamW, {} threads; median of {} steps after {} warm-up",
-        args.batch_size,
-        args.seq_len,
+        "{what}, AdamW, {} threads; median of {} steps after {} warm-up",
         rayon_threads(),
         args.steps,
         args.warmup
     );
+    let preset = match args.preset {
+        Preset::MinilmRt => "minilm-rt",
+        Preset::VitFmnist => "vit-fmnist",
+    };
     let mut rows: Vec<Measured> = Vec::new();
-    for i in 0..configs().len() {
+    for i in picked {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["bench", "--only", &i.to_string()])
+        cmd.args(["bench", "--only", &i.to_string(), "--preset", preset])
             .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
+            .args(["--image-size", &args.image_size.to_string()])
             .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()]);
         if let Some(m) = &args.model {
             cmd.arg("--model").arg(m);
@@ -206,17 +269,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         eprintln!("  {:<28} {:>8.1} ms/step {:>7.1} samples/s", m.label, m.median_step_ms, m.samples_per_s);
         rows.push(m);
     }
-    let reference = rows[0].median_step_ms;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing --json {}", path.display()))?;
+    }
+    let reference = rows.iter().find(|m| m.name == "lora-r8").map(|m| m.median_step_ms);
     println!("| config | adapter params | median step | samples/s | step time vs LoRA r=8 | peak RSS |");
     println!("|---|---:|---:|---:|---:|---:|");
     for m in &rows {
         println!(
-            "| {} | {} | {:.1} ms | {:.1} | {:.2}x | {:.0} MiB |",
+            "| {} | {} | {:.1} ms | {:.1} | {} | {:.0} MiB |",
             m.label,
             m.adapter_params,
             m.median_step_ms,
             m.samples_per_s,
-            m.median_step_ms / reference,
+            reference.map_or("—".to_string(), |r| format!("{:.2}x", m.median_step_ms / r)),
             m.peak_rss_mb
         );
     }
