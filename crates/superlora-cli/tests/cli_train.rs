@@ -365,3 +365,22 @@ fn numbers_out_of_their_domain_are_refused_before_anything_runs() {
         assert!(!out.exists(), "{flags:?}: a refused run wrote {}", out.display());
     }
 }
+
+/// The same seed gives the same adapter bytes on 1 and on 2 threads: gemm splits the output, not
+/// the sums, and every custom op reduces each row on one thread, so the thread count does not
+/// change any summation order. Weight-wise LoRA (this run) trains through the factored path.
+#[test]
+fn the_thread_count_does_not_change_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut adapters = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("t{threads}"));
+        let mut a = base_args(&out);
+        a.extend(["--steps", "6", "--eval-every", "6"].map(String::from));
+        let o = Command::new(bin()).args(&a).env("RAYON_NUM_THREADS", threads).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        adapters.push(params(&latest(&out)));
+    }
+    assert!(!adapters[0].is_empty());
+    assert_eq!(adapters[0], adapters[1], "1 and 2 threads trained different adapters");
+}

@@ -85,8 +85,16 @@ fn configs() -> Vec<(&'static str, &'static str, Option<AdapterSpec>)> {
         ("lora-r1", "LoRA r=1", Some(AdapterSpec { rank: Some(1), ..Default::default() })),
         ("square2d", "square 2D G=4 lora r=8", Some(sq(4, 2, FactorKind::Lora, Some(8)))),
         ("tucker", "Tucker M=3 G=12 r=5", Some(sq(12, 3, FactorKind::Tucker, Some(5)))),
-        ("kronecker", "Kronecker K=2 r=4", Some(AdapterSpec { kron: Some(2), ..sq(1, 2, FactorKind::Kronecker, Some(4)) })),
-        ("fastfood", "dense M=1 fastfood ρ=0.01", Some(AdapterSpec { ratio: Some(0.01), ..sq(1, 1, FactorKind::Dense, None) })),
+        (
+            "kronecker",
+            "Kronecker K=2 r=4",
+            Some(AdapterSpec { kron: Some(2), ..sq(1, 2, FactorKind::Kronecker, Some(4)) }),
+        ),
+        (
+            "fastfood",
+            "dense M=1 fastfood ρ=0.01",
+            Some(AdapterSpec { ratio: Some(0.01), ..sq(1, 1, FactorKind::Dense, None) }),
+        ),
         ("full-qv", "full FT of q,v (dense M=1)", Some(sq(1, 1, FactorKind::Dense, None))),
     ]
 }
@@ -230,7 +238,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let exe = std::env::current_exe()?;
     let what = match args.preset {
-        Preset::MinilmRt => format!("MiniLM-L6 on Rotten Tomatoes texts, batch {}, sequence {}", args.batch_size, args.seq_len),
+        Preset::MinilmRt => {
+            format!("MiniLM-L6 on Rotten Tomatoes texts, batch {}, sequence {}", args.batch_size, args.seq_len)
+        }
         Preset::VitFmnist => {
             format!("DINOv2 ViT-S/14 on Fashion-MNIST, batch {}, {} px", args.batch_size, args.image_size)
         }
