@@ -43,6 +43,8 @@ pub struct BenchArgs {
     /// peak memory is its own).
     #[arg(long, hide = true)]
     pub only: Option<usize>,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// The configs measured: (label, adapter spec; None = head only).
@@ -111,7 +113,8 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
             seed: 0,
         },
     };
-    let task = build_task(&spec.task, &Device::Cpu)?;
+    let device = args.device.open()?;
+    let task = build_task(&spec.task, &device)?;
     // Texts with at least seq_len tokens, so every example is exactly seq_len tokens long.
     let text = task_texts(task.as_ref(), args)?;
     let (adapter, targets, head) = build_model(&spec, task.as_ref())?;
@@ -121,6 +124,8 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     for s in 0..args.warmup + args.steps {
         let t = Instant::now();
         train_step(task.as_ref(), &model, &mut opt, &text, 1.0)?;
+        // CUDA runs asynchronously: the step ends when the device has finished it.
+        device.synchronize()?;
         if s >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -188,7 +193,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["bench", "--only", &i.to_string()])
             .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
-            .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()]);
+            .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+            .args(["--device", &args.device.device.to_string()]);
         if let Some(m) = &args.model {
             cmd.arg("--model").arg(m);
         }

@@ -181,6 +181,8 @@ pub struct TrainArgs {
     /// file, so that readers without our RNG can rebuild ΔW.
     #[arg(long)]
     pub save_projection: bool,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// Table formats of text files.
@@ -516,7 +518,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         )));
     }
     // Model and data first: input they refuse leaves nothing behind (no run folder).
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let task = build_task(&spec.task, &device)?;
     // Held until the run ends: another process training into this folder is refused.
     let _lock = rundir::lock(&out, args.force)?;
