@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use superlora_core::{AdapterSpec, FactorKind, Fold};
@@ -47,16 +46,21 @@ pub struct BenchArgs {
     pub device: crate::flags::DeviceFlag,
 }
 
+/// A square-fold spec: `groups` groups of order `order`, `factor` of rank `rank`.
+pub fn square(groups: usize, order: usize, factor: FactorKind, rank: Option<usize>) -> AdapterSpec {
+    AdapterSpec {
+        fold: Some(Fold::Square),
+        groups: Some(groups),
+        order: Some(order),
+        factor: Some(factor),
+        rank,
+        ..Default::default()
+    }
+}
+
 /// The configs measured: (label, adapter spec; None = head only).
 fn configs() -> Vec<(&'static str, Option<AdapterSpec>)> {
-    let sq = |g, m, f, r| AdapterSpec {
-        fold: Some(Fold::Square),
-        groups: Some(g),
-        order: Some(m),
-        factor: Some(f),
-        rank: r,
-        ..Default::default()
-    };
+    let sq = square;
     vec![
         ("LoRA r=8 (reference)", Some(AdapterSpec { rank: Some(8), ..Default::default() })),
         ("head only", None),

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::Args;
 use superlora_train::checkpoint;
 use superlora_train::task::Split;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use clap::Args;
 use superlora_models::adapt::Deltas;
 use superlora_models::bert::mean_pool;

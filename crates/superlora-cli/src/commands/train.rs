@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::Args;
 use superlora_core::{AdapterConfig, Factorization, Projection};
 use superlora_train::schedule::Schedule;
