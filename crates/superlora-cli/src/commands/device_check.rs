@@ -231,7 +231,7 @@ mod tests {
     fn a_difference_is_measured() {
         let a = Tensor::new(&[1f32, 2.0, 4.0], &Device::Cpu).unwrap();
         let b = Tensor::new(&[1f32, 2.0, 4.004], &Device::Cpu).unwrap();
-        let r = rel(&[a.clone()], &[b]).unwrap();
+        let r = rel(std::slice::from_ref(&a), &[b]).unwrap();
         assert!((r - 0.004 / 4.004).abs() < 1e-6, "{r}");
         let nan = Tensor::new(&[f32::NAN, 2.0, 4.0], &Device::Cpu).unwrap();
         assert!(rel(&[nan], &[a]).unwrap().is_infinite());
