@@ -2,7 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{bench, diffusion, eval, export, generate, import, merge, plan, plot, predict, sweep, train};
+use crate::commands::{
+    bench, device_check, diffusion, eval, export, generate, import, merge, plan, plot, predict, sweep, train,
+};
 
 /// Fine-tune pretrained transformers with SuperLoRA and every LoRA variant it contains.
 #[derive(Debug, Parser)]
@@ -59,6 +61,9 @@ pub enum Command {
     /// transfer it to Fashion-MNIST with a SuperLoRA adapter on its attention, sample and score.
     #[command(subcommand)]
     Diffusion(diffusion::DiffusionCommand),
+    /// ΔW and gradients of every adapter family on --device against the CPU (tools/device-check.sh).
+    #[command(hide = true)]
+    DeviceCheck(device_check::DeviceCheckArgs),
 }
 
 #[cfg(test)]

@@ -207,3 +207,107 @@ mod tests {
         assert!(guidance_scale("1e30").is_err() && guidance_scale("-2").is_ok());
     }
 }
+
+/// The `--device` flag of the commands that run a model (flattened into their arguments).
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct DeviceFlag {
+    /// Where the model, the adapter and every batch live: cpu, cuda (GPU 0) or cuda:N. cuda needs
+    /// a binary built with scripts/build-cuda.sh; nothing falls back to the CPU.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceArg,
+}
+
+impl DeviceFlag {
+    /// Opens the device (see [`DeviceArg::open`]).
+    pub fn open(self) -> anyhow::Result<candle_core::Device> {
+        self.device.open()
+    }
+}
+
+/// `--device`: where the model, the adapter and every batch live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceArg {
+    /// The CPU (the default).
+    #[default]
+    Cpu,
+    /// CUDA GPU number N (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+/// What `--device cuda` says in a binary built without CUDA.
+pub const NO_CUDA: &str = "this superlora binary was built without CUDA: build one with scripts/build-cuda.sh \
+     (cargo build --release --features cuda), or use --device cpu";
+
+impl FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let give = "give cpu, cuda or cuda:N (N the GPU's number, e.g. cuda:0)";
+        match s {
+            "cpu" => Ok(DeviceArg::Cpu),
+            "cuda" => Ok(DeviceArg::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
+                _ => Err(format!("'{s}' is not a device: {give}")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceArg::Cpu => f.write_str("cpu"),
+            DeviceArg::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceArg {
+    /// Opens the device. `cuda` in a binary built without the `cuda` feature is an input error
+    /// (exit 2) naming the build script; a CUDA device that cannot be opened is an error, never a
+    /// silent fall-back to the CPU.
+    pub fn open(self) -> anyhow::Result<candle_core::Device> {
+        match self {
+            DeviceArg::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceArg::Cuda(n) => open_cuda(n),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(n: usize) -> anyhow::Result<candle_core::Device> {
+    use anyhow::Context;
+    candle_core::Device::new_cuda(n).with_context(|| format!("opening CUDA device {n} (--device cuda:{n})"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_n: usize) -> anyhow::Result<candle_core::Device> {
+    Err(crate::settings::InputError(NO_CUDA.into()).into())
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    #[test]
+    fn device_values_parse() {
+        assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
+        assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "metal"] {
+            let e = bad.parse::<DeviceArg>().unwrap_err();
+            assert!(e.contains("cpu, cuda or cuda:N"), "{bad}: {e}");
+        }
+        assert_eq!(DeviceArg::Cuda(2).to_string(), "cuda:2");
+        assert!(DeviceArg::Cpu.open().unwrap().is_cpu());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_an_input_error_naming_the_build_script() {
+        let e = DeviceArg::Cuda(0).open().unwrap_err();
+        assert!(e.downcast_ref::<crate::settings::InputError>().is_some());
+        assert!(e.to_string().contains("scripts/build-cuda.sh"), "{e}");
+    }
+}

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         cli::Command::Plot(a) => commands::plot::run(a),
         cli::Command::Unmerge(a) => commands::merge::unmerge(a),
         cli::Command::Diffusion(a) => commands::diffusion::run(a),
+        cli::Command::DeviceCheck(a) => commands::device_check::run_command(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,8 @@
 //! of a frozen weight anyway, wasted work on every step (trap 2). So:
 //! - [`frozen_linear`]: y = x·Wᵀ + b as one custom op whose backward returns ∂x only;
 //! - [`adapted_linear`]: y = x·(W + ΔW)ᵀ + b, the gradient reaching ΔW (and x), b kept frozen;
+//! - [`low_rank_linear`]: y = x·Wᵀ + (x·Q)·Pᵀ + b for ΔW = P·Qᵀ kept factored (weight-wise LoRA in
+//!   training), so neither ΔW nor its d_out x d_in gradient is ever formed;
 //! - [`layer_norm`], [`softmax_last`]: composed from ops that all have a backward.
 
 use candle_core::backend::BackendStorage;
@@ -169,37 +171,55 @@ fn unrows(y: Tensor, mut lead: Vec<usize>) -> Result<Tensor> {
 }
 
 /// y = x·Wᵀ + b for a frozen W [N, K] and b [N]; x [.., K] → [.., N]. No gradient is computed for
-/// W or b. On devices other than the CPU (no custom kernel) it falls back to plain ops.
+/// W or b. On devices other than the CPU (no custom kernel) it is [`frozen_linear_composed`].
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return frozen_linear_composed(x, w, b);
+    }
     let (x2, lead) = rows(x)?;
-    let y = match (b, x.device().is_cpu()) {
-        (Some(b), true) => x2.apply_op3(&w.detach(), &b.detach(), FrozenLinearOp)?,
-        (None, true) => {
+    let y = match b {
+        Some(b) => x2.apply_op3(&w.detach(), &b.detach(), FrozenLinearOp)?,
+        None => {
             let zero = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
             x2.apply_op3(&w.detach(), &zero, FrozenLinearOp)?
-        }
-        (b, false) => {
-            let y = x2.matmul(&w.detach().t()?)?;
-            match b {
-                Some(b) => y.broadcast_add(&b.detach())?,
-                None => y,
-            }
         }
     };
     unrows(y, lead)
 }
 
-/// y = x·(W + ΔW)ᵀ + b: W and b frozen, ΔW (and x) differentiable. x [.., K] → [.., N].
-pub fn adapted_linear(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// [`frozen_linear`] composed from candle's ops (matmul with the detached W, broadcast add of
+/// the detached b): what runs on CUDA; tests compare it with the CPU op.
+pub fn frozen_linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (x2, lead) = rows(x)?;
-    let w_eff = if x.device().is_cpu() {
-        delta.contiguous()?.apply_op2(&w.detach().contiguous()?, FrozenAddOp)?
-    } else {
-        (w.detach() + delta)?
+    let y = x2.matmul(&w.detach().t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.detach())?,
+        None => y,
     };
+    unrows(y, lead)
+}
+
+/// y = x·(W + ΔW)ᵀ + b: W and b frozen, ΔW (and x) differentiable. x [.., K] → [.., N]. On
+/// devices other than the CPU it is [`adapted_linear_composed`].
+pub fn adapted_linear(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return adapted_linear_composed(x, w, delta, b);
+    }
+    let (x2, lead) = rows(x)?;
+    let w_eff = delta.contiguous()?.apply_op2(&w.detach().contiguous()?, FrozenAddOp)?;
     let y = x2.matmul(&w_eff.t()?)?;
     let y = match b {
-        Some(b) if x.device().is_cpu() => y.apply_op2(&b.detach(), FrozenBiasOp)?,
+        Some(b) => y.apply_op2(&b.detach(), FrozenBiasOp)?,
+        None => y,
+    };
+    unrows(y, lead)
+}
+
+/// [`adapted_linear`] composed from candle's ops (W and b detached): what runs on CUDA.
+pub fn adapted_linear_composed(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (x2, lead) = rows(x)?;
+    let y = x2.matmul(&(w.detach() + delta)?.t()?)?;
+    let y = match b {
         Some(b) => y.broadcast_add(&b.detach())?,
         None => y,
     };

@@ -119,3 +119,43 @@ fn batched_matmul_equals_matmul_for_every_transpose_with_gradients() {
         }
     }
 }
+
+/// The composed linears (what runs on CUDA) against the CPU ops: values, ∂x and ∂ΔW equal, and
+/// neither gives the frozen W or b a gradient.
+#[test]
+fn composed_linears_equal_the_cpu_ops_with_gradients() {
+    use superlora_models::ops::{adapted_linear_composed, frozen_linear_composed};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
+    let delta = Var::from_tensor(&Tensor::randn(0f32, 0.1, (6, 8), &dev).unwrap()).unwrap();
+    let c = Tensor::randn(0f32, 1.0, (2, 5, 6), &dev).unwrap();
+    for bias in [Some(b.as_tensor()), None] {
+        let pairs = [
+            (
+                frozen_linear(x.as_tensor(), w.as_tensor(), bias).unwrap(),
+                frozen_linear_composed(x.as_tensor(), w.as_tensor(), bias).unwrap(),
+            ),
+            (
+                adapted_linear(x.as_tensor(), w.as_tensor(), delta.as_tensor(), bias).unwrap(),
+                adapted_linear_composed(x.as_tensor(), w.as_tensor(), delta.as_tensor(), bias).unwrap(),
+            ),
+        ];
+        for (i, (fast, composed)) in pairs.into_iter().enumerate() {
+            assert_eq!(fast.dims(), &[2, 5, 6]);
+            assert!(maxdiff(&fast, &composed) < 1e-5, "op {i}: values differ");
+            let gf = fast.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = composed.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = maxdiff(gf.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap());
+            assert!(d < 1e-4, "op {i}: ∂x differs by {d}");
+            if i == 1 {
+                let d = maxdiff(gf.get(delta.as_tensor()).unwrap(), gc.get(delta.as_tensor()).unwrap());
+                assert!(d < 1e-4, "∂ΔW differs by {d}");
+            }
+            for frozen in [&w, &b] {
+                assert!(gc.get(frozen.as_tensor()).is_none(), "op {i}: a frozen tensor got a gradient");
+            }
+        }
+    }
+}

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use superlora_core::{AdapterSpec, FactorKind, Fold};
@@ -67,18 +66,25 @@ pub struct BenchArgs {
     /// peak memory is its own).
     #[arg(long, hide = true)]
     pub only: Option<usize>,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
+}
+
+/// A square-fold spec: `groups` groups of order `order`, `factor` of rank `rank`.
+pub fn square(groups: usize, order: usize, factor: FactorKind, rank: Option<usize>) -> AdapterSpec {
+    AdapterSpec {
+        fold: Some(Fold::Square),
+        groups: Some(groups),
+        order: Some(order),
+        factor: Some(factor),
+        rank,
+        ..Default::default()
+    }
 }
 
 /// The configs measured: (name, label, adapter spec; None = head only).
 fn configs() -> Vec<(&'static str, &'static str, Option<AdapterSpec>)> {
-    let sq = |g, m, f, r| AdapterSpec {
-        fold: Some(Fold::Square),
-        groups: Some(g),
-        order: Some(m),
-        factor: Some(f),
-        rank: r,
-        ..Default::default()
-    };
+    let sq = square;
     vec![
         ("lora-r8", "LoRA r=8 (reference)", Some(AdapterSpec { rank: Some(8), ..Default::default() })),
         ("head", "head only", None),
@@ -150,7 +156,8 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
             seed: 0,
         },
     };
-    let task = build_task(&spec.task, &Device::Cpu)?;
+    let device = args.device.open()?;
+    let task = build_task(&spec.task, &device)?;
     // Texts with at least seq_len tokens, so every example is exactly seq_len tokens long; images
     // are all the same size.
     let text = match args.preset {
@@ -164,6 +171,8 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     for s in 0..args.warmup + args.steps {
         let t = Instant::now();
         train_step(task.as_ref(), &model, &mut opt, &text, 1.0)?;
+        // CUDA runs asynchronously: the step ends when the device has finished it.
+        device.synchronize()?;
         if s >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -261,7 +270,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cmd.args(["bench", "--only", &i.to_string(), "--preset", preset])
             .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
             .args(["--image-size", &args.image_size.to_string()])
-            .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()]);
+            .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+            .args(["--device", &args.device.device.to_string()]);
         if let Some(m) = &args.model {
             cmd.arg("--model").arg(m);
         }

@@ -197,6 +197,8 @@ pub struct DiffusionPretrainArgs {
     /// Optimisation.
     #[command(flatten)]
     pub train: DiffusionTrainFlags,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// `superlora diffusion transfer`.
@@ -226,6 +228,8 @@ pub struct DiffusionTransferArgs {
     /// Optimisation.
     #[command(flatten)]
     pub train: DiffusionTrainFlags,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// Sampling flags shared by sample and eval.
@@ -273,6 +277,8 @@ pub struct DiffusionSampleArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// `superlora diffusion classifier`.
@@ -303,6 +309,8 @@ pub struct DiffusionClassifierArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// `superlora diffusion eval`.
@@ -341,6 +349,8 @@ pub struct DiffusionEvalArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// `base_model.kind` of diffusion adapters.
@@ -449,7 +459,7 @@ fn prepare_run(out: &Path, f: &DiffusionTrainFlags, spec: &serde_json::Value) ->
 }
 
 fn pretrain(a: &DiffusionPretrainArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = a.device.open()?;
     let ds = dataset(a.dataset);
     let config = DitConfig {
         width: a.width,
@@ -528,7 +538,7 @@ fn base(path: &Path, device: &Device) -> Result<(Dit, std::collections::HashMap<
 }
 
 fn transfer(a: &DiffusionTransferArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = a.device.open()?;
     let (model, _) = base(&a.base, &device)?;
     let sha = artifact::file_sha256(&a.base)?;
     let ds = dataset(a.dataset);
@@ -708,7 +718,7 @@ fn check_output(path: &Path, force: bool, flag: &str, kind: FileKind, inputs: &[
 }
 
 fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = a.device.open()?;
     if !a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
         bail!(InputError(format!("--out {}: the grid is written as PNG; give a .png file name", a.out.display())));
     }
@@ -745,7 +755,7 @@ fn sample_grid(a: &DiffusionSampleArgs) -> Result<()> {
 }
 
 fn classifier(a: &DiffusionClassifierArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = a.device.open()?;
     check_output(&a.out, a.force, "--out", FileKind::Classifier, &[])?;
     let ds = dataset(a.dataset);
     let data = load_data(ds)?;
@@ -805,7 +815,7 @@ struct EvalReport {
 }
 
 fn eval(a: &DiffusionEvalArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = a.device.open()?;
     if let Some(j) = &a.json {
         let mut inputs = vec![a.base.as_path(), a.classifier.as_path()];
         inputs.extend(a.adapter.as_deref());

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::Args;
 use superlora_train::checkpoint;
 use superlora_train::task::Split;
@@ -25,6 +24,8 @@ pub struct EvalArgs {
     /// Which split to score.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// `--split`.
@@ -43,7 +44,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let Some(run_dir) = &args.run else { bail!(InputError("give --run DIR or --adapter DIR".into())) };
     let spec = RunSpec::read(run_dir)?;
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let Some(loaded) = checkpoint::read_latest(&run_dir.join("checkpoints"), &device)? else {
         bail!(InputError(format!("{} has no checkpoint yet", run_dir.display())));
     };
@@ -75,7 +76,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// model is the one it was trained on, load it and score it.
 fn eval_adapter(dir: &std::path::Path, args: &EvalArgs) -> Result<()> {
     use superlora_train::artifact;
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let file = artifact::read_config(dir)?;
     let task_spec: crate::runspec::TaskSpec = crate::runspec::task_of(&file, dir)?;
     let task = build_task(&task_spec, &device)?;

@@ -1,6 +1,7 @@
 //! One file per verb.
 
 pub mod bench;
+pub mod device_check;
 pub mod diffusion;
 pub mod eval;
 pub mod export;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use clap::Args;
 use superlora_models::adapt::Deltas;
 use superlora_models::bert::mean_pool;
@@ -31,11 +31,13 @@ pub struct PredictArgs {
     /// reads: the pooled sentence embedding, or the image features) instead of a table line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// Runs the command.
 pub fn run(args: &PredictArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let file = artifact::read_config(&args.adapter)?;
     let spec: TaskSpec = crate::runspec::task_of(&file, &args.adapter)?;
     let encoder = Encoder::load(&spec, &device)?;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use clap::Args;
 use superlora_core::{AdapterConfig, Factorization, Projection};
 use superlora_train::schedule::Schedule;
@@ -181,6 +180,8 @@ pub struct TrainArgs {
     /// file, so that readers without our RNG can rebuild ΔW.
     #[arg(long)]
     pub save_projection: bool,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
 }
 
 /// Table formats of text files.
@@ -516,7 +517,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         )));
     }
     // Model and data first: input they refuse leaves nothing behind (no run folder).
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let task = build_task(&spec.task, &device)?;
     // Held until the run ends: another process training into this folder is refused.
     let _lock = rundir::lock(&out, args.force)?;

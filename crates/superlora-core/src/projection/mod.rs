@@ -6,9 +6,12 @@
 //! - [`fastfood`] (0 < ρ ≤ 1): v = F x, an O(L log L) structured random matrix;
 //! - [`fourier`] (FourierFT, per weight): v = Re(IDFT2) of n coefficients at fixed frequencies.
 //!
-//! All three non-trivial projections are candle custom ops with their own backward (the transpose).
+//! All three non-trivial projections are candle custom ops with their own backward (the transpose)
+//! on the CPU; on other devices (CUDA) [`composed`] builds the same maps from candle's ordinary
+//! differentiable ops (its tests check the two agree, values and gradients).
 
 pub(crate) mod buffers;
+pub mod composed;
 pub mod fastfood;
 pub mod fourier;
 pub mod shuffle;
@@ -136,6 +139,14 @@ impl GroupProjection {
 
     /// Applies F to a 1-D tensor of length n_g, with autograd.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            return match self {
+                GroupProjection::Identity => Ok(x.clone()),
+                GroupProjection::Shuffle(s) => composed::shuffle(s, x),
+                GroupProjection::Fastfood(f) => composed::fastfood(f, x),
+                GroupProjection::Fourier(f) => composed::fourier(f, &x.flatten_all()?),
+            };
+        }
         Ok(match self {
             GroupProjection::Identity => x.clone(),
             GroupProjection::Shuffle(s) => x.contiguous()?.apply_op1(shuffle::ShuffleOp(s.clone()))?,
@@ -146,6 +157,14 @@ impl GroupProjection {
 
     /// Applies Fᵀ to a 1-D tensor of length N_g, with autograd.
     pub fn apply_transpose(&self, g: &Tensor) -> Result<Tensor> {
+        if !g.device().is_cpu() {
+            return match self {
+                GroupProjection::Identity => Ok(g.clone()),
+                GroupProjection::Shuffle(s) => composed::shuffle_transpose(s, g),
+                GroupProjection::Fastfood(f) => composed::fastfood_transpose(f, g),
+                GroupProjection::Fourier(f) => composed::fourier_transpose(f, &g.flatten_all()?),
+            };
+        }
         Ok(match self {
             GroupProjection::Identity => g.clone(),
             GroupProjection::Shuffle(s) => g.contiguous()?.apply_op1(shuffle::ShuffleTransposeOp(s.clone()))?,
