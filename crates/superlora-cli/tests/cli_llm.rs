@@ -212,7 +212,7 @@ fn lm_classify_refuses_bad_label_words_templates_and_long_prompts() {
     assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
     assert!(text(&r.stderr).contains("has no {text}"), "{}", text(&r.stderr));
 
-    let r = go(&["--label-words", " bad"]);
+    let r = go(&["--prompt-template", "{text} Verdict:", "--label-words", " bad"]);
     assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
     assert!(text(&r.stderr).contains("one per class"), "{}", text(&r.stderr));
 
