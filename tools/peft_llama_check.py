@@ -14,8 +14,9 @@ Usage (a throwaway venv; versions pinned in tools/requirements-peft-llama.txt):
     # an adapter: a few causal-LM steps (weight-wise LoRA), exported for PEFT
     superlora train --task causal-lm --model $GGUF --data text.txt --rank 4 --steps 20 --out runs/lm
     superlora export --adapter runs/lm/adapter --format peft --out runs/lm-peft
+    superlora merge --adapter runs/lm/adapter --out runs/lm-merged      # optional: --merged
     /tmp/peft-llama-venv/bin/python tools/peft_llama_check.py --superlora target/release/superlora \
-        --adapter runs/lm/adapter --peft runs/lm-peft [--gguf $GGUF]
+        --adapter runs/lm/adapter --peft runs/lm-peft [--merged runs/lm-merged] [--gguf $GGUF]
 
 Exits 1 when max |Δ log p| exceeds --tol (default 1e-3).
 """
@@ -72,6 +73,8 @@ def main():
     ap.add_argument("--adapter", required=True, help="our adapter folder (train's <out>/adapter)")
     ap.add_argument("--peft", required=True, help="its `export --format peft` folder")
     ap.add_argument("--gguf", default=GGUF)
+    ap.add_argument("--merged", help="also load `superlora merge`'s folder of this adapter with transformers "
+                    "and compare it with PEFT")
     ap.add_argument("--tol", type=float, default=1e-3)
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -97,12 +100,18 @@ def main():
     d_tuned = max_diff(ours_tuned, their_tuned)
     moved = max_diff(their_tuned, their_base)
 
-    print("%d tokens; adapter: %s r=%s alpha=%s on %s" % (
-        len(ids), cfg.get("peft_type"), cfg.get("r"), cfg.get("lora_alpha"), cfg.get("target_modules")))
+    print("%d tokens; adapter: %s r=%s alpha=%s on %d modules" % (
+        len(ids), cfg.get("peft_type"), cfg.get("r"), cfg.get("lora_alpha"), len(cfg.get("target_modules") or [])))
     print("base model  max |Δ log p| ours vs transformers: %.3g" % d_base)
     print("with adapter max |Δ log p| ours vs PEFT:        %.3g" % d_tuned)
     print("the adapter moves PEFT's log p by up to         %.3g" % moved)
     ok = d_base <= a.tol and d_tuned <= a.tol and moved > 10 * a.tol
+    if a.merged:
+        merged = AutoModelForCausalLM.from_pretrained(a.merged, dtype=torch.float32)
+        merged.eval()
+        d_merged = max_diff(theirs(merged, ids), their_tuned)
+        print("merged folder (transformers) max |Δ log p| vs PEFT: %.3g" % d_merged)
+        ok = ok and d_merged <= a.tol
     print("PASS" if ok else "FAIL", "(tolerance %g)" % a.tol)
     sys.exit(0 if ok else 1)
 
