@@ -172,9 +172,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "TEMPLATE")]
     pub prompt_template: Option<String>,
     /// lm-classify: one label word per class, comma-separated, in class order (rotten-tomatoes:
-    /// rotten, fresh; your data: its classes as `train` lists them), taken as written, spaces
-    /// included: " rotten, fresh" gives " rotten" and " fresh". Each must be a single token
-    /// [default: a space and the class name].
+    /// rotten, fresh; your data: its labels sorted, numerically when all are integers), taken as
+    /// written, spaces included: " rotten, fresh" gives " rotten" and " fresh". Each must be a
+    /// single token [default: a space and the class name].
     #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
     pub label_words: Option<String>,
     /// Seed of the data split (the run's --seed drives data order, head, adapter) [default: 0].
