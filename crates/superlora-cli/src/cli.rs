@@ -32,10 +32,11 @@ pub enum Command {
     /// probabilities.
     Predict(predict::PredictArgs),
     /// Continue a text with a decoder LLM (a Llama .gguf or folder), optionally with an adapter,
-    /// streaming the tokens; greedy unless --temperature / --top-p.
+    /// streaming the tokens; greedy unless --temperature / --top-p; --logprobs scores a text.
     Generate(generate::GenerateArgs),
     /// Write the base model's weights with W + ΔW in place (same names, same dtype, every other
-    /// tensor untouched) and check that the merged model gives the same outputs.
+    /// tensor untouched) and check that the merged model gives the same outputs; for a decoder LLM's
+    /// adapter, a Hugging Face Llama folder (model.safetensors, config.json, tokenizer.json).
     Merge(merge::MergeArgs),
     /// Subtract an adapter's ΔW from merged weights (the inverse of `merge`) and report how close
     /// the result is to the base model.

@@ -97,3 +97,129 @@ fn three_causal_lm_steps_write_an_adapter_that_generate_uses() {
     assert!(g.status.success(), "{}", text(&g.stderr));
     assert!(!text(&g.stdout).trim().is_empty());
 }
+
+/// `train --task lm-classify` on a small Rotten Tomatoes subset: the zero-shot baseline and the
+/// accuracies are reported (stdout and summary.json); the adapter then exports for PEFT under
+/// Llama names, merges into a Hugging Face folder that `generate` loads, and is refused by `eval`.
+#[test]
+fn lm_classify_reports_zero_shot_and_accuracy_and_its_adapter_ships() {
+    let m = gguf();
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let t0 = std::time::Instant::now();
+    let r = run(&[
+        "train",
+        "--task",
+        "lm-classify",
+        "--model",
+        m,
+        "--data",
+        "rotten-tomatoes",
+        "--prompt-template",
+        "Review: {text}\nSentiment:",
+        "--label-words",
+        " negative, positive",
+        "--train-subset",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--eval-batch-size",
+        "8",
+        "--final-eval-limit",
+        "16",
+        "--rank",
+        "1",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    eprintln!("lm-classify, 2 steps: {:.1} s", t0.elapsed().as_secs_f64());
+    let stdout = text(&r.stdout);
+    assert!(stdout.contains("final test accuracy") && stdout.contains("zero-shot"), "{stdout}");
+    assert!(text(&r.stderr).contains("zero-shot (base model)"), "{}", text(&r.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for key in ["final_test_acc", "final_valid_acc"] {
+        let acc = summary[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{key} {acc}");
+    }
+    let zs = summary["zero_shot"]["test_acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&zs), "zero-shot {zs}");
+    // 16 examples: accuracies are multiples of 1/16.
+    assert!((zs * 16.0 - (zs * 16.0).round()).abs() < 1e-9, "zero-shot {zs} over 16 examples");
+
+    let adapter = out.join("adapter");
+    let a = adapter.to_str().unwrap();
+    let e = run(&["eval", "--adapter", a]);
+    assert_eq!(e.status.code(), Some(2), "{}", text(&e.stderr));
+    assert!(text(&e.stderr).contains("superlora generate"), "{}", text(&e.stderr));
+
+    let peft = dir.path().join("peft");
+    let x = run(&["export", "--adapter", a, "--format", "peft", "--out", peft.to_str().unwrap()]);
+    assert!(x.status.success(), "{}", text(&x.stderr));
+    let bytes = std::fs::read(peft.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let a0 = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").unwrap();
+    assert_eq!(a0.shape(), [1, 576]);
+    let b29 = st.tensor("base_model.model.model.layers.29.self_attn.v_proj.lora_B.weight").unwrap();
+    assert_eq!(b29.shape(), [192, 1]);
+
+    let merged = dir.path().join("merged");
+    let g = run(&["merge", "--adapter", a, "--out", merged.to_str().unwrap()]);
+    assert!(g.status.success(), "{}", text(&g.stderr));
+    assert!(text(&g.stdout).contains("max |merged − unmerged|"), "{}", text(&g.stdout));
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(merged.join(f).is_file(), "merge wrote no {f}");
+    }
+    let q = run(&["generate", "--model", merged.to_str().unwrap(), "--max-tokens", "2", "The film was"]);
+    assert!(q.status.success(), "{}", text(&q.stderr));
+}
+
+/// lm-classify refuses, with exit 2 and the problem named: label words that are not one token
+/// (with their tokens), a template without {text}, and prompts longer than the context.
+#[test]
+fn lm_classify_refuses_bad_label_words_templates_and_long_prompts() {
+    let m = gguf();
+    let m = m.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    let mut rows = String::from("text,label\n");
+    for i in 0..20 {
+        rows.push_str(&format!("review number {i},{}\n", if i % 2 == 0 { "good" } else { "bad" }));
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let out = dir.path().join("run");
+    let base = ["train", "--task", "lm-classify", "--model", m, "--data", csv.to_str().unwrap(), "--steps", "1"];
+    let go = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--out", out.to_str().unwrap(), "--no-progress"]);
+        run(&a)
+    };
+    let r = go(&["--prompt-template", "{text} Verdict:", "--label-words", " bad, xqzvbrtt"]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
+    let e = text(&r.stderr);
+    assert!(e.contains("\" xqzvbrtt\"") && e.contains("tokens [") && e.contains("single tokens"), "{e}");
+    assert!(!e.contains("\" bad\" is"), "a one-token word reported: {e}");
+
+    let r = go(&["--prompt-template", "Verdict:"]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("has no {text}"), "{}", text(&r.stderr));
+
+    let r = go(&["--prompt-template", "{text} Verdict:", "--label-words", " bad"]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("one per class"), "{}", text(&r.stderr));
+
+    let long = format!("{}{{text}} Verdict:", "word ".repeat(9000));
+    let r = go(&["--prompt-template", &long]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
+    let e = text(&r.stderr);
+    assert!(e.contains("longer than the model's context of 8192 tokens"), "{e}");
+    assert!(!out.join("run.json").exists(), "a refused run left run.json");
+}

@@ -98,6 +98,33 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// A Hugging Face `config.json` for this shape (f32 weights; `bos` / `eos` token ids if known),
+    /// which transformers' `LlamaForCausalLM` and [`Llama::load`] read back.
+    pub fn hf_config_json(&self, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
+        let c = self;
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads,
+            "head_dim": c.head_dim,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+        })
+    }
+
     /// The configuration in a GGUF's `llama.*` metadata (an error if `general.architecture` is
     /// not `llama`).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
@@ -1186,6 +1213,30 @@ impl Llama {
         let mut config = config;
         config.tie_word_embeddings = lm_head.is_none();
         Ok(Llama { config, embed, blocks, norm, lm_head, source: w.path().to_path_buf() })
+    }
+
+    /// Every weight under its Hugging Face name (q/k in Hugging Face's layout), with ΔW from
+    /// `deltas` added to the targeted linears: what a `model.safetensors` of the merged model
+    /// holds (no `lm_head.weight` when it is tied to the embedding).
+    pub fn hf_tensors(&self, deltas: &Deltas) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), b.attn_norm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), b.mlp_norm.clone()));
+            for lin in [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down] {
+                let w = match deltas.get(&lin.name) {
+                    Some(d) => (&lin.weight + d.dense()?.detach())?,
+                    None => lin.weight.clone(),
+                };
+                out.push((format!("{}.weight", lin.name), w));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        Ok(out)
     }
 
     /// Its configuration.

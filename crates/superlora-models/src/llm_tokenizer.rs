@@ -163,6 +163,11 @@ impl LlmTokenizer {
         self.tokenizer.decode(ids, skip_special).map_err(|e| tok_err("decode", e))
     }
 
+    /// Writes the tokenizer as a `tokenizer.json` (what transformers' fast tokenizer reads).
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        self.tokenizer.save(path, false).map_err(|e| tok_err("save", e))
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)

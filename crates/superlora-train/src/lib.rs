@@ -8,6 +8,8 @@
 //!   `metrics.jsonl` and `summary.json` for any task;
 //! - [`trainer`]: classification (frozen encoder + adapter + [`head`]) on a [`task`];
 //! - [`lm`]: causal-LM fine-tuning of a decoder (token chunks, next-token loss, perplexity);
+//! - [`lm_classify`]: classification with a decoder by the next-token log-probability of label
+//!   words (prompt template, zero-shot baseline, accuracy);
 //! - [`optim`]: AdamW with saveable state; [`schedule`]: learning-rate schedules;
 //! - [`checkpoint`]: atomic run checkpoints; [`metrics`]: run records and peak memory;
 //! - [`artifact`]: the adapter folder (config + safetensors, docs/FORMAT.md);
@@ -18,6 +20,7 @@ pub mod artifact;
 pub mod checkpoint;
 pub mod head;
 pub mod lm;
+pub mod lm_classify;
 pub mod lowrank;
 pub mod metrics;
 pub mod optim;

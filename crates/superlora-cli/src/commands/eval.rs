@@ -43,6 +43,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return eval_adapter(dir, args);
     }
     let Some(run_dir) = &args.run else { bail!(InputError("give --run DIR or --adapter DIR".into())) };
+    // A decoder run's run.json names its task.
+    if let Ok(text) = std::fs::read_to_string(run_dir.join("run.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(task) = v.get("task").and_then(|t| t.as_str())
+    {
+        super::generate::refuse_llama_task(task, run_dir, "eval")?;
+    }
     let spec = RunSpec::read(run_dir)?;
     let device = args.device.open()?;
     let Some(loaded) = checkpoint::read_latest(&run_dir.join("checkpoints"), &device)? else {
@@ -78,6 +85,7 @@ fn eval_adapter(dir: &std::path::Path, args: &EvalArgs) -> Result<()> {
     use superlora_train::artifact;
     let device = args.device.open()?;
     let file = artifact::read_config(dir)?;
+    super::generate::refuse_llama_adapter(&file, dir, "eval")?;
     let task_spec: crate::runspec::TaskSpec = crate::runspec::task_of(&file, dir)?;
     let task = build_task(&task_spec, &device)?;
     let (kind, weights) = task.base_model();

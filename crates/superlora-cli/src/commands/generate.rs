@@ -41,6 +41,11 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat format (one user message) and answer as the assistant.
     #[arg(long)]
     pub chat: bool,
+    /// Score the prompt instead of generating: write its token ids and each token's
+    /// log-probability given the tokens before it (`{"ids": [..], "logprobs": [..]}`, one fewer
+    /// log-probability than ids) to FILE as JSON, e.g. to compare with another implementation.
+    #[arg(long, value_name = "FILE")]
+    pub logprobs: Option<PathBuf>,
     /// The text to continue (or, with --chat, the user's message).
     #[arg(value_name = "PROMPT")]
     pub prompt: String,
@@ -69,6 +74,26 @@ fn sampling(args: &GenerateArgs) -> Result<Sampling> {
         bail!(InputError(format!("--top-p {top_p}: must be in (0, 1]")));
     }
     Ok(Sampling::TopP { temperature, top_p, seed: args.seed.unwrap_or(0) })
+}
+
+/// Refuses an adapter of a Llama decoder in `command` (eval, predict: they score classifiers),
+/// pointing at what to use instead.
+pub fn refuse_llama_adapter(file: &artifact::AdapterFile, dir: &Path, command: &str) -> Result<()> {
+    refuse_llama_task(&file.base_model.kind, dir, command)
+}
+
+/// [`refuse_llama_adapter`] by the model kind or run task `what` (`llama`, `causal-lm`,
+/// `lm-classify`).
+pub fn refuse_llama_task(what: &str, dir: &Path, command: &str) -> Result<()> {
+    if matches!(what, "llama" | "causal-lm" | "lm-classify") {
+        bail!(InputError(format!(
+            "{} belongs to a Llama decoder; `{command}` scores encoder classifiers. Use `superlora generate \
+             --model MODEL --adapter DIR PROMPT` for text (--logprobs FILE scores a text), and the run's \
+             summary.json / metrics.jsonl for its held-out perplexity or accuracy",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// ΔW of the adapter folder `dir`, checked to belong to the model at `model`.
@@ -102,6 +127,21 @@ pub fn llama_deltas(dir: &Path, model: &Path, device: &Device) -> Result<Deltas>
     })
 }
 
+/// Writes log p(ids[t+1] | ids[..=t]) of the prompt to `file` (`--logprobs`).
+fn write_logprobs(model: &Llama, ids: &[u32], deltas: &Deltas, file: &Path) -> Result<()> {
+    if ids.len() < 2 {
+        bail!(InputError("--logprobs needs a prompt of at least 2 tokens".into()));
+    }
+    let t = Tensor::from_slice(ids, (1, ids.len()), model.device())?;
+    let mask = Tensor::ones((1, ids.len()), candle_core::DType::U32, model.device())?;
+    let nll: Vec<f32> = model.next_token_nll(&t, &mask, deltas)?.detach().squeeze(0)?.to_vec1()?;
+    let lp: Vec<f64> = nll.iter().map(|&x| -f64::from(x)).collect();
+    let json = serde_json::json!({ "ids": ids, "logprobs": lp });
+    std::fs::write(file, serde_json::to_string(&json)?).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("{} log-probabilities of {} tokens written to {}", lp.len(), ids.len(), file.display());
+    Ok(())
+}
+
 /// Runs the command.
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = Device::Cpu;
@@ -133,6 +173,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         Some(dir) => llama_deltas(dir, &args.model, &device)?,
         None => Deltas::none(),
     };
+    if let Some(file) = &args.logprobs {
+        return write_logprobs(&model, &prompt, &deltas, file);
+    }
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling,

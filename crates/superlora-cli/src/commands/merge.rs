@@ -30,8 +30,9 @@ pub struct MergeArgs {
     /// The adapter folder.
     #[arg(long, value_name = "DIR")]
     pub adapter: PathBuf,
-    /// Output .safetensors file.
-    #[arg(long, value_name = "FILE")]
+    /// Output .safetensors file; for an adapter of a Llama decoder, an output folder (a Hugging
+    /// Face model: model.safetensors, config.json, tokenizer.json).
+    #[arg(long, value_name = "FILE|DIR")]
     pub out: PathBuf,
     /// Replace --out if it exists.
     #[arg(long)]
@@ -183,6 +184,10 @@ fn write_with(
 
 /// Runs `merge`.
 pub fn run(args: &MergeArgs) -> Result<()> {
+    let file = artifact::read_config(&args.adapter)?;
+    if file.base_model.kind == "llama" {
+        return super::merge_llama::run(args, &file);
+    }
     check_out(&args.out, args.force, &args.adapter, &[])?;
     let (loaded, spec, weights) = open(&args.adapter)?;
     check_out(&args.out, args.force, &args.adapter, &[&weights])?;

@@ -39,6 +39,7 @@ pub struct PredictArgs {
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = args.device.open()?;
     let file = artifact::read_config(&args.adapter)?;
+    super::generate::refuse_llama_adapter(&file, &args.adapter, "predict")?;
     let spec: TaskSpec = crate::runspec::task_of(&file, &args.adapter)?;
     let encoder = Encoder::load(&spec, &device)?;
     let weights = encoder.weights_path();

@@ -54,13 +54,19 @@ Examples:
   superlora train --data nli.jsonl --text-column premise \\
     --text-pair-column hypothesis --test test.jsonl --model models/bert
   # your own images: photos/<class>/*.jpg, a ViT folder
-  superlora train --data photos/ --model models/vit-base --image-size 96";
+  superlora train --data photos/ --model models/vit-base --image-size 96
+  # a decoder LLM as a classifier: the label word likeliest after the prompt
+  superlora train --task lm-classify --model SmolLM2-135M-Instruct.Q4_1.gguf \\
+    --data rotten-tomatoes --prompt-template $'Review: {text}\\nSentiment:' \\
+    --label-words \" negative, positive\" --rank 1 --adapter-lr 1e-2";
 
 /// `superlora train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// What to train: a classifier, or a decoder LLM on next-token prediction (`causal-lm`: --model
-    /// a Llama .gguf, --data a .txt or a table's --text-column; reports held-out perplexity).
+    /// What to train: a classifier, a decoder LLM on next-token prediction (`causal-lm`: --model a
+    /// Llama .gguf, --data a .txt or a table's --text-column; reports held-out perplexity), or a
+    /// decoder LLM as a classifier by label words (`lm-classify`: --prompt-template, --label-words;
+    /// reports accuracy and the base model's zero-shot accuracy).
     #[arg(long, value_enum, default_value_t)]
     pub task: super::train_lm::TaskKind,
     /// A built-in set-up of model, data and budget (flags override it).
@@ -159,6 +165,17 @@ pub struct TrainArgs {
     /// Longest token sequence for text, at most the model's positions (512 for MiniLM) [default: 64].
     #[arg(long, value_name = "TOKENS", value_parser = at_least_one)]
     pub max_len: Option<usize>,
+    /// lm-classify: the prompt around each text, `{text}` marking where it goes; the model then
+    /// predicts the label word as the next token [default for rotten-tomatoes:
+    /// "Review: {text}\nSentiment:"].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub prompt_template: Option<String>,
+    /// lm-classify: one label word per class, comma-separated, in class order (rotten-tomatoes:
+    /// rotten, fresh; your data: its labels sorted, numerically when all are integers), taken as
+    /// written, spaces included: " rotten, fresh" gives " rotten" and " fresh". Each must be a
+    /// single token [default: a space and the class name].
+    #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
+    pub label_words: Option<String>,
     /// Seed of the data split (the run's --seed drives data order, head, adapter) [default: 0].
     #[arg(long)]
     pub data_seed: Option<u64>,
@@ -501,8 +518,10 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
 
 /// Runs the command.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    if args.task == super::train_lm::TaskKind::CausalLm {
-        return super::train_lm::run(args);
+    match args.task {
+        super::train_lm::TaskKind::CausalLm => return super::train_lm::run(args),
+        super::train_lm::TaskKind::LmClassify => return super::train_lm_classify::run(args),
+        super::train_lm::TaskKind::Classify => {}
     }
     let mut spec = resolve(args)?;
     let out = args.out.clone().unwrap_or_else(|| {

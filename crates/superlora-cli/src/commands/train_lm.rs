@@ -29,6 +29,9 @@ pub enum TaskKind {
     Classify,
     /// Next-token prediction on text with a decoder LLM (reports held-out perplexity).
     CausalLm,
+    /// Classification with a decoder LLM: a prompt template around each text, one label word
+    /// per class, the class whose word is the likeliest next token (reports accuracy).
+    LmClassify,
 }
 
 /// Tokens per chunk without --max-len.
@@ -64,6 +67,8 @@ fn refuse_classify_flags(args: &TrainArgs) -> Result<()> {
         ("--train-subset", args.train_subset.is_some()),
         ("--valid", args.valid.is_some()),
         ("--test", args.test.is_some()),
+        ("--prompt-template", args.prompt_template.is_some()),
+        ("--label-words", args.label_words.is_some()),
     ];
     if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
         bail!(InputError(format!(
@@ -126,14 +131,7 @@ fn read_texts(path: &Path, format: Option<TableFormatArg>, column: &str) -> Resu
 /// Runs `train --task causal-lm`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     refuse_classify_flags(args)?;
-    let model_path = args.model.clone().ok_or_else(|| {
-        InputError(
-            "--task causal-lm needs --model: a Llama .gguf file (`scripts/setup-assets.sh smollm2`) or folder".into(),
-        )
-    })?;
-    if !model_path.exists() {
-        bail!(InputError(format!("--model {}: no such file or folder", model_path.display())));
-    }
+    let model_path = decoder_model(args, "causal-lm")?;
     let data = args.data.as_deref().map(PathBuf::from).ok_or_else(|| {
         InputError("--task causal-lm needs --data: a .txt file, or a CSV / TSV / JSONL of texts".into())
     })?;
@@ -141,18 +139,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         bail!(InputError(format!("--data {}: no such file", data.display())));
     }
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
-    let (model_path, data) = (absolute(&model_path)?, absolute(&data)?);
+    let data = absolute(&data)?;
     let adapter_cfg = resolve_adapter(&args.adapter)?;
-    if let Some(v) = args.adapter_lr
-        && !(v.is_finite() && v > 0.0)
-    {
-        bail!(InputError(format!("--adapter-lr = {v}: a learning rate must be a positive number")));
-    }
-    let targets = match (&args.targets, &args.targets_regex) {
-        (_, Some(re)) => format!("re:{re}"),
-        (Some(t), None) => t.clone(),
-        (None, None) => "q_proj,v_proj".into(),
-    };
+    let targets = llama_targets(args);
     let max_len = args.max_len.unwrap_or(DEFAULT_CHUNK);
     if max_len < 2 {
         bail!(InputError(format!("--max-len {max_len}: a chunk needs at least 2 tokens")));
@@ -169,39 +158,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let split =
         split_chunks(chunks, HELD_OUT, data_seed).map_err(|e| InputError(format!("--data {}: {e}", data.display())))?;
 
-    let batch_size = args.batch_size.unwrap_or(8);
-    let steps = match (args.steps, args.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => (e * (split.train.len() / batch_size).max(1) as f64).ceil().max(1.0) as u64,
-        (None, None) => 300,
-    };
-    if let Some(w) = args.warmup
-        && w > steps
-    {
-        bail!(InputError(format!("--warmup {w} is longer than the {steps} steps; give at most {steps}")));
-    }
-    let settings = LmSettings {
-        steps,
-        batch_size,
-        eval_batch_size: args.eval_batch_size.unwrap_or(8),
-        eval_every: args.eval_every.unwrap_or(100),
-        eval_limit: args.eval_limit,
-        final_eval_limit: args.final_eval_limit,
-        adapter_lr: args.adapter_lr.unwrap_or(1e-3),
-        weight_decay: args.weight_decay.unwrap_or(0.0),
-        schedule: match args.schedule {
-            Some(ScheduleArg::Constant) => Schedule::Constant,
-            Some(ScheduleArg::Linear) => Schedule::Linear,
-            Some(ScheduleArg::Cosine) | None => Schedule::Cosine,
-        },
-        warmup: args.warmup.unwrap_or(steps / 20),
-        max_grad_norm: match args.max_grad_norm {
-            Some(x) if x <= 0.0 => None,
-            Some(x) => Some(x),
-            None => Some(1.0),
-        },
-        seed: args.adapter.seed.unwrap_or(0),
-    };
+    let settings = lm_settings(args, split.train.len())?;
     let spec = LmRunSpec {
         task: "causal-lm".into(),
         model: model_path.clone(),
@@ -218,35 +175,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let stem = data.file_stem().map_or_else(|| "text".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(format!("lm-{stem}-{}-s{}", adapter_slug(Some(&adapter_cfg)), settings.seed))
     });
-    let run_json = out.join("run.json");
-    if !args.force && !args.resume && run_json.exists() {
-        bail!(InputError(format!(
-            "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
-            out.display()
-        )));
-    }
-    let _lock = rundir::lock(&out, args.force)?;
-    let resuming = args.resume && run_json.exists();
-    if resuming {
-        let text = std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?;
-        let previous: LmRunSpec =
-            serde_json::from_str(&text).with_context(|| format!("reading {}", run_json.display()))?;
-        if previous != spec {
-            bail!(InputError(format!(
-                "{} was started with different settings (see its run.json); resume with the same flags",
-                out.display()
-            )));
-        }
-    }
-
-    let model = Llama::load(&model_path, &device).with_context(|| format!("loading {}", model_path.display()))?;
-    let pattern = match targets.strip_prefix("re:") {
-        Some(re) => superlora_io::targets::TargetPattern::regex(re)?,
-        None => superlora_io::targets::TargetPattern::names(&targets)?,
-    };
-    let shapes = superlora_models::adapt::select(&model.linears(), &pattern)?;
-    let adapter = SuperLora::from_shapes(&shapes, &adapter_cfg, DType::F32, &device)?;
+    let (_lock, resuming) = open_run(args, &out, &spec)?;
+    let (model, shapes, adapter) = load_adapted(&model_path, &targets, &adapter_cfg, &device)?;
     if !resuming {
+        let run_json = out.join("run.json");
         std::fs::write(&run_json, serde_json::to_string_pretty(&spec)?)
             .with_context(|| format!("writing {}", run_json.display()))?;
     }
@@ -267,28 +199,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let summary = train_lm(&task, &out, args.resume, !args.no_progress)?;
 
-    use superlora_train::artifact::{self, AdapterFile, BaseModel, Rules, Target};
-    let weights = llama_weights_file(&model_path);
-    let file = AdapterFile {
-        format: artifact::FORMAT.into(),
-        format_version: artifact::FORMAT_VERSION,
-        adapter: Some(adapter_cfg),
-        targets: shapes.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
-        rules: Rules::current(),
-        base_model: BaseModel {
-            kind: "llama".into(),
-            path: weights.display().to_string(),
-            sha256: artifact::file_sha256(&weights)?,
-        },
-        head: None,
-        trainable_params: adapter.num_trainable(),
-        head_params: 0,
-        projection_saved: args.save_projection,
-        task: serde_json::to_value(&spec)?,
-    };
-    let dir = out.join("adapter");
-    artifact::save(&dir, &file, Some(&adapter), None, true).with_context(|| format!("writing {}", dir.display()))?;
-    eprintln!("adapter written to {}", dir.display());
+    save_adapter(args, &model_path, &adapter_cfg, &shapes, &adapter, serde_json::to_value(&spec)?, &out)?;
     println!(
         "final test perplexity {:.3} (best validation {:.3} at step {}, test there {:.3}); adapter {} parameters; {:.1} s, {:.1} tokens/s; {}",
         summary.final_test_ppl,
@@ -300,5 +211,152 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         summary.tokens_per_s,
         out.display()
     );
+    Ok(())
+}
+
+/// The absolute path of --model (which must exist) for the decoder `task`; also checks
+/// --adapter-lr.
+pub(super) fn decoder_model(args: &TrainArgs, task: &str) -> Result<PathBuf> {
+    let model_path = args.model.clone().ok_or_else(|| {
+        InputError(format!(
+            "--task {task} needs --model: a Llama .gguf file (`scripts/setup-assets.sh smollm2`) or folder"
+        ))
+    })?;
+    if !model_path.exists() {
+        bail!(InputError(format!("--model {}: no such file or folder", model_path.display())));
+    }
+    if let Some(v) = args.adapter_lr
+        && !(v.is_finite() && v > 0.0)
+    {
+        bail!(InputError(format!("--adapter-lr = {v}: a learning rate must be a positive number")));
+    }
+    std::path::absolute(&model_path).with_context(|| format!("resolving {}", model_path.display()))
+}
+
+/// The decoder tasks' training settings from the flags; `train_len` examples (or chunks) give
+/// --epochs its steps.
+pub(super) fn lm_settings(args: &TrainArgs, train_len: usize) -> Result<LmSettings> {
+    let batch_size = args.batch_size.unwrap_or(8);
+    let steps = match (args.steps, args.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => (e * (train_len / batch_size).max(1) as f64).ceil().max(1.0) as u64,
+        (None, None) => 300,
+    };
+    if let Some(w) = args.warmup
+        && w > steps
+    {
+        bail!(InputError(format!("--warmup {w} is longer than the {steps} steps; give at most {steps}")));
+    }
+    Ok(LmSettings {
+        steps,
+        batch_size,
+        eval_batch_size: args.eval_batch_size.unwrap_or(8),
+        eval_every: args.eval_every.unwrap_or(100),
+        eval_limit: args.eval_limit,
+        final_eval_limit: args.final_eval_limit,
+        adapter_lr: args.adapter_lr.unwrap_or(1e-3),
+        weight_decay: args.weight_decay.unwrap_or(0.0),
+        schedule: match args.schedule {
+            Some(ScheduleArg::Constant) => Schedule::Constant,
+            Some(ScheduleArg::Linear) => Schedule::Linear,
+            Some(ScheduleArg::Cosine) | None => Schedule::Cosine,
+        },
+        warmup: args.warmup.unwrap_or(steps / 20),
+        max_grad_norm: match args.max_grad_norm {
+            Some(x) if x <= 0.0 => None,
+            Some(x) => Some(x),
+            None => Some(1.0),
+        },
+        seed: args.adapter.seed.unwrap_or(0),
+    })
+}
+
+/// The run folder `out`, locked: refuses a run that exists without --resume / --force, and a
+/// resume with other settings than `spec`. Returns the lock and whether a run is resumed.
+pub(super) fn open_run<S>(args: &TrainArgs, out: &Path, spec: &S) -> Result<(rundir::RunDirLock, bool)>
+where
+    S: PartialEq + serde::de::DeserializeOwned,
+{
+    let run_json = out.join("run.json");
+    if !args.force && !args.resume && run_json.exists() {
+        bail!(InputError(format!(
+            "{} already holds a run; continue it with --resume, start over with --force, or pick another --out",
+            out.display()
+        )));
+    }
+    let lock = rundir::lock(out, args.force)?;
+    let resuming = args.resume && run_json.exists();
+    if resuming {
+        let text = std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?;
+        let previous: S = serde_json::from_str(&text).with_context(|| format!("reading {}", run_json.display()))?;
+        if previous != *spec {
+            bail!(InputError(format!(
+                "{} was started with different settings (see its run.json); resume with the same flags",
+                out.display()
+            )));
+        }
+    }
+    Ok((lock, resuming))
+}
+
+/// The targets of the decoder tasks: --targets-regex, --targets, or `q_proj,v_proj`.
+pub(super) fn llama_targets(args: &TrainArgs) -> String {
+    match (&args.targets, &args.targets_regex) {
+        (_, Some(re)) => format!("re:{re}"),
+        (Some(t), None) => t.clone(),
+        (None, None) => "q_proj,v_proj".into(),
+    }
+}
+
+/// The model at `model_path`, the weights `targets` selects and a fresh adapter over them.
+pub(super) fn load_adapted(
+    model_path: &Path,
+    targets: &str,
+    adapter_cfg: &AdapterConfig,
+    device: &Device,
+) -> Result<(Llama, Vec<superlora_core::LayerShape>, SuperLora)> {
+    let model = Llama::load(model_path, device).with_context(|| format!("loading {}", model_path.display()))?;
+    let pattern = match targets.strip_prefix("re:") {
+        Some(re) => superlora_io::targets::TargetPattern::regex(re)?,
+        None => superlora_io::targets::TargetPattern::names(targets)?,
+    };
+    let shapes = superlora_models::adapt::select(&model.linears(), &pattern)?;
+    let adapter = SuperLora::from_shapes(&shapes, adapter_cfg, DType::F32, device)?;
+    Ok((model, shapes, adapter))
+}
+
+/// Writes `<out>/adapter` (the adapter file of a Llama base at `model_path`; `task` is the run's
+/// settings).
+pub(super) fn save_adapter(
+    args: &TrainArgs,
+    model_path: &Path,
+    adapter_cfg: &AdapterConfig,
+    shapes: &[superlora_core::LayerShape],
+    adapter: &SuperLora,
+    task: serde_json::Value,
+    out: &Path,
+) -> Result<()> {
+    use superlora_train::artifact::{self, AdapterFile, BaseModel, Rules, Target};
+    let weights = llama_weights_file(model_path);
+    let file = AdapterFile {
+        format: artifact::FORMAT.into(),
+        format_version: artifact::FORMAT_VERSION,
+        adapter: Some(adapter_cfg.clone()),
+        targets: shapes.iter().map(|t| Target { name: t.name.clone(), rows: t.rows, cols: t.cols }).collect(),
+        rules: Rules::current(),
+        base_model: BaseModel {
+            kind: "llama".into(),
+            path: weights.display().to_string(),
+            sha256: artifact::file_sha256(&weights)?,
+        },
+        head: None,
+        trainable_params: adapter.num_trainable(),
+        head_params: 0,
+        projection_saved: args.save_projection,
+        task,
+    };
+    let dir = out.join("adapter");
+    artifact::save(&dir, &file, Some(adapter), None, true).with_context(|| format!("writing {}", dir.display()))?;
+    eprintln!("adapter written to {}", dir.display());
     Ok(())
 }
