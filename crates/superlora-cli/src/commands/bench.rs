@@ -24,13 +24,17 @@ use crate::settings::InputError;
 /// `superlora bench`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
-  superlora bench                                        # every config on MiniLM text
-  superlora bench --preset vit-fmnist --configs lora-r8  # DINOv2-S at 112 px, LoRA r=8 only
-  superlora bench --configs lora-r8,head --json out.json # rows for a script
+  # every config on MiniLM text
+  superlora bench
+  # DINOv2-S at 112 px, LoRA r=8 only
+  superlora bench --preset vit-fmnist --configs lora-r8
+  # two configs, the rows kept as JSON for a script
+  superlora bench --configs lora-r8,head --json out.json
 
-Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker, kronecker, fastfood, full-qv.
-SUPERLORA_DENSE_DELTA=1 trains weight-wise LoRA through the formed ΔW instead of the factored
-path (to measure what the factored path saves).")]
+Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker,
+kronecker, fastfood, full-qv.
+SUPERLORA_DENSE_DELTA=1 trains weight-wise LoRA through the formed ΔW
+instead of the factored path (to measure what the factored path saves).")]
 pub struct BenchArgs {
     /// Which model and data: minilm-rt (MiniLM-L6 on Rotten Tomatoes texts) or vit-fmnist (DINOv2
     /// ViT-S/14 on Fashion-MNIST images at --image-size).

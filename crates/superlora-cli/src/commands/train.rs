@@ -57,7 +57,7 @@ Examples:
   superlora train --data photos/ --model models/vit-base --image-size 96
   # a decoder LLM as a classifier: the label word likeliest after the prompt
   superlora train --task lm-classify --model SmolLM2-135M-Instruct.Q4_1.gguf \\
-    --data rotten-tomatoes --prompt-template $'Review: {text}\\nSentiment:' \\
+    --data rotten-tomatoes --prompt-template \"Review: {text} Sentiment:\" \\
     --label-words \" negative, positive\" --rank 1 --adapter-lr 1e-2";
 
 /// `superlora train`.
