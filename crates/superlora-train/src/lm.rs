@@ -238,16 +238,11 @@ impl LoopTask for CausalLm<'_> {
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {
-        self.adapter.named_vars().into_iter().map(|(n, v)| (format!("adapter.{n}"), v)).collect()
+        adapter_named_vars(self.adapter)
     }
 
     fn optimizer(&self) -> Result<AdamW> {
-        let s = self.settings;
-        let group = GroupSettings { name: "adapter".into(), lr: s.adapter_lr, weight_decay: s.weight_decay };
-        AdamW::new(
-            AdamWConfig { max_grad_norm: s.max_grad_norm, ..Default::default() },
-            vec![(group, self.adapter.named_vars())],
-        )
+        adapter_optimizer(self.adapter, self.settings)
     }
 
     fn train_len(&self) -> usize {
@@ -340,6 +335,21 @@ pub fn train_lm(task: &CausalLm, out: &Path, resume: bool, show_progress: bool) 
         show_progress,
     };
     run_loop(task, &ls, out, resume)
+}
+
+/// The checkpointed tensors of a decoder run: the adapter's, under `adapter.` (shared by the
+/// causal-LM and lm-classify tasks).
+pub(crate) fn adapter_named_vars(adapter: &SuperLora) -> Vec<(String, Var)> {
+    adapter.named_vars().into_iter().map(|(n, v)| (format!("adapter.{n}"), v)).collect()
+}
+
+/// AdamW over the adapter alone, from the decoder settings (shared by both decoder tasks).
+pub(crate) fn adapter_optimizer(adapter: &SuperLora, s: &LmSettings) -> Result<AdamW> {
+    let group = GroupSettings { name: "adapter".into(), lr: s.adapter_lr, weight_decay: s.weight_decay };
+    AdamW::new(
+        AdamWConfig { max_grad_norm: s.max_grad_norm, ..Default::default() },
+        vec![(group, adapter.named_vars())],
+    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use superlora_core::{LayerShape, SuperLora};
 use superlora_models::adapt::Deltas;
 use superlora_models::llama::{Llama, cross_entropy};
 
-use crate::optim::{AdamW, AdamWConfig, GroupSettings};
+use crate::lm::{adapter_named_vars, adapter_optimizer};
+use crate::optim::AdamW;
 use crate::train_loop::{End, Evaluation, Goal, LoopSettings, LoopTask, Point, StepResult, Tracked, Window, run_loop};
 use crate::{Error, Result};
 
@@ -222,16 +223,11 @@ impl LoopTask for LmClassify<'_> {
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {
-        self.adapter.named_vars().into_iter().map(|(n, v)| (format!("adapter.{n}"), v)).collect()
+        adapter_named_vars(self.adapter)
     }
 
     fn optimizer(&self) -> Result<AdamW> {
-        let s = self.settings;
-        let group = GroupSettings { name: "adapter".into(), lr: s.adapter_lr, weight_decay: s.weight_decay };
-        AdamW::new(
-            AdamWConfig { max_grad_norm: s.max_grad_norm, ..Default::default() },
-            vec![(group, self.adapter.named_vars())],
-        )
+        adapter_optimizer(self.adapter, self.settings)
     }
 
     fn train_len(&self) -> usize {
