@@ -10,7 +10,9 @@
 # Environment: BIN (default target/release/superlora), PY (a Python with
 # tools/requirements-peft.txt; default .venv-peft/bin/python), ROUNDS (2), STEPS (20), WARMUP (3),
 # THREADS (all cores; sets RAYON_NUM_THREADS for ours and torch.set_num_threads for the peer),
-# CONFIGS ("lora-r8 head"), OUT (runs/bench-vs-peft/<UTC time>, where every JSON row is kept).
+# CONFIGS ("lora-r8 head"), OUT (runs/bench-vs-peft/<UTC time>, where every JSON row is kept),
+# WORKERS (1; above 1 ours runs data parallel, `bench --workers`: that many single-threaded workers
+# instead of THREADS threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/superlora}
@@ -20,6 +22,7 @@ STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
 THREADS=${THREADS:-$(nproc)}
 CONFIGS=${CONFIGS:-lora-r8 head}
+WORKERS=${WORKERS:-1}
 OUT=${OUT:-runs/bench-vs-peft/$(date -u +%Y%m%dT%H%M%SZ)}
 PRESETS=("$@")
 [ ${#PRESETS[@]} -eq 0 ] && PRESETS=(minilm-rt)
@@ -30,7 +33,7 @@ PRESETS=("$@")
 }
 mkdir -p "$OUT"
 {
-  echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, threads $THREADS"
+  echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, threads $THREADS, ours --workers $WORKERS"
   echo "SIMD: $(grep -o -w -E 'avx2|fma|avx512f|avx512bw|avx512_bf16|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "ours: $("$BIN" --version); peer: $("$PY" -c 'import torch, peft, transformers; print(f"torch {torch.__version__}, peft {peft.__version__}, transformers {transformers.__version__}")')"
@@ -38,8 +41,9 @@ mkdir -p "$OUT"
 for preset in "${PRESETS[@]}"; do
   for round in $(seq 1 "$ROUNDS"); do
     for config in $CONFIGS; do
-      RAYON_NUM_THREADS=$THREADS "$BIN" bench --preset "$preset" --configs "$config" --steps "$STEPS" \
-        --warmup "$WARMUP" --json "$OUT/$preset.$config.ours.$round.json" >/dev/null 2>&1
+      if [ "$WORKERS" -gt 1 ]; then threads=(); else threads=(RAYON_NUM_THREADS="$THREADS"); fi
+      env "${threads[@]}" "$BIN" bench --preset "$preset" --configs "$config" --steps "$STEPS" \
+        --warmup "$WARMUP" --workers "$WORKERS" --json "$OUT/$preset.$config.ours.$round.json" >/dev/null 2>&1
       "$PY" tools/peft_bench.py --preset "$preset" --config "$config" --steps "$STEPS" --warmup "$WARMUP" \
         --threads "$THREADS" 2>/dev/null >"$OUT/$preset.$config.peer.$round.json"
       echo "  $preset $config round $round done" >&2

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     superlora_core::sys::ensure_malloc_tunables();
     superlora_core::sys::default_sigpipe();
     let cli = cli::Cli::parse();
+    single_threaded_workers(&cli);
     let result = match &cli.command {
         cli::Command::Plan(a) => commands::plan::run(a),
         cli::Command::Train(a) => commands::train::run(a),
@@ -38,6 +39,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Data parallel (`--workers N`, N > 1) is fastest with one single-threaded worker per core: so
+/// candle's matmul threads (`RAYON_NUM_THREADS`) and its elementwise pool (`CANDLE_NUM_THREADS`)
+/// are set to 1, unless the user set them. Both are read when first used, after this.
+fn single_threaded_workers(cli: &cli::Cli) {
+    let workers = match &cli.command {
+        cli::Command::Train(a) => a.workers.unwrap_or(1),
+        cli::Command::Bench(a) => a.workers,
+        _ => 1,
+    };
+    if workers > 1 {
+        for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                // SAFETY: nothing but this thread runs yet (no pool, no progress bar), so no other
+                // thread can read the environment while it changes.
+                unsafe { std::env::set_var(var, "1") };
+            }
         }
     }
 }

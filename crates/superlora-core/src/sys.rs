@@ -7,12 +7,21 @@
 //! weights 5–10x slower than its arithmetic (see docs/BENCHMARKS.md). Raising the mmap threshold
 //! and the trim threshold keeps freed memory in the heap, where the next step reuses it.
 //!
+//! One arena (`arena_max=1`): glibc gives each further thread an arena of its own, made of mapped
+//! heaps that it shrinks with `madvise(DONTNEED)` when their top is free, so the data-parallel
+//! workers (`train --workers`) faulted in ~50,000 fresh pages per MiniLM step and held 18 % more
+//! memory. In the one main-heap arena they reuse freed memory like the main thread does; the lock
+//! they then share is taken a few thousand times per step (candle allocates per op), which costs
+//! less than the faults did (docs/BENCHMARKS.md, "Data parallel").
+//!
 //! These settings can only be given to glibc before the process starts (`GLIBC_TUNABLES`; the
 //! `mallopt` call caps the threshold at 32 MiB), so [`ensure_malloc_tunables`] re-executes the
 //! program once with them set. Opt out with `SUPERLORA_NO_MALLOC_TUNING=1`.
 
-/// The glibc tunables applied: heap allocations up to 1 GiB, freed memory kept up to 16 GiB.
-pub const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=17179869184";
+/// The glibc tunables applied: heap allocations up to 1 GiB, freed memory kept up to 16 GiB, one
+/// arena for every thread.
+pub const MALLOC_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=17179869184:glibc.malloc.arena_max=1";
 
 /// Environment variable that disables [`ensure_malloc_tunables`].
 pub const OPT_OUT: &str = "SUPERLORA_NO_MALLOC_TUNING";

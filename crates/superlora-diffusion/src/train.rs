@@ -264,7 +264,7 @@ impl LoopTask for Ddpm<'_> {
 
     fn step(&self, step: u64, idx: &[usize]) -> Result<StepResult> {
         let (loss, tape) = step_loss(self.model, &self.trainee, &self.data.train, idx, step, self.s)?;
-        Ok(StepResult { loss, tape, units: idx.len(), hits: 0 })
+        Ok(StepResult { loss, parts: vec![], tape, units: idx.len(), hits: 0 })
     }
 
     fn evaluate(&self, at: &Point) -> Result<Evaluation<Record>> {

@@ -25,6 +25,7 @@ pub mod lowrank;
 pub mod metrics;
 pub mod optim;
 pub mod output;
+pub mod parallel;
 pub mod schedule;
 pub mod task;
 pub mod train_loop;

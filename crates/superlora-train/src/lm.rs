@@ -255,7 +255,7 @@ impl LoopTask for CausalLm<'_> {
         let tape = self.adapter.training_tape()?;
         let deltas = Deltas::from_tape(self.targets, &tape)?;
         let loss = self.model.next_token_loss(&ids, &mask, &deltas)?;
-        Ok(StepResult { loss, tape: Some(tape), units: predicted, hits: 0 })
+        Ok(StepResult { loss, parts: vec![], tape: Some(tape), units: predicted, hits: 0 })
     }
 
     fn evaluate(&self, at: &Point) -> Result<Evaluation<LmRecord>> {

@@ -245,7 +245,7 @@ impl LoopTask for LmClassify<'_> {
         let hits = zs.iter().zip(&ys).filter(|(row, y)| argmax(row) == Some(**y as usize)).count();
         let targets = Tensor::from_vec(ys, rows.len(), self.model.device())?;
         let loss = cross_entropy(&z, &targets)?.mean_all()?;
-        Ok(StepResult { loss, tape: Some(tape), units: rows.len(), hits })
+        Ok(StepResult { loss, parts: vec![], tape: Some(tape), units: rows.len(), hits })
     }
 
     fn evaluate(&self, at: &Point) -> Result<Evaluation<ClassifyRecord>> {

@@ -25,7 +25,7 @@ pub enum Split {
 }
 
 /// A model + dataset pair the trainer can fine-tune.
-pub trait Task {
+pub trait Task: Sync {
     /// One line for logs.
     fn describe(&self) -> String;
     /// Number of classes.

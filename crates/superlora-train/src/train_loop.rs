@@ -58,8 +58,12 @@ pub struct LoopSettings {
 
 /// One training step as the task computed it, before any backward.
 pub struct StepResult {
-    /// The loss, reduced to a scalar, graph attached.
+    /// The loss, reduced to a scalar, graph attached (without `parts`: the backward runs on it).
     pub loss: Tensor,
+    /// Data parallel: the loss of each worker's share of the batch, weighted so that they sum to
+    /// `loss`. When there are several, the backward runs on each on its own thread and their
+    /// gradients are summed in order (see [`backward_parts`]); `loss` then only gives the value.
+    pub parts: Vec<Tensor>,
     /// The adapter's tape when ΔW came from [`superlora_core::SuperLora::forward_tape`]: its
     /// backward runs after the graph's.
     pub tape: Option<DeltaTape>,
@@ -274,19 +278,36 @@ pub fn say(pb: &ProgressBar, line: &str) {
 }
 
 /// The backward and update of one step: refuses a non-finite loss (changing nothing), runs the
-/// backward through the graph and then the tape, and one optimizer step with the learning rates
-/// scaled by `lr_factor` (a non-finite gradient is an error and changes nothing). Returns the loss.
-pub fn optimize(opt: &mut AdamW, loss: &Tensor, tape: Option<&DeltaTape>, lr_factor: f64) -> Result<f64> {
-    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+/// backward through the graph (each of `r.parts` on its own thread when there are several) and then
+/// the tape, and one optimizer step with the learning rates scaled by `lr_factor` (a non-finite
+/// gradient is an error and changes nothing). Returns the loss.
+pub fn optimize(opt: &mut AdamW, r: &StepResult, lr_factor: f64) -> Result<f64> {
+    let value = r.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !value.is_finite() {
         return Err(Error::NonFinite(format!("training loss is {value}")));
     }
-    let mut grads = loss.backward()?;
-    if let Some(t) = tape {
+    let mut grads = if r.parts.len() > 1 { backward_parts(&r.parts)? } else { r.loss.backward()? };
+    if let Some(t) = &r.tape {
         grads = t.backward(grads)?;
     }
     opt.step(&grads, lr_factor)?;
     Ok(value)
+}
+
+/// The gradients of `Σ parts`: each part's backward on its own worker ([`crate::parallel`]),
+/// then the stores merged in order, so the sum is the same on every run and machine. A tensor two
+/// parts share (a trainable variable, ΔW from the tape) gets the sum of both gradients; it differs
+/// from one backward of the summed loss only in the order of that last addition.
+pub fn backward_parts(parts: &[Tensor]) -> Result<candle_core::backprop::GradStore> {
+    let mut stores = crate::parallel::on_workers(parts.len(), |i| parts[i].backward())?.into_iter();
+    let Some(first) = stores.next() else {
+        return Err(Error::Optim("data parallel backward of no parts".into()));
+    };
+    let mut merged = first?;
+    for g in stores {
+        merged.extend(g?)?;
+    }
+    Ok(merged)
 }
 
 /// The first of `tensors` holding a NaN or an infinity: its name and how many such values.
@@ -418,7 +439,7 @@ pub fn run_loop<T: LoopTask>(
         let t0 = Instant::now();
         let r = task.step(step, idx)?;
         let factor = s.schedule.factor(step, s.steps, s.warmup);
-        let loss = optimize(&mut opt, &r.loss, r.tape.as_ref(), factor).map_err(|e| match e {
+        let loss = optimize(&mut opt, &r, factor).map_err(|e| match e {
             Error::NonFinite(m) => stop(m),
             other => other.into(),
         })?;

@@ -117,7 +117,7 @@ impl LoopTask for Regression {
         if self.nan_at == Some(step) {
             loss = (loss * f64::NAN)?;
         }
-        Ok(StepResult { loss, tape: Some(tape), units: idx.len(), hits: 0 })
+        Ok(StepResult { loss, parts: vec![], tape: Some(tape), units: idx.len(), hits: 0 })
     }
     fn evaluate(&self, at: &Point) -> superlora_train::Result<Evaluation<Line>> {
         let w = self.adapter.delta_weights()?[0].detach();

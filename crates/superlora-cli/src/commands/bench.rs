@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Untimed warm-up steps per config.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Data parallel: N single-threaded workers, each on its share of the batch (see `train
+    /// --workers`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
+    pub workers: usize,
     /// Comma-separated configs to run (see below) [default: all].
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub configs: Vec<String>,
@@ -158,6 +162,7 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
             warmup: 0,
             max_grad_norm: Some(1.0),
             seed: 0,
+            workers: args.workers,
         },
     };
     let device = args.device.open()?;
@@ -174,7 +179,7 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     let mut times = Vec::with_capacity(args.steps);
     for s in 0..args.warmup + args.steps {
         let t = Instant::now();
-        train_step(task.as_ref(), &model, &mut opt, &text, 1.0)?;
+        train_step(task.as_ref(), &model, &mut opt, &text, 1.0, args.workers)?;
         // CUDA runs asynchronously: the step ends when the device has finished it.
         device.synchronize()?;
         if s >= args.warmup {
@@ -258,12 +263,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             format!("DINOv2 ViT-S/14 on Fashion-MNIST, batch {}, {} px", args.batch_size, args.image_size)
         }
     };
-    eprintln!(
-        "{what}, AdamW, {} threads; median of {} steps after {} warm-up",
-        rayon_threads(),
-        args.steps,
-        args.warmup
-    );
+    let threads = if args.workers > 1 {
+        format!("{} single-threaded data-parallel workers", args.workers)
+    } else {
+        format!("{} threads", rayon_threads())
+    };
+    eprintln!("{what}, AdamW, {threads}; median of {} steps after {} warm-up", args.steps, args.warmup);
     let preset = match args.preset {
         Preset::MinilmRt => "minilm-rt",
         Preset::VitFmnist => "vit-fmnist",
@@ -275,6 +280,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
             .args(["--image-size", &args.image_size.to_string()])
             .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+            .args(["--workers", &args.workers.to_string()])
             .args(["--device", &args.device.device.to_string()]);
         if let Some(m) = &args.model {
             cmd.arg("--model").arg(m);
@@ -314,6 +320,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The threads candle's matmul uses: RAYON_NUM_THREADS when set, else every core.
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -68,7 +68,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         SplitArg::Valid => Split::Valid,
         SplitArg::Test => Split::Test,
     };
-    let acc = evaluate(task.as_ref(), &model, split, spec.train.eval_batch_size, None)?;
+    let acc = evaluate(task.as_ref(), &model, split, spec.train.eval_batch_size, None, 1)?;
     println!(
         "{:?} accuracy {acc:.4} on {} examples (checkpoint {}, step {})",
         split,
@@ -116,7 +116,7 @@ fn eval_adapter(dir: &std::path::Path, args: &EvalArgs) -> Result<()> {
         SplitArg::Valid => Split::Valid,
         SplitArg::Test => Split::Test,
     };
-    let acc = evaluate(task.as_ref(), &model, split, 64, None)?;
+    let acc = evaluate(task.as_ref(), &model, split, 64, None, 1)?;
     println!("{split:?} accuracy {acc:.4} on {} examples (adapter {})", task.len(split), dir.display());
     Ok(())
 }

@@ -156,6 +156,12 @@ pub struct TrainArgs {
     /// Clip the global gradient norm (0 disables) [default: 1].
     #[arg(long, value_parser = non_negative)]
     pub max_grad_norm: Option<f64>,
+    /// Data parallel on the CPU: cut each batch into N shares, one single-threaded worker each
+    /// (one per core is fastest), gradients summed before AdamW. The adapter differs from
+    /// --workers 1 in its last bits (summation order); the same seed and N give the same bytes on
+    /// any machine [default: 1].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub workers: Option<usize>,
     /// Use at most N training examples (stratified subset).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub train_subset: Option<usize>,
@@ -434,6 +440,13 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
         (None, None) => default_targets(&model).into(),
     };
     let batch_size = args.batch_size.unwrap_or(32);
+    let workers = args.workers.unwrap_or(1);
+    if workers > 1 && args.device.device != crate::flags::DeviceArg::Cpu {
+        bail!(InputError(format!(
+            "--workers {workers}: data parallel runs CPU workers; with --device {} leave it out",
+            args.device.device
+        )));
+    }
     let eval_every = args.eval_every.or(defaults.as_ref().map(|d| d.eval_every)).unwrap_or(100);
     let max_grad_norm = match args.max_grad_norm {
         Some(x) if x <= 0.0 => None,
@@ -512,12 +525,21 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
             warmup: args.warmup.unwrap_or(steps / 20),
             max_grad_norm,
             seed,
+            workers,
         },
     })
 }
 
 /// Runs the command.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.task != super::train_lm::TaskKind::Classify
+        && let Some(n) = args.workers.filter(|&n| n > 1)
+    {
+        bail!(InputError(format!(
+            "--workers {n}: data parallel covers classification (text and images) so far; \
+             causal-lm and lm-classify train with one worker: leave --workers out"
+        )));
+    }
     match args.task {
         super::train_lm::TaskKind::CausalLm => return super::train_lm::run(args),
         super::train_lm::TaskKind::LmClassify => return super::train_lm_classify::run(args),
