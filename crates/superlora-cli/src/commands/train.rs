@@ -46,6 +46,8 @@ Examples:
   # intrinsic dimension: a dense vector through fastfood, ratio 0.001
   superlora train --preset vit-fmnist --fold square --order 1 --factor dense \\
     --ratio 0.001 --adapter-lr 5e-2
+  # data parallel: one single-threaded worker per core (2 cores here)
+  superlora train --preset minilm-rt --workers 2
   # continue a killed run
   superlora train --preset vit-fmnist --steps 2000 --out runs/long --resume
   # your own texts (CSV/TSV/JSONL: text, label) and a Hugging Face model folder
