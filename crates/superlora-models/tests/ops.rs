@@ -159,3 +159,23 @@ fn composed_linears_equal_the_cpu_ops_with_gradients() {
         }
     }
 }
+
+/// The vectorisable e^x of GELU and softmax against f64's, over its whole range and its edges.
+#[test]
+fn exp_nonpos_matches_f64() {
+    use superlora_models::ops::exp_nonpos;
+    let mut worst = 0f64;
+    let n = 2_000_000;
+    for i in 0..=n {
+        let x = -87.0 * i as f32 / n as f32;
+        let want = (x as f64).exp();
+        let rel = ((exp_nonpos(x) as f64) - want).abs() / want;
+        worst = worst.max(rel);
+    }
+    assert!(worst <= 2.5e-7, "max relative error {worst:e}");
+    assert_eq!(exp_nonpos(0.0), 1.0);
+    assert_eq!(exp_nonpos(-0.0), 1.0);
+    assert_eq!(exp_nonpos(-87.5), 0.0);
+    assert_eq!(exp_nonpos(f32::NEG_INFINITY), 0.0);
+    assert!(exp_nonpos(f32::NAN).is_nan());
+}
