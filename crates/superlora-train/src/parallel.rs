@@ -67,6 +67,13 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_worker_is_an_error_and_the_pools_still_work() {
+        let r = on_workers(2, |i| if i == 1 { panic!("worker 1 fails") } else { i });
+        assert!(matches!(r, Err(Error::Optim(m)) if m.contains("worker 1")));
+        assert_eq!(on_workers(2, |i| i + 1).unwrap(), vec![1, 2]);
+    }
+
+    #[test]
     fn one_worker_runs_on_the_calling_thread() {
         let me = std::thread::current().id();
         assert_eq!(on_workers(1, |_| std::thread::current().id()).unwrap(), vec![me]);

@@ -24,7 +24,8 @@ pub enum Split {
     Test,
 }
 
-/// A model + dataset pair the trainer can fine-tune.
+/// A model + dataset pair the trainer can fine-tune. `Sync`, because data-parallel training
+/// (`TrainSettings::workers`) calls [`Task::features`] from several threads at once.
 pub trait Task: Sync {
     /// One line for logs.
     fn describe(&self) -> String;
