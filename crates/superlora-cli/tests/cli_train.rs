@@ -435,3 +435,18 @@ fn data_parallel_is_reproducible_and_close_to_one_worker() {
     let o = Command::new(bin()).args(&a).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Data parallel covers classification only: the decoder tasks refuse `--workers` above 1 before
+/// loading anything, naming the flag.
+#[test]
+fn the_decoder_tasks_refuse_more_than_one_worker() {
+    for task in ["causal-lm", "lm-classify"] {
+        let o = Command::new(bin())
+            .args(["train", "--task", task, "--model", "no-such.gguf", "--data", "rotten-tomatoes", "--workers", "2"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{task}: {}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--workers 2") && err.contains(task), "{task}: {err}");
+    }
+}
