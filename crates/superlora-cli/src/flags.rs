@@ -222,6 +222,18 @@ impl DeviceFlag {
     pub fn open(self) -> anyhow::Result<candle_core::Device> {
         self.device.open()
     }
+
+    /// Refuses data parallel (`--workers` above 1) off the CPU: its workers are CPU threads.
+    pub fn check_workers(self, workers: usize) -> anyhow::Result<()> {
+        if workers > 1 && self.device != DeviceArg::Cpu {
+            return Err(crate::settings::InputError(format!(
+                "--workers {workers}: data parallel runs CPU workers; with --device {} leave it out",
+                self.device
+            ))
+            .into());
+        }
+        Ok(())
+    }
 }
 
 /// `--device`: where the model, the adapter and every batch live.

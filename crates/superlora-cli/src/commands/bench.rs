@@ -221,12 +221,7 @@ fn task_texts(task: &dyn Task, args: &BenchArgs) -> Result<Vec<usize>> {
 
 /// Runs the command.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.workers > 1 && args.device.device != crate::flags::DeviceArg::Cpu {
-        bail!(InputError(format!(
-            "--workers {}: data parallel runs CPU workers; with --device {} leave it out",
-            args.workers, args.device.device
-        )));
-    }
+    args.device.check_workers(args.workers)?;
     if let Some(i) = args.only {
         println!("{}", serde_json::to_string(&measure(args, i)?)?);
         return Ok(());

@@ -443,12 +443,7 @@ pub fn resolve(args: &TrainArgs) -> Result<RunSpec> {
     };
     let batch_size = args.batch_size.unwrap_or(32);
     let workers = args.workers.unwrap_or(1);
-    if workers > 1 && args.device.device != crate::flags::DeviceArg::Cpu {
-        bail!(InputError(format!(
-            "--workers {workers}: data parallel runs CPU workers; with --device {} leave it out",
-            args.device.device
-        )));
-    }
+    args.device.check_workers(workers)?;
     let eval_every = args.eval_every.or(defaults.as_ref().map(|d| d.eval_every)).unwrap_or(100);
     let max_grad_norm = match args.max_grad_norm {
         Some(x) if x <= 0.0 => None,
