@@ -1,7 +1,8 @@
 //! `superlora generate` and `superlora train --task causal-lm` end to end on SmolLM2-135M-Instruct
 //! (the real GGUF, from `scripts/setup-assets.sh smollm2`; the tests fail naming it when it is
 //! missing): greedy generation is repeatable, bad input exits 2, a few causal-LM steps write an
-//! adapter that `generate --adapter` then uses.
+//! adapter that `generate --adapter` then uses; `smollm2` and `rotten-tomatoes` name the packaged
+//! model and reviews.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -88,6 +89,9 @@ fn three_causal_lm_steps_write_an_adapter_that_generate_uses() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let ppl = summary["final_test_ppl"].as_f64().unwrap();
     assert!(ppl.is_finite() && ppl > 1.0, "perplexity {ppl}");
+    // The baseline: the base model's perplexity on the same chunks, which 3 steps move.
+    let base = summary["base"]["test_ppl"].as_f64().unwrap();
+    assert!(base.is_finite() && base > 1.0 && base != ppl, "base perplexity {base}, trained {ppl}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["base_model"]["kind"], "llama");
@@ -222,4 +226,47 @@ fn lm_classify_refuses_bad_label_words_templates_and_long_prompts() {
     let e = text(&r.stderr);
     assert!(e.contains("longer than the model's context of 8192 tokens"), "{e}");
     assert!(!out.join("run.json").exists(), "a refused run left run.json");
+}
+
+#[test]
+fn the_packaged_model_and_reviews_go_by_name() {
+    let m = gguf();
+    // `smollm2` is the packaged GGUF: the same greedy text as its path.
+    let by_path = run(&["generate", "--model", m.to_str().unwrap(), "--max-tokens", "3", "Paris is"]);
+    let by_name = run(&["generate", "--model", "smollm2", "--max-tokens", "3", "Paris is"]);
+    assert!(by_name.status.success(), "{}", text(&by_name.stderr));
+    assert_eq!(text(&by_path.stdout), text(&by_name.stdout));
+    let missing = run(&["generate", "--model", "no-such-model", "x"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("give `smollm2` for the packaged"), "{}", text(&missing.stderr));
+    // causal-lm on the built-in reviews, with the base model's perplexity in the summary.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let r = run(&[
+        "train",
+        "--task",
+        "causal-lm",
+        "--model",
+        "smollm2",
+        "--data",
+        "rotten-tomatoes",
+        "--max-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--eval-limit",
+        "4",
+        "--final-eval-limit",
+        "4",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("base model: valid ppl"), "{}", text(&r.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["base"]["valid_ppl"].as_f64().unwrap() > 1.0, "{summary}");
 }

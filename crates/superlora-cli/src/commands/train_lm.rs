@@ -1,8 +1,10 @@
 //! `superlora train --task causal-lm`: fine-tune a decoder LLM (a Llama `.gguf` file or Hugging
 //! Face folder) on the user's text with an adapter. The text is a `.txt` file, or the text column
-//! of a CSV / TSV / JSONL file (rows joined by the end-of-sequence token); it is tokenized and cut
+//! of a CSV / TSV / JSONL file, or the built-in `rotten-tomatoes` reviews (rows joined by the
+//! end-of-sequence token); it is tokenized and cut
 //! into chunks of --max-len tokens, and a seeded 10% of the chunks is held out for validation and
-//! as many for test (--data-seed). Reports the held-out perplexity (the base model's at step 0).
+//! as many for test (--data-seed). Reports the held-out perplexity, and the base model's as the
+//! baseline (`summary.json`: `base`).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use serde::Serialize;
 use superlora_core::{AdapterConfig, SuperLora};
 use superlora_models::llama::Llama;
 use superlora_models::llm_tokenizer::LlmTokenizer;
-use superlora_train::lm::{CausalLm, LmSettings, chunk_tokens, split_chunks, train_lm};
+use superlora_train::lm::{CausalLm, LmSettings, base_perplexity, chunk_tokens, split_chunks, train_lm};
 use superlora_train::schedule::Schedule;
 
 use super::generate::llama_weights_file;
@@ -33,6 +35,9 @@ pub enum TaskKind {
     /// per class, the class whose word is the likeliest next token (reports accuracy).
     LmClassify,
 }
+
+/// The built-in text: every review of Rotten Tomatoes (the lm-classify dataset), one row each.
+const BUILTIN: &str = "rotten-tomatoes";
 
 /// Tokens per chunk without --max-len.
 const DEFAULT_CHUNK: usize = 128;
@@ -133,13 +138,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     refuse_classify_flags(args)?;
     let model_path = decoder_model(args, "causal-lm")?;
     let data = args.data.as_deref().map(PathBuf::from).ok_or_else(|| {
-        InputError("--task causal-lm needs --data: a .txt file, or a CSV / TSV / JSONL of texts".into())
+        InputError(
+            "--task causal-lm needs --data: rotten-tomatoes, a .txt file, or a CSV / TSV / JSONL of texts".into(),
+        )
     })?;
-    if !data.is_file() {
-        bail!(InputError(format!("--data {}: no such file", data.display())));
+    let builtin = data == Path::new(BUILTIN);
+    if !builtin && !data.is_file() {
+        bail!(InputError(format!(
+            "--data {}: no such file; give `{BUILTIN}` (its reviews), a .txt file, or a CSV / TSV / JSONL of texts",
+            data.display()
+        )));
     }
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
-    let data = absolute(&data)?;
+    let data = if builtin { data } else { absolute(&data)? };
     let adapter_cfg = resolve_adapter(&args.adapter)?;
     let targets = llama_targets(args);
     let max_len = args.max_len.unwrap_or(DEFAULT_CHUNK);
@@ -152,7 +163,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let device = Device::Cpu;
     let tok = LlmTokenizer::for_model(&model_path)
         .with_context(|| format!("reading the tokenizer of {}", model_path.display()))?;
-    let (texts, rows) = read_texts(&data, args.format, &text_column)?;
+    let (texts, rows) = if builtin {
+        (superlora_data::load_rotten_tomatoes()?.texts, true)
+    } else {
+        read_texts(&data, args.format, &text_column)?
+    };
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_, _>>()?;
     let chunks = chunk_tokens(&ids, if rows { tok.eos } else { None }, max_len);
     let split =
@@ -189,20 +204,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         adapter.plan().total_entries,
         adapter.num_trainable()
     );
+    let base = base_perplexity(&model, &split, settings.eval_batch_size, settings.final_eval_limit)?;
+    eprintln!("base model: valid ppl {:.3}  test ppl {:.3}", base.valid_ppl, base.test_ppl);
     let task = CausalLm {
         model: &model,
         adapter: &adapter,
         targets: &shapes,
         data: &split,
         settings: &settings,
+        base,
         settings_json: serde_json::to_value(&spec)?,
     };
     let summary = train_lm(&task, &out, args.resume, !args.no_progress)?;
 
     save_adapter(args, &model_path, &adapter_cfg, &shapes, &adapter, serde_json::to_value(&spec)?, &out)?;
     println!(
-        "final test perplexity {:.3} (best validation {:.3} at step {}, test there {:.3}); adapter {} parameters; {:.1} s, {:.1} tokens/s; {}",
+        "final test perplexity {:.3} (base model {:.3}; best validation {:.3} at step {}, test there {:.3}); adapter {} parameters; {:.1} s, {:.1} tokens/s; {}",
         summary.final_test_ppl,
+        summary.base.test_ppl,
         summary.best_valid_ppl,
         summary.best_step,
         summary.test_ppl_at_best,
@@ -219,18 +238,35 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 pub(super) fn decoder_model(args: &TrainArgs, task: &str) -> Result<PathBuf> {
     let model_path = args.model.clone().ok_or_else(|| {
         InputError(format!(
-            "--task {task} needs --model: a Llama .gguf file (`scripts/setup-assets.sh smollm2`) or folder"
+            "--task {task} needs --model: `{BUILTIN_MODEL}`, a Llama .gguf file or a Hugging Face Llama folder"
         ))
     })?;
-    if !model_path.exists() {
-        bail!(InputError(format!("--model {}: no such file or folder", model_path.display())));
-    }
+    let model_path = builtin_decoder(&model_path)?;
     if let Some(v) = args.adapter_lr
         && !(v.is_finite() && v > 0.0)
     {
         bail!(InputError(format!("--adapter-lr = {v}: a learning rate must be a positive number")));
     }
     std::path::absolute(&model_path).with_context(|| format!("resolving {}", model_path.display()))
+}
+
+/// The name of the built-in decoder: SmolLM2-135M-Instruct's GGUF in the asset cache.
+pub(crate) const BUILTIN_MODEL: &str = "smollm2";
+
+/// `--model`: a path, or `smollm2` (where no such file or folder exists) for the packaged
+/// SmolLM2-135M-Instruct GGUF, whose absence names the set-up command.
+pub(crate) fn builtin_decoder(model: &Path) -> Result<PathBuf> {
+    if model.exists() {
+        return Ok(model.to_path_buf());
+    }
+    if model == Path::new(BUILTIN_MODEL) {
+        return Ok(superlora_data::asset_file(BUILTIN_MODEL, "SmolLM2-135M-Instruct.Q4_1.gguf")?);
+    }
+    bail!(InputError(format!(
+        "--model {}: no such file or folder (give `{BUILTIN_MODEL}` for the packaged SmolLM2-135M-Instruct, a Llama \
+         .gguf file or a Hugging Face Llama folder)",
+        model.display()
+    )))
 }
 
 /// The decoder tasks' training settings from the flags; `train_len` examples (or chunks) give
