@@ -6,7 +6,8 @@
 //! `autograd` (`delta_weights()` differentiated end to end).
 //!
 //! Configs: weight-wise LoRA r=1; square 2D G=4 lora r=24; Tucker M=3 G=12 r=5; Kronecker K=2
-//! (square G=1, M=2, r=4); dense M=1 + fastfood ρ=0.001 (G=1).
+//! (square G=1, M=2, r=4); dense M=1 + fastfood ρ=0.001 (G=1); and the peers VeRA r=256 and
+//! FourierFT n=1000 per weight.
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group};
@@ -34,6 +35,11 @@ fn configs() -> Vec<(&'static str, AdapterSpec)> {
                 ratio: Some(0.001),
                 ..square(1, 1, FactorKind::Dense, None)
             },
+        ),
+        ("vera_r256", AdapterSpec { factor: Some(FactorKind::Vera), rank: Some(256), ..Default::default() }),
+        (
+            "fourierft_n1000",
+            AdapterSpec { projection: Some(ProjectionKind::Fourier), count: Some(1000), ..Default::default() },
         ),
     ]
 }

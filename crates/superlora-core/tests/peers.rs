@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
@@ -189,31 +188,4 @@ fn names_slugs_and_families() {
     assert!(json.contains(r#""factorization":{"kind":"vera","rank":256}"#), "{json}");
     let old: AdapterSpec = serde_json::from_str(r#"{"fold":"natural","rank":8}"#).unwrap();
     assert_eq!(old.count, None);
-}
-
-/// Timing of ΔW and its gradient at MiniLM-like sizes (run with `--release --ignored --nocapture`).
-#[test]
-#[ignore]
-fn fourier_and_vera_speed() {
-    for (side, n) in [(384, 1000), (576, 500), (576, 2000), (768, 2000)] {
-        let shapes = vec![LayerShape::new("w", side, side)];
-        let a = adapter(&shapes, &fourier(n), DType::F32);
-        randomize(&a, 1);
-        let _ = a.delta_weights().unwrap()[0].sum_all().unwrap().backward().unwrap(); // builds the tables
-        let t = Instant::now();
-        let reps = 5;
-        for _ in 0..reps {
-            let d = a.delta_weights().unwrap();
-            let _ = d[0].sum_all().unwrap().backward().unwrap();
-        }
-        println!("fourier {side}x{side} n={n}: ΔW + backward {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / reps as f64);
-    }
-    let shapes = vec![LayerShape::new("w", 576, 576)];
-    let a = adapter(&shapes, &vera(256), DType::F32);
-    let t = Instant::now();
-    for _ in 0..5 {
-        let d = a.delta_weights().unwrap();
-        let _ = d[0].sum_all().unwrap().backward().unwrap();
-    }
-    println!("vera 576x576 r=256: ΔW + backward {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 5.0);
 }
