@@ -18,10 +18,12 @@
 //! - [`adapt`]: which linears are targets, and the ΔW handed to a forward pass;
 //! - [`ops`]: frozen/adapted linears, layer norm, softmax, attention;
 //! - [`bmm`]: batched products of many small matrices (attention heads);
+//! - [`attention`]: multi-head attention as one op with its own backward (CPU, f32);
 //! - [`weights`]: base weights from safetensors (sharded too), looked up by name with the shape
 //!   checked.
 
 pub mod adapt;
+pub mod attention;
 pub mod bert;
 pub mod bmm;
 pub mod distilbert;

@@ -7,7 +7,9 @@
 //! - [`adapted_linear`]: y = x·(W + ΔW)ᵀ + b, the gradient reaching ΔW (and x), b kept frozen;
 //! - [`low_rank_linear`]: y = x·Wᵀ + (x·Q)·Pᵀ + b for ΔW = P·Qᵀ kept factored (weight-wise LoRA in
 //!   training), so neither ΔW nor its d_out x d_in gradient is ever formed;
-//! - [`layer_norm`], [`softmax_last`]: composed from ops that all have a backward.
+//! - [`layer_norm`], [`softmax_last`]: composed from ops that all have a backward;
+//! - [`attention`]: one op with its own backward ([`crate::attention`]), [`attention_reference`]
+//!   composed.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
@@ -616,8 +618,19 @@ impl Norm {
 }
 
 /// Multi-head scaled dot-product attention. q, k, v: [B, T, H·d]; `bias`: an additive mask
-/// broadcastable to [B, H, T, T] (0 keep, large negative drop). Returns [B, T, H·d].
+/// broadcastable to [B, H, T, T] (0 keep, large negative drop). Returns [B, T, H·d]. On the CPU in
+/// f32 with no bias or a key mask ([`mask_bias`]) it is one op ([`crate::attention`]); otherwise
+/// [`attention_reference`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    match crate::attention::fused(q, k, v, heads, bias)? {
+        Some(c) => Ok(c),
+        None => attention_reference(q, k, v, heads, bias),
+    }
+}
+
+/// [`attention`] composed from ops that each have a backward: per-head split, two batched
+/// products, scale, mask, softmax, merge. The oracle of the fused op.
+pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, hd) = q.dims3()?;
     let d = hd / heads;
     // [B, T, H·d] → [B·H, T, d]

@@ -1,7 +1,9 @@
 //! The custom ops against plain candle ops.
 
 use candle_core::{Device, Tensor, Var};
-use superlora_models::ops::{adapted_linear, frozen_linear, layer_norm, softmax_last};
+use superlora_models::ops::{
+    adapted_linear, attention, attention_reference, frozen_linear, layer_norm, mask_bias, softmax_last,
+};
 
 fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
@@ -178,4 +180,47 @@ fn exp_nonpos_matches_f64() {
     assert_eq!(exp_nonpos(-87.5), 0.0);
     assert_eq!(exp_nonpos(f32::NEG_INFINITY), 0.0);
     assert!(exp_nonpos(f32::NAN).is_nan());
+}
+
+/// A seeded N(0, 1) tensor (candle's CPU `randn` cannot be seeded).
+fn seeded(shape: &[usize], seed: u64) -> Tensor {
+    let mut r = superlora_core::rng::stream(seed, 0, superlora_core::rng::Purpose::Init);
+    let n = shape.iter().product();
+    Tensor::from_vec((0..n).map(|_| r.normal() as f32).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn fused_attention_equals_the_composed_one_with_and_without_a_mask() {
+    let (b, t, heads, d) = (3, 7, 4, 5);
+    let dev = Device::Cpu;
+    // Example 1 has its last three keys masked, example 2 its last one.
+    let mask: Vec<u32> =
+        (0..b * t).map(|i| u32::from(!((i / t == 1 && i % t >= 4) || (i / t == 2 && i % t == 6)))).collect();
+    let mask = mask_bias(&Tensor::from_vec(mask, (b, t), &dev).unwrap(), candle_core::DType::F32).unwrap();
+    for bias in [None, Some(&mask)] {
+        let vars: Vec<Var> = (0..3).map(|i| Var::from_tensor(&seeded(&[b, t, heads * d], 10 + i)).unwrap()).collect();
+        let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+        let fused = attention(q, k, v, heads, bias).unwrap();
+        let composed = attention_reference(q, k, v, heads, bias).unwrap();
+        assert!(maxdiff(&fused, &composed) < 1e-5, "forward: {}", maxdiff(&fused, &composed));
+        // A loss that weighs every output differently, so each gradient is specific.
+        let c = seeded(&[b, t, heads * d], 20);
+        let gf = fused.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = composed.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, x) in [("q", q), ("k", k), ("v", v)] {
+            let (a, e) = (gf.get(x).unwrap(), gc.get(x).unwrap());
+            let scale = e.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(scale > 0.0 && maxdiff(a, e) <= 1e-5 * scale.max(1.0), "∂{name}: {} of {scale}", maxdiff(a, e));
+        }
+        // A masked key gets no gradient through K or V.
+        if bias.is_some() {
+            let dk = gf.get(k).unwrap().get(1).unwrap().get(5).unwrap();
+            assert!(dk.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
+        }
+    }
+    // A bias that is not a key mask goes the composed way, with the same result.
+    let (q, k, v) = (seeded(&[1, 3, 4], 1), seeded(&[1, 3, 4], 2), seeded(&[1, 3, 4], 3));
+    let full = seeded(&[1, 2, 3, 3], 4);
+    let got = attention(&q, &k, &v, 2, Some(&full)).unwrap();
+    assert!(maxdiff(&got, &attention_reference(&q, &k, &v, 2, Some(&full)).unwrap()) < 1e-6);
 }

@@ -1,0 +1,325 @@
+//! Multi-head scaled dot-product attention as one op with its own backward (f32 on the CPU).
+//!
+//! Equation, per example b and head h, with Q, K, V the T x d column block h of q, k, v
+//! ([B, T, H·d], d = head size, s = 1/√d) and m_b the additive key mask of example b (0 keep, large
+//! negative drop; none for images):
+//!
+//!   S = s·Q·Kᵀ + 1·m_bᵀ,   P = softmax over each row of S,   C = P·V   (block h of the output).
+//!
+//! Backward, P recomputed from Q and K (nothing is kept between forward and backward):
+//!
+//!   ∂V = Pᵀ·∂C,   ∂P = ∂C·Vᵀ,   ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P)),   ∂Q = s·∂S·K,   ∂K = s·∂Sᵀ·Q.
+//!
+//! Symbols → variables: B `b`, T `t`, H `heads`, d `d`, H·d `hd`, s `scale`, m `mask` ([B, T]),
+//! P `p` (a T x T buffer per task), ∂S `ds`.
+//!
+//! Why one op: candle's backward adds each node's gradient to a zero tensor of the same size
+//! (`GradStore::or_insert` + `add`), a memset and an add per node. The composed attention
+//! ([`crate::ops::attention_reference`]: per-head split, two batched products, scale, mask,
+//! softmax, merge) is about 24 nodes per layer, each passing a B·T·H·d or B·H·T·T gradient; this op
+//! is one node. The products run on the strided blocks in place (no split or merge copies), one
+//! (example, head) per task. The composed function is the oracle (`tests/ops.rs`).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+use crate::ops::exp_nonpos;
+
+/// The sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn hd(&self) -> usize {
+        self.heads * self.d
+    }
+    /// Offset of block (example `bi`, head `h`) in a [B, T, H·d] buffer.
+    fn base(&self, item: usize) -> usize {
+        let (bi, h) = (item / self.heads, item % self.heads);
+        bi * self.t * self.hd() + h * self.d
+    }
+}
+
+/// A raw pointer that tasks writing disjoint elements may share.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: each task writes only the elements of its own (example, head) block.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// dst (m x n, strides rs/cs) = beta · lhs (m x k) · rhs (k x n), one thread.
+///
+/// # Safety
+/// Every pointer with its strides must address valid memory for the shapes given, and `dst`
+/// must not be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// P = softmax(s·Q·Kᵀ + mask) of one (example, head) into `p` (T x T, row-major).
+fn probs(q: &[f32], k: &[f32], mask: Option<&[f32]>, dims: Dims, scale: f32, item: usize, p: &mut [f32]) {
+    let (t, d, hd, base) = (dims.t, dims.d, dims.hd(), dims.base(item));
+    // SAFETY: Q and K blocks are T rows of d at stride H·d from `base`, inside q and k (their
+    // lengths are B·T·H·d, checked by the caller); Kᵀ reads K with swapped strides; p is T x T.
+    unsafe {
+        product((t, t, d), p.as_mut_ptr(), (t, 1), q[base..].as_ptr(), (hd, 1), k[base..].as_ptr(), (1, hd), scale);
+    }
+    let bi = item / dims.heads;
+    for row in p.chunks_exact_mut(t) {
+        if let Some(m) = mask {
+            row.iter_mut().zip(&m[bi * t..(bi + 1) * t]).for_each(|(v, &m)| *v += m);
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = exp_nonpos(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("attention: inputs must be contiguous f32"),
+    }
+}
+
+/// The forward op: q, k, v → C.
+struct AttentionOp {
+    heads: usize,
+    /// The key mask, [B, T] flattened.
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+impl AttentionOp {
+    fn dims(&self, shape: &Shape) -> candle_core::Result<Dims> {
+        let (b, t, hd) = shape.dims3()?;
+        if self.heads == 0 || !hd.is_multiple_of(self.heads) {
+            candle_core::bail!("attention: {hd} features do not split into {} heads", self.heads);
+        }
+        if self.mask.as_ref().is_some_and(|m| m.len() != b * t) {
+            candle_core::bail!("attention: the mask does not have B·T = {} entries", b * t);
+        }
+        Ok(Dims { b, t, heads: self.heads, d: hd / self.heads })
+    }
+
+    fn scale(dims: Dims) -> f32 {
+        1.0 / (dims.d as f32).sqrt()
+    }
+}
+
+/// The sizes and the q, k, v values of one call.
+type Inputs<'a> = (Dims, &'a [f32], &'a [f32], &'a [f32]);
+
+/// q, k, v as slices of one shape, checked.
+fn inputs<'a>(
+    op: &AttentionOp,
+    (qs, ql): (&'a CpuStorage, &Layout),
+    (ks, kl): (&'a CpuStorage, &Layout),
+    (vs, vl): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<Inputs<'a>> {
+    if ql.shape() != kl.shape() || ql.shape() != vl.shape() {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} differ", ql.shape(), kl.shape(), vl.shape());
+    }
+    Ok((op.dims(ql.shape())?, values(qs, ql)?, values(ks, kl)?, values(vs, vl)?))
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "superlora-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (dims, q, k, v) = inputs(self, (qs, ql), (ks, kl), (vs, vl))?;
+        let (t, hd, scale) = (dims.t, dims.hd(), Self::scale(dims));
+        let mut out = vec![0f32; q.len()];
+        let dst = SharedOut(out.as_mut_ptr());
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        (0..dims.b * dims.heads).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |p, item| {
+                probs(q, k, mask, dims, scale, item, p);
+                let base = dims.base(item);
+                // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out`
+                // (length B·T·H·d) and belongs to this item alone; V's block likewise inside v.
+                unsafe {
+                    product(
+                        (t, dims.d, t),
+                        dst.at(base),
+                        (hd, 1),
+                        p.as_ptr(),
+                        (t, 1),
+                        v[base..].as_ptr(),
+                        (hd, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AttentionGradOp { heads: self.heads, mask: self.mask.clone(), grad: grad.contiguous()? };
+        let packed = q.detach().apply_op3_no_bwd(&k.detach(), &v.detach(), &op)?;
+        let part = |i: usize| packed.get(i);
+        Ok((Some(part(0)?), Some(part(1)?), Some(part(2)?)))
+    }
+}
+
+/// The backward op: q, k, v (and ∂C) → [∂Q, ∂K, ∂V] stacked on a new first axis.
+struct AttentionGradOp {
+    heads: usize,
+    mask: Option<Arc<Vec<f32>>>,
+    grad: Tensor,
+}
+
+impl CustomOp3 for AttentionGradOp {
+    fn name(&self) -> &'static str {
+        "superlora-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let fwd = AttentionOp { heads: self.heads, mask: self.mask.clone() };
+        let (dims, q, k, v) = inputs(&fwd, (qs, ql), (ks, kl), (vs, vl))?;
+        let (gstore, gl) = self.grad.storage_and_layout();
+        let Storage::Cpu(gs) = &*gstore else { candle_core::bail!("attention: the gradient is not on the CPU") };
+        if gl.shape() != ql.shape() {
+            candle_core::bail!("attention: gradient {:?} for output {:?}", gl.shape(), ql.shape());
+        }
+        let g = values(gs, gl)?;
+        let (t, d, hd, scale, n) = (dims.t, dims.d, dims.hd(), AttentionOp::scale(dims), q.len());
+        let mut out = vec![0f32; 3 * n];
+        let dst = SharedOut(out.as_mut_ptr());
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        (0..dims.b * dims.heads).into_par_iter().for_each_init(
+            || (vec![0f32; t * t], vec![0f32; t * t]),
+            |(p, ds), item| {
+                probs(q, k, mask, dims, scale, item, p);
+                let base = dims.base(item);
+                // SAFETY: every block is T rows of d at stride H·d from `base` inside its
+                // B·T·H·d buffer (q, k, v, g, and the three parts of `out` at 0, n, 2n), and this
+                // item alone writes its blocks of `out`; p and ds are this task's T x T buffers.
+                unsafe {
+                    // ∂V = Pᵀ·∂C
+                    let (dq, dk, dv) = (dst.at(base), dst.0.add(n + base), dst.0.add(2 * n + base));
+                    product((t, d, t), dv, (hd, 1), p.as_ptr(), (1, t), g[base..].as_ptr(), (hd, 1), 1.0);
+                    // ∂P = ∂C·Vᵀ
+                    product(
+                        (t, t, d),
+                        ds.as_mut_ptr(),
+                        (t, 1),
+                        g[base..].as_ptr(),
+                        (hd, 1),
+                        v[base..].as_ptr(),
+                        (1, hd),
+                        1.0,
+                    );
+                    // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
+                    for (dsr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        dsr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - dot));
+                    }
+                    // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
+                    product((t, d, t), dq, (hd, 1), ds.as_ptr(), (t, 1), k[base..].as_ptr(), (hd, 1), scale);
+                    product((t, d, t), dk, (hd, 1), ds.as_ptr(), (1, t), q[base..].as_ptr(), (hd, 1), scale);
+                }
+            },
+        );
+        let (b, t2, hd2) = ql.shape().dims3()?;
+        Ok((CpuStorage::F32(out), Shape::from((3, b, t2, hd2))))
+    }
+}
+
+/// The fused attention when it applies (CPU, f32, `bias` absent or a key mask [B, 1, 1, T]);
+/// `None` otherwise, for the composed path.
+pub(crate) fn fused(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, t, _) = q.dims3()?;
+    let mask = match bias {
+        None => None,
+        Some(m) if m.dims() == [b, 1, 1, t] && m.dtype() == DType::F32 => {
+            Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
+        }
+        Some(_) => return Ok(None),
+    };
+    let op = AttentionOp { heads, mask };
+    Ok(Some(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?))
+}
