@@ -16,7 +16,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Ten
 
 use crate::Result;
 
-/// x·Wᵀ + b on CPU with W and b frozen (backward gives ∂x only). x: [M, K], W: [N, K], b: [N].
+/// x·Wᵀ + b on CPU with W and b frozen (backward gives ∂x only). x: [.., K] (contiguous; every
+/// leading dim is a row, so no reshape node sits on either side: each node costs candle's
+/// backward a zero-filled gradient and an add), W: [N, K], b: [N]; y: [.., N].
 struct FrozenLinearOp;
 
 impl CustomOp3 for FrozenLinearOp {
@@ -33,12 +35,17 @@ impl CustomOp3 for FrozenLinearOp {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, k) = xl.shape().dims2()?;
-        let (n, k2) = wl.shape().dims2()?;
-        if k != k2 || bl.shape().dims() != [n] {
+        let (n, k) = wl.shape().dims2()?;
+        let dims = xl.shape().dims();
+        let Some(start) = xl.contiguous_offsets().map(|(s, _)| s) else {
+            candle_core::bail!("frozen linear: x must be contiguous")
+        };
+        if dims.last() != Some(&k) || k == 0 || bl.shape().dims() != [n] {
             candle_core::bail!("frozen linear: x {:?}, W {:?}, b {:?} do not fit", xl.shape(), wl.shape(), bl.shape());
         }
-        let mut out = x.matmul(w, (1, m, n, k), xl, &wl.transpose(0, 1)?)?;
+        let m = xl.shape().elem_count() / k;
+        let x2 = Layout::contiguous_with_offset((m, k), start);
+        let mut out = x.matmul(w, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
         let Some((bs, be)) = bl.contiguous_offsets() else {
             candle_core::bail!("frozen linear: bias must be contiguous")
         };
@@ -47,18 +54,115 @@ impl CustomOp3 for FrozenLinearOp {
             (CpuStorage::F64(o), CpuStorage::F64(b)) => add_rows(o, &b[bs..be]),
             _ => candle_core::bail!("frozen linear: f32 or f64 with matching dtypes"),
         }
-        Ok((out, Shape::from((m, n))))
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((out, Shape::from(shape)))
     }
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None, None))
+        let n = w.dim(0)?;
+        let g2 = grad.contiguous()?.reshape((grad.elem_count() / n.max(1), n))?;
+        Ok((Some(g2.matmul(w)?.reshape(x.dims())?), None, None))
+    }
+}
+
+/// y = x·Wᵀ + (x·Q)·Pᵀ + b with W [N, K] and b [N] frozen (held by the op), x [.., K], P [N, r]
+/// and Q [K, r] the op's inputs (f32, CPU). Backward: ∂x = ∂y·W + (∂y·P)·Qᵀ, ∂P = ∂yᵀ·(x·Q),
+/// ∂Q = xᵀ·(∂y·P), computed on the rows [M, K] / [M, N] (M = every leading dim).
+struct LowRankLinearOp {
+    w: Tensor,
+    b: Tensor,
+}
+
+/// The contiguous f32 values of a CPU tensor, copied (frozen W and b held by an op).
+fn held(t: &Tensor, what: &str) -> candle_core::Result<Vec<f32>> {
+    let v = t.flatten_all()?.to_vec1::<f32>();
+    v.map_err(|e| candle_core::Error::Msg(format!("low-rank linear: {what}: {e}")))
+}
+
+impl CustomOp3 for LowRankLinearOp {
+    fn name(&self) -> &'static str {
+        "superlora-low-rank-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+        qs: &CpuStorage,
+        ql: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.w.dims2()?;
+        let ((n2, r), (k2, r2)) = (pl.shape().dims2()?, ql.shape().dims2()?);
+        let dims = xl.shape().dims();
+        let Some((start, _)) = xl.contiguous_offsets() else {
+            candle_core::bail!("low-rank linear: x must be contiguous")
+        };
+        if dims.last() != Some(&k) || k == 0 || n2 != n || k2 != k || r2 != r || self.b.dims() != [n] {
+            candle_core::bail!(
+                "low-rank linear: x {:?}, W {:?}, P {:?}, Q {:?} do not fit",
+                xl.shape(),
+                self.w.shape(),
+                pl.shape(),
+                ql.shape()
+            );
+        }
+        let m = xl.shape().elem_count() / k;
+        let x2 = Layout::contiguous_with_offset((m, k), start);
+        let (wstore, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*wstore else {
+            candle_core::bail!("low-rank linear: W is not on the CPU")
+        };
+        // x·Wᵀ, then x·Q [M, r] and (x·Q)·Pᵀ.
+        let mut out = xs.matmul(ws, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
+        let xq = xs.matmul(qs, (1, m, r, k), &x2, ql)?;
+        let update = xq.matmul(ps, (1, m, n, r), &Layout::contiguous((m, r)), &pl.transpose(0, 1)?)?;
+        let bias = held(&self.b, "b")?;
+        match (&mut out, &update) {
+            (CpuStorage::F32(o), CpuStorage::F32(u)) => {
+                for (orow, urow) in o.chunks_exact_mut(n).zip(u.chunks_exact(n)) {
+                    for ((o, &u), &b) in orow.iter_mut().zip(urow).zip(&bias) {
+                        *o += u + b;
+                    }
+                }
+            }
+            _ => candle_core::bail!("low-rank linear: f32 only"),
+        }
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((out, Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        q: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = self.w.dims2()?;
+        let m = x.elem_count() / k.max(1);
+        let (x2, g2) = (x.detach().reshape((m, k))?, grad.detach().contiguous()?.reshape((m, n))?);
+        let (p, q) = (p.detach(), q.detach());
+        let gp = g2.matmul(&p)?; // [M, r]
+        let dx = (g2.matmul(&self.w)? + gp.matmul(&q.t()?)?)?.reshape(x.dims())?;
+        let dp = g2.t()?.matmul(&x2.matmul(&q)?)?;
+        let dq = x2.t()?.matmul(&gp)?;
+        Ok((Some(dx), Some(dp), Some(dq)))
     }
 }
 
@@ -178,15 +282,14 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
     if !x.device().is_cpu() {
         return frozen_linear_composed(x, w, b);
     }
-    let (x2, lead) = rows(x)?;
-    let y = match b {
-        Some(b) => x2.apply_op3(&w.detach(), &b.detach(), FrozenLinearOp)?,
+    let x = x.contiguous()?;
+    Ok(match b {
+        Some(b) => x.apply_op3(&w.detach(), &b.detach(), FrozenLinearOp)?,
         None => {
             let zero = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
-            x2.apply_op3(&w.detach(), &zero, FrozenLinearOp)?
+            x.apply_op3(&w.detach(), &zero, FrozenLinearOp)?
         }
-    };
-    unrows(y, lead)
+    })
 }
 
 /// [`frozen_linear`] composed from candle's ops (matmul with the detached W, broadcast add of
@@ -231,7 +334,23 @@ pub fn adapted_linear_composed(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option
 /// y = x·Wᵀ + (x·Q)·Pᵀ + b for a frozen W [N, K] and b, with ΔW = P·Qᵀ kept factored
 /// (P [N, r], Q [K, r], both trainable): PEFT's LoRA forward. The backward never forms an N x K
 /// gradient: ∂P = (∂y)ᵀ·(x·Q), ∂Q = xᵀ·(∂y·P). [`adapted_linear`] with ΔW = P·Qᵀ is its oracle.
+///
+/// On the CPU it is one op (one node in candle's backward instead of about eight, each of which
+/// costs a zero-filled gradient and an add there); [`low_rank_linear_composed`] elsewhere.
 pub fn low_rank_linear(x: &Tensor, w: &Tensor, p: &Tensor, q: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return low_rank_linear_composed(x, w, p, q, b);
+    }
+    let bias = match b {
+        Some(b) => b.detach().contiguous()?,
+        None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+    };
+    let op = LowRankLinearOp { w: w.detach().contiguous()?, b: bias };
+    Ok(x.contiguous()?.apply_op3(&p.contiguous()?, &q.contiguous()?, op)?)
+}
+
+/// [`low_rank_linear`] composed from candle's ops: frozen linear plus (x·Q)·Pᵀ.
+pub fn low_rank_linear_composed(x: &Tensor, w: &Tensor, p: &Tensor, q: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let base = frozen_linear(x, w, b)?;
     let (x2, lead) = rows(x)?;
     let update = x2.matmul(q)?.matmul(&p.t()?)?;
