@@ -166,6 +166,74 @@ impl CustomOp3 for LowRankLinearOp {
     }
 }
 
+/// y = x·(W + ΔW)ᵀ + b with W [N, K] and b [N] frozen (held by the op), x [.., K] and ΔW [N, K]
+/// the op's inputs (f32, CPU). Backward: ∂x = ∂y·(W + ΔW), ∂ΔW = ∂yᵀ·x on the rows.
+struct AdaptedLinearOp {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl CustomOp2 for AdaptedLinearOp {
+    fn name(&self) -> &'static str {
+        "superlora-adapted-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.w.dims2()?;
+        let dims = xl.shape().dims();
+        let Some((start, _)) = xl.contiguous_offsets() else {
+            candle_core::bail!("adapted linear: x must be contiguous")
+        };
+        if dims.last() != Some(&k) || k == 0 || dl.shape().dims() != [n, k] || self.b.dims() != [n] {
+            candle_core::bail!(
+                "adapted linear: x {:?}, W {:?}, ΔW {:?} do not fit",
+                xl.shape(),
+                self.w.shape(),
+                dl.shape()
+            );
+        }
+        let delta = f32_slice(ds, dl, "adapted linear")?;
+        let w = held(&self.w, "W")?;
+        let w_eff: Vec<f32> = w.iter().zip(delta).map(|(a, b)| a + b).collect();
+        let m = xl.shape().elem_count() / k;
+        let x2 = Layout::contiguous_with_offset((m, k), start);
+        let w_layout = Layout::contiguous((n, k)).transpose(0, 1)?;
+        let mut out = xs.matmul(&CpuStorage::F32(w_eff), (1, m, n, k), &x2, &w_layout)?;
+        let bias = held(&self.b, "b")?;
+        match &mut out {
+            CpuStorage::F32(o) => add_rows(o, &bias),
+            _ => candle_core::bail!("adapted linear: f32 only"),
+        }
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((out, Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        delta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = self.w.dims2()?;
+        let m = x.elem_count() / k.max(1);
+        let (x2, g2) = (x.detach().reshape((m, k))?, grad.detach().contiguous()?.reshape((m, n))?);
+        let w_eff = (&self.w + delta.detach())?;
+        let dx = g2.matmul(&w_eff)?.reshape(x.dims())?;
+        let dd = g2.t()?.matmul(&x2)?;
+        Ok((Some(dx), Some(dd)))
+    }
+}
+
 /// y + b with b frozen (backward gives ∂y only). y: [M, N], b: [N].
 struct FrozenBiasOp;
 
@@ -306,9 +374,21 @@ pub fn frozen_linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Res
 
 /// y = x·(W + ΔW)ᵀ + b: W and b frozen, ΔW (and x) differentiable. x [.., K] → [.., N]. On
 /// devices other than the CPU it is [`adapted_linear_composed`].
+///
+/// On the CPU in f32 it is one op with its own backward (∂x = ∂y·(W + ΔW), ∂ΔW = ∂yᵀ·x; one node
+/// in candle's backward instead of six); f64 goes through W + ΔW as a frozen add and candle's
+/// matmul.
 pub fn adapted_linear(x: &Tensor, w: &Tensor, delta: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return adapted_linear_composed(x, w, delta, b);
+    }
+    if x.dtype() == DType::F32 && delta.dtype() == DType::F32 {
+        let bias = match b {
+            Some(b) => b.detach().contiguous()?,
+            None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+        };
+        let op = AdaptedLinearOp { w: w.detach().contiguous()?, b: bias };
+        return Ok(x.contiguous()?.apply_op2(&delta.contiguous()?, op)?);
     }
     let (x2, lead) = rows(x)?;
     let w_eff = delta.contiguous()?.apply_op2(&w.detach().contiguous()?, FrozenAddOp)?;

@@ -126,13 +126,17 @@ fn batched_matmul_equals_matmul_for_every_transpose_with_gradients() {
 /// neither gives the frozen W or b a gradient.
 #[test]
 fn composed_linears_equal_the_cpu_ops_with_gradients() {
-    use superlora_models::ops::{adapted_linear_composed, frozen_linear_composed};
+    use superlora_models::ops::{
+        adapted_linear_composed, frozen_linear_composed, low_rank_linear, low_rank_linear_composed,
+    };
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap()).unwrap();
     let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
     let delta = Var::from_tensor(&Tensor::randn(0f32, 0.1, (6, 8), &dev).unwrap()).unwrap();
     let c = Tensor::randn(0f32, 1.0, (2, 5, 6), &dev).unwrap();
+    let p = Var::from_tensor(&Tensor::randn(0f32, 0.3, (6, 2), &dev).unwrap()).unwrap();
+    let q = Var::from_tensor(&Tensor::randn(0f32, 0.3, (8, 2), &dev).unwrap()).unwrap();
     for bias in [Some(b.as_tensor()), None] {
         let pairs = [
             (
@@ -142,6 +146,10 @@ fn composed_linears_equal_the_cpu_ops_with_gradients() {
             (
                 adapted_linear(x.as_tensor(), w.as_tensor(), delta.as_tensor(), bias).unwrap(),
                 adapted_linear_composed(x.as_tensor(), w.as_tensor(), delta.as_tensor(), bias).unwrap(),
+            ),
+            (
+                low_rank_linear(x.as_tensor(), w.as_tensor(), p.as_tensor(), q.as_tensor(), bias).unwrap(),
+                low_rank_linear_composed(x.as_tensor(), w.as_tensor(), p.as_tensor(), q.as_tensor(), bias).unwrap(),
             ),
         ];
         for (i, (fast, composed)) in pairs.into_iter().enumerate() {
@@ -155,8 +163,17 @@ fn composed_linears_equal_the_cpu_ops_with_gradients() {
                 let d = maxdiff(gf.get(delta.as_tensor()).unwrap(), gc.get(delta.as_tensor()).unwrap());
                 assert!(d < 1e-4, "∂ΔW differs by {d}");
             }
+            if i == 2 {
+                for f in [&p, &q] {
+                    let d = maxdiff(gf.get(f.as_tensor()).unwrap(), gc.get(f.as_tensor()).unwrap());
+                    assert!(d < 1e-4, "∂P or ∂Q differs by {d}");
+                }
+            }
             for frozen in [&w, &b] {
-                assert!(gc.get(frozen.as_tensor()).is_none(), "op {i}: a frozen tensor got a gradient");
+                assert!(
+                    gf.get(frozen.as_tensor()).is_none() && gc.get(frozen.as_tensor()).is_none(),
+                    "op {i}: a frozen tensor got a gradient"
+                );
             }
         }
     }
