@@ -16,6 +16,25 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Ten
 
 use crate::Result;
 
+/// x [.., K] (contiguous) seen as rows: (M, the [M, K] layout). Errors name `what`.
+fn row_view(xl: &Layout, k: usize, what: &str) -> candle_core::Result<(usize, Layout)> {
+    let Some((start, _)) = xl.contiguous_offsets() else { candle_core::bail!("{what}: x must be contiguous") };
+    if xl.shape().dims().last() != Some(&k) || k == 0 {
+        candle_core::bail!("{what}: x {:?} does not end in {k}", xl.shape());
+    }
+    let m = xl.shape().elem_count() / k;
+    Ok((m, Layout::contiguous_with_offset((m, k), start)))
+}
+
+/// `dims` with the last one replaced by `n` (the output shape of a linear on [.., K]).
+fn with_last(dims: &[usize], n: usize) -> Shape {
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Shape::from(shape)
+}
+
 /// x·Wᵀ + b on CPU with W and b frozen (backward gives ∂x only). x: [.., K] (contiguous; every
 /// leading dim is a row, so no reshape node sits on either side: each node costs candle's
 /// backward a zero-filled gradient and an add), W: [N, K], b: [N]; y: [.., N].
@@ -36,15 +55,10 @@ impl CustomOp3 for FrozenLinearOp {
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = wl.shape().dims2()?;
-        let dims = xl.shape().dims();
-        let Some(start) = xl.contiguous_offsets().map(|(s, _)| s) else {
-            candle_core::bail!("frozen linear: x must be contiguous")
-        };
-        if dims.last() != Some(&k) || k == 0 || bl.shape().dims() != [n] {
-            candle_core::bail!("frozen linear: x {:?}, W {:?}, b {:?} do not fit", xl.shape(), wl.shape(), bl.shape());
+        if bl.shape().dims() != [n] {
+            candle_core::bail!("frozen linear: W {:?} and b {:?} do not fit", wl.shape(), bl.shape());
         }
-        let m = xl.shape().elem_count() / k;
-        let x2 = Layout::contiguous_with_offset((m, k), start);
+        let (m, x2) = row_view(xl, k, "frozen linear")?;
         let mut out = x.matmul(w, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
         let Some((bs, be)) = bl.contiguous_offsets() else {
             candle_core::bail!("frozen linear: bias must be contiguous")
@@ -54,11 +68,7 @@ impl CustomOp3 for FrozenLinearOp {
             (CpuStorage::F64(o), CpuStorage::F64(b)) => add_rows(o, &b[bs..be]),
             _ => candle_core::bail!("frozen linear: f32 or f64 with matching dtypes"),
         }
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = n;
-        }
-        Ok((out, Shape::from(shape)))
+        Ok((out, with_last(xl.shape().dims(), n)))
     }
 
     fn bwd(
@@ -105,11 +115,7 @@ impl CustomOp3 for LowRankLinearOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = self.w.dims2()?;
         let ((n2, r), (k2, r2)) = (pl.shape().dims2()?, ql.shape().dims2()?);
-        let dims = xl.shape().dims();
-        let Some((start, _)) = xl.contiguous_offsets() else {
-            candle_core::bail!("low-rank linear: x must be contiguous")
-        };
-        if dims.last() != Some(&k) || k == 0 || n2 != n || k2 != k || r2 != r || self.b.dims() != [n] {
+        if n2 != n || k2 != k || r2 != r || self.b.dims() != [n] {
             candle_core::bail!(
                 "low-rank linear: x {:?}, W {:?}, P {:?}, Q {:?} do not fit",
                 xl.shape(),
@@ -118,8 +124,7 @@ impl CustomOp3 for LowRankLinearOp {
                 ql.shape()
             );
         }
-        let m = xl.shape().elem_count() / k;
-        let x2 = Layout::contiguous_with_offset((m, k), start);
+        let (m, x2) = row_view(xl, k, "low-rank linear")?;
         let (wstore, wl) = self.w.storage_and_layout();
         let candle_core::Storage::Cpu(ws) = &*wstore else {
             candle_core::bail!("low-rank linear: W is not on the CPU")
@@ -139,11 +144,7 @@ impl CustomOp3 for LowRankLinearOp {
             }
             _ => candle_core::bail!("low-rank linear: f32 only"),
         }
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = n;
-        }
-        Ok((out, Shape::from(shape)))
+        Ok((out, with_last(xl.shape().dims(), n)))
     }
 
     fn bwd(
@@ -186,11 +187,7 @@ impl CustomOp2 for AdaptedLinearOp {
         dl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = self.w.dims2()?;
-        let dims = xl.shape().dims();
-        let Some((start, _)) = xl.contiguous_offsets() else {
-            candle_core::bail!("adapted linear: x must be contiguous")
-        };
-        if dims.last() != Some(&k) || k == 0 || dl.shape().dims() != [n, k] || self.b.dims() != [n] {
+        if dl.shape().dims() != [n, k] || self.b.dims() != [n] {
             candle_core::bail!(
                 "adapted linear: x {:?}, W {:?}, ΔW {:?} do not fit",
                 xl.shape(),
@@ -201,8 +198,7 @@ impl CustomOp2 for AdaptedLinearOp {
         let delta = f32_slice(ds, dl, "adapted linear")?;
         let w = held(&self.w, "W")?;
         let w_eff: Vec<f32> = w.iter().zip(delta).map(|(a, b)| a + b).collect();
-        let m = xl.shape().elem_count() / k;
-        let x2 = Layout::contiguous_with_offset((m, k), start);
+        let (m, x2) = row_view(xl, k, "adapted linear")?;
         let w_layout = Layout::contiguous((n, k)).transpose(0, 1)?;
         let mut out = xs.matmul(&CpuStorage::F32(w_eff), (1, m, n, k), &x2, &w_layout)?;
         let bias = held(&self.b, "b")?;
@@ -210,11 +206,7 @@ impl CustomOp2 for AdaptedLinearOp {
             CpuStorage::F32(o) => add_rows(o, &bias),
             _ => candle_core::bail!("adapted linear: f32 only"),
         }
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = n;
-        }
-        Ok((out, Shape::from(shape)))
+        Ok((out, with_last(xl.shape().dims(), n)))
     }
 
     fn bwd(
