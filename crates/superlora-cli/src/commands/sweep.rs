@@ -721,6 +721,16 @@ fn check_out(out: &Path) -> Result<()> {
 /// Copies the grid to `<out>/grid.toml`; an earlier, different grid there is kept as
 /// `grid-<n>.toml` (a folder run with two grids says so).
 fn keep_grid(grid: &Path, text: &str, out: &Path) -> Result<()> {
+    // Sweeps starting together on one folder take turns here (the second then finds its grid
+    // already in place); run locks are named `<run>-s<seed>.lock`, so this name is free.
+    let lock_path = out.join("locks").join("grid.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
     let dest = out.join("grid.toml");
     if let Ok(old) = std::fs::read_to_string(&dest) {
         if old == text {
