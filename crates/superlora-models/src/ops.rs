@@ -196,7 +196,10 @@ impl CustomOp2 for AdaptedLinearOp {
             );
         }
         let delta = f32_slice(ds, dl, "adapted linear")?;
-        let w = held(&self.w, "W")?;
+        // W + ΔW read in place (no copy of W per call).
+        let (wstore, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*wstore else { candle_core::bail!("adapted linear: W is not on the CPU") };
+        let w = f32_slice(ws, wl, "adapted linear")?;
         let w_eff: Vec<f32> = w.iter().zip(delta).map(|(a, b)| a + b).collect();
         let (m, x2) = row_view(xl, k, "adapted linear")?;
         let w_layout = Layout::contiguous((n, k)).transpose(0, 1)?;
