@@ -2,7 +2,9 @@
 //! the same number of f32 in candle, at 2^16, 2^20 and 2^24 entries.
 //! Target (issue "superlora-core"): fastfood ≤ 5x the elementwise pass.
 //!
-//! Shapes: x [d = D/2] → F(x) [D]; g [D] → Fᵀ(g) [d]; elementwise a[D] ⊙ b[D].
+//! Shapes: x [d = D/2] → F(x) [D]; g [D] → Fᵀ(g) [d]; elementwise a[D] ⊙ b[D]. At 2^24 also
+//! `forward_d93` / `transpose_d93`: d = 93, the size of the few-parameter configs that fastfood is
+//! used for (the decoder-LLM study's 93 parameters), where the kernels take a shortcut.
 
 use candle_core::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group};
@@ -28,6 +30,16 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("transpose", format!("2^{k}")), &k, |bch, _| {
             bch.iter(|| black_box(ff.apply_transpose(&g).unwrap()))
         });
+        if k == 24 {
+            let small = GroupProjection::Fastfood(Arc::new(Fastfood::generate(93, big_d, 0, 0)));
+            let xs = Tensor::ones(93, candle_core::DType::F32, &Device::Cpu).unwrap();
+            group.bench_with_input(BenchmarkId::new("forward_d93", format!("2^{k}")), &k, |bch, _| {
+                bch.iter(|| black_box(small.apply(&xs).unwrap()))
+            });
+            group.bench_with_input(BenchmarkId::new("transpose_d93", format!("2^{k}")), &k, |bch, _| {
+                bch.iter(|| black_box(small.apply_transpose(&g).unwrap()))
+            });
+        }
         group.bench_with_input(BenchmarkId::new("elementwise_mul", format!("2^{k}")), &k, |bch, _| {
             bch.iter(|| black_box(a.mul(&b).unwrap()))
         });

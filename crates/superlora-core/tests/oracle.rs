@@ -71,7 +71,9 @@ fn fastfood_reference_equals_explicit_matrix() {
 #[test]
 fn fastfood_fast_path_equals_reference_at_blocked_sizes() {
     for (i, &(d, big_d)) in
-        [(1000usize, 20_000usize), (30_000, 65_536), (7, 70_001), (131_072, 131_072)].iter().enumerate()
+        [(1000usize, 20_000usize), (30_000, 65_536), (7, 70_001), (131_072, 131_072), (300_000, 1_000_000)]
+            .iter()
+            .enumerate()
     {
         let f = Fastfood::generate(d, big_d, 13, i);
         let x = randn(d, 500 + i as u64);
@@ -87,6 +89,10 @@ fn fastfood_fast_path_equals_reference_at_blocked_sizes() {
         let y32: Vec<f64> = f.forward(&x32).iter().map(|v| f64::from(*v)).collect();
         let xr: Vec<f64> = x32.iter().map(|v| f64::from(*v)).collect();
         assert_close(&y32, &oracle::fastfood_apply(&f, &xr), 1e-5, "F f32 blocked");
+        let g32: Vec<f32> = g.iter().map(|v| *v as f32).collect();
+        let t32: Vec<f64> = f.transpose(&g32).iter().map(|v| f64::from(*v)).collect();
+        let gr: Vec<f64> = g32.iter().map(|v| f64::from(*v)).collect();
+        assert_close(&t32, &oracle::fastfood_apply_transpose(&f, &gr), 1e-5, "Fᵀ f32 blocked");
     }
 }
 

@@ -57,14 +57,21 @@ pub fn fresh<T: Real>(len: usize) -> Vec<T> {
     v
 }
 
-#[cfg(target_os = "linux")]
+/// Advises huge pages for the whole capacity of an (empty or partly filled) vector.
+pub fn advise_huge_spare<T>(v: &mut Vec<T>) {
+    advise_range(v.as_ptr() as usize, v.capacity() * std::mem::size_of::<T>());
+}
+
 fn advise_huge<T>(v: &[T]) {
+    advise_range(v.as_ptr() as usize, std::mem::size_of_val(v));
+}
+
+#[cfg(target_os = "linux")]
+fn advise_range(start: usize, bytes: usize) {
     const HUGE: usize = 2 << 20;
-    let bytes = std::mem::size_of_val(v);
     if bytes < HUGE_MIN_BYTES {
         return;
     }
-    let start = v.as_ptr() as usize;
     let aligned = start.next_multiple_of(HUGE);
     let end = start + bytes;
     if aligned >= end {
@@ -80,4 +87,4 @@ fn advise_huge<T>(v: &[T]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge<T>(_: &[T]) {}
+fn advise_range(_: usize, _: usize) {}

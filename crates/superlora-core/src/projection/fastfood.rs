@@ -24,31 +24,40 @@
 //! cache and TLB miss per element (measured ~10 ns each here, 5x the rest of the transform). So
 //! Π is applied in two cache-friendly passes precomputed once (the permutation itself is
 //! unchanged): with the output cut into blocks of b entries (the Hadamard fill chunk, 2^14..2^16),
-//! pass 1 reads the source in order and appends each value to its destination block's
-//! staging area (≤ Lh/b concurrent sequential write streams); pass 2 scatters each block's
-//! values to their place inside the block (an L2-resident window), fused with the fill of the
-//! second Hadamard transform. `slot[j]` is where source j is staged, `local[k]` where staged
-//! value k lands inside its block. The transpose runs the same two passes in reverse.
+//! pass 1 appends each value to its destination block's staging area (≤ Lh/b concurrent
+//! sequential write streams); pass 2 scatters each block's values to their place inside the block
+//! (an L2-resident window), fused with the fill of the second Hadamard transform.
+//!
+//! Pass 1 is fused into the last step of the first transform: the Hadamard column stages run on
+//! panels of columns copied to a scratch ([`super::wht`]), and each finished panel is scattered
+//! straight into the staging areas instead of being copied back. Values are staged in that
+//! "panel order" (panel by panel, row by row inside a panel), so each panel appends one run to
+//! every block. `slot[t]` is where the t-th value in panel order is staged, `local[k]` where
+//! staged value k lands inside its block. The transpose runs the two passes in reverse: pass 2 as
+//! a gather inside each block, pass 1 as the load of the column stages of its second transform
+//! (column stages first, then row stages: the same butterflies in another order, so the
+//! transpose equals the reference up to rounding, not bit for bit; the forward is bit for bit).
+//! With a single block (Lh ≤ 2^14) pass 1 is the identity.
 
 /// One line for `--help`.
 pub const SUMMARY: &str = "Fastfood random expansion from ceil(ratio * N_g) values (ratio in (0, 1]).";
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::wht::{fill_len, wht_fill};
+use super::wht::{PanelIo, Panels, ROW, XPanel, columns_with, fill_len, rows_fill, wht, wht_fill, wht_fill_new};
 use super::{Real, SyncPtr, buffers, run_1d};
 use crate::rng::{Purpose, stream};
 
-/// Sources per parallel task of the staging scatter.
-const SCATTER_CHUNK: usize = 1 << 14;
+/// Entries per parallel task of the transpose's small-d column sum.
+const SUM_CHUNK: usize = 1 << 18;
 /// Elements between staging blocks (one 64-byte line of f32).
 const STAGING_PAD: usize = 16;
 
 /// The fixed data of one group's fastfood transform.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Fastfood {
     /// d = n_g, input length.
     pub d: usize,
@@ -69,7 +78,23 @@ pub struct Fastfood {
     /// Distance between blocks in the staging buffer: b plus one cache line when there are several
     /// blocks, so the write streams of pass 1 do not all map to the same cache sets.
     stride: usize,
-    /// slot[j]: staging position of source j.
+    /// The two-pass permutation's tables, built on first use: inputs of d ≤ 2^14 entries (the
+    /// few-parameter configs fastfood is for) never need them when Lh > 2^14.
+    staging: OnceLock<Staging>,
+}
+
+/// The fixed parts of a transform define it; the lazily built tables do not.
+impl PartialEq for Fastfood {
+    fn eq(&self, other: &Self) -> bool {
+        (self.d, self.big_d, &self.signs, &self.perm, &self.gauss)
+            == (other.d, other.big_d, &other.signs, &other.perm, &other.gauss)
+    }
+}
+
+/// The tables of the two-pass permutation (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct Staging {
+    /// slot[t]: staging position of the t-th value in panel order; empty with a single block.
     slot: Vec<u32>,
     /// local[k]: offset inside its block where staged value k lands.
     local: Vec<u16>,
@@ -132,40 +157,57 @@ impl Fastfood {
         let sum_sq: f64 = gauss.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
         let scale = 1.0 / (big_d as f64 * sum_sq).sqrt();
         let block = fill_len(padded);
+        let stride = if padded > block { block + STAGING_PAD } else { block };
+        Fastfood { d, big_d, padded, signs, perm, gauss, scale, block, stride, staging: OnceLock::new() }
+    }
+
+    /// The staging tables, built on first call.
+    fn staging(&self) -> &Staging {
+        self.staging.get_or_init(|| self.build_staging())
+    }
+
+    /// Builds the staging tables: each block receives exactly `block` values (Π is a bijection),
+    /// staged in panel order (natural order with a single block, where there are no column
+    /// stages).
+    fn build_staging(&self) -> Staging {
+        let (padded, block, stride) = (self.padded, self.block, self.stride);
         let blocks = padded / block;
-        let stride = if blocks > 1 { block + STAGING_PAD } else { block };
-        let staged_len = blocks * stride;
+        let staged_len = self.staged_len();
         let mut inv = vec![0u32; padded];
-        for (i, &p) in perm.iter().enumerate() {
+        for (i, &p) in self.perm.iter().enumerate() {
             inv[p as usize] = i as u32;
         }
-        // Each block receives exactly `block` values (Π is a bijection); stage them in source order.
+        let geo = (blocks > 1).then(|| Panels::of(padded));
         let mut cursor = vec![0usize; blocks];
-        let mut slot = vec![0u32; padded];
+        let mut slot = vec![0u32; if blocks > 1 { padded } else { 0 }];
         let mut local = vec![0u16; staged_len];
         let mut staged_gauss_scaled = vec![0f32; staged_len];
-        for (j, &i) in inv.iter().enumerate() {
-            let i = i as usize;
+        for t in 0..padded {
+            let j = geo.map_or(t, |g| g.source(t / g.len(), t % g.len()));
+            let i = inv[j] as usize;
             let b = i / block;
             let k = b * stride + cursor[b];
             cursor[b] += 1;
-            slot[j] = k as u32;
+            if let Some(s) = slot.get_mut(t) {
+                *s = k as u32;
+            }
             local[k] = (i % block) as u16;
-            staged_gauss_scaled[k] = (f64::from(gauss[i]) * scale) as f32;
+            staged_gauss_scaled[k] = self.diag_at::<f32>(i);
         }
-        Fastfood { d, big_d, padded, signs, perm, gauss, scale, block, stride, slot, local, staged_gauss_scaled }
+        Staging { slot, local, staged_gauss_scaled }
     }
 
-    /// G_i·scale in the kernel's precision, for staged value k landing at destination i.
+    /// G_i·scale in the kernel's precision: the f64 product, rounded once for f32.
     #[inline(always)]
-    fn diag<T: Real>(&self, k: usize, i: usize) -> T {
-        T::fastfood_diag(self, k, i)
+    fn diag_at<T: Real>(&self, i: usize) -> T {
+        T::from_f64(f64::from(self.gauss[i]) * self.scale)
     }
 
-    /// The f32 diagonal of staged value k.
+    /// G_i·scale in the kernel's precision, for staged value k landing at destination i (f32
+    /// reads the staged table, f64 recomputes it).
     #[inline(always)]
-    pub(crate) fn staged_diag_f32(&self, k: usize) -> f32 {
-        self.staged_gauss_scaled[k]
+    fn diag<T: Real>(&self, st: &Staging, k: usize, i: usize) -> T {
+        T::fastfood_diag(self, &st.staged_gauss_scaled, k, i)
     }
 
     /// F(x): `x` has d entries, the result D.
@@ -173,36 +215,64 @@ impl Fastfood {
     /// a ← H·diag(B)·pad(x) (fill fused with the transform); staging ← pass 1 of Π over a;
     /// out ← H·(pass 2 of Π, times G·scale) (fill fused again); keep the first D.
     pub fn forward<T: Real>(&self, x: &[T]) -> Vec<T> {
+        self.forward_with(x, true)
+    }
+
+    /// [`Self::forward`], with the d ≤ 2^14 shortcut allowed or not (tests compare the two).
+    fn forward_with<T: Real>(&self, x: &[T], shortcut: bool) -> Vec<T> {
         let (d, signs, block) = (self.d, &self.signs, self.block);
-        let mut a = buffers::take::<T>(self.padded);
-        wht_fill(&mut a, |off, chunk| {
+        let fill = |off: usize, chunk: &mut [T]| {
             for (k, o) in chunk.iter_mut().enumerate() {
                 let i = off + k;
                 *o = if i < d { x[i].signed(signs[i]) } else { T::zero() };
             }
-        });
+        };
+        if shortcut && d <= ROW && self.padded > ROW {
+            // pad(x) is zero outside row 0 of the n1 x ROW view, so a = H·diag(B)·pad(x) is row
+            // 0's transform repeated down every column (the column stages add and subtract zeros):
+            // a[j] = head[j mod ROW], and Π's gather reads that one cache-resident row.
+            let mut head = vec![T::zero(); ROW];
+            fill(0, &mut head);
+            wht(&mut head);
+            let perm = &self.perm;
+            let out = wht_fill_new(self.padded, |off, chunk: &mut [T]| {
+                for (k, o) in chunk.iter_mut().enumerate() {
+                    let i = off + k;
+                    *o = head[perm[i] as usize % ROW] * self.diag_at::<T>(i);
+                }
+            });
+            return self.truncated(out);
+        }
+        let st = self.staging();
         // With a single block (Lh ≤ b) pass 1 is the identity: read `a` directly.
+        let mut a = buffers::take::<T>(self.padded);
         let staged = if self.padded == block {
+            wht_fill(&mut a, fill);
             a
         } else {
             let mut staged = buffers::take::<T>(self.staged_len());
-            self.stage(&a, &mut staged);
+            rows_fill(&mut a, fill);
+            columns_with(&mut a, &Stage { slot: &st.slot, staged: SyncPtr(staged.as_mut_ptr()), len: staged.len() });
             buffers::give(a);
             staged
         };
-        let mut out = buffers::fresh::<T>(self.padded);
         let staged_ref = &staged;
         let stride = self.stride;
-        wht_fill(&mut out, |off, chunk| {
+        let out = wht_fill_new(self.padded, |off, chunk: &mut [T]| {
             debug_assert_eq!(chunk.len(), block);
             let s0 = off / block * stride;
             let s1 = s0 + chunk.len();
-            for (k, (&v, &dst)) in staged_ref[s0..s1].iter().zip(&self.local[s0..s1]).enumerate() {
+            for (k, (&v, &dst)) in staged_ref[s0..s1].iter().zip(&st.local[s0..s1]).enumerate() {
                 let dst = dst as usize;
-                chunk[dst] = v * self.diag::<T>(s0 + k, off + dst);
+                chunk[dst] = v * self.diag::<T>(st, s0 + k, off + dst);
             }
         });
         buffers::give(staged);
+        self.truncated(out)
+    }
+
+    /// The first D entries of a length-Lh result.
+    fn truncated<T>(&self, mut out: Vec<T>) -> Vec<T> {
         out.truncate(self.big_d);
         out.shrink_to_fit();
         out
@@ -213,6 +283,11 @@ impl Fastfood {
     /// a ← H·pad(g); staging ← G·scale times pass 2 of Π reversed (a gather inside each block);
     /// z ← H·(pass 1 reversed: z[j] = staging[slot[j]]); the result is diag(B)·z[0..d].
     pub fn transpose<T: Real>(&self, g: &[T]) -> Vec<T> {
+        self.transpose_with(g, true)
+    }
+
+    /// [`Self::transpose`], with the d ≤ 2^14 shortcut allowed or not (tests compare the two).
+    fn transpose_with<T: Real>(&self, g: &[T], shortcut: bool) -> Vec<T> {
         let (big_d, block) = (self.big_d, self.block);
         let mut a = buffers::take::<T>(self.padded);
         wht_fill(&mut a, |off, chunk| {
@@ -221,13 +296,39 @@ impl Fastfood {
                 *o = if i < big_d { g[i] } else { T::zero() };
             }
         });
+        if shortcut && self.d <= ROW && self.padded > ROW {
+            // Only z[0..d] is kept, inside row 0 of the n1 x ROW view of z = H·u, where
+            // u = Πᵀ·diag(G)·a: row 0 of the column stages is the sum of u's rows, so scatter-add
+            // G_i·a_i onto column perm[i] mod ROW of one cache-resident row (in f64, over fixed
+            // chunks summed in order: the same result on any number of threads), then run the
+            // row stages of that row.
+            let perm = &self.perm;
+            let partials: Vec<Vec<f64>> = a
+                .par_chunks(SUM_CHUNK)
+                .enumerate()
+                .map(|(c, chunk)| {
+                    let mut acc = vec![0f64; ROW];
+                    for (k, &v) in chunk.iter().enumerate() {
+                        let i = c * SUM_CHUNK + k;
+                        acc[perm[i] as usize % ROW] += (v * self.diag_at::<T>(i)).to_f64();
+                    }
+                    acc
+                })
+                .collect();
+            buffers::give(a);
+            let mut head: Vec<T> =
+                (0..ROW).map(|c| T::from_f64(partials.iter().fold(0.0, |sum, p| sum + p[c]))).collect();
+            wht(&mut head);
+            return head[..self.d].iter().zip(&self.signs).map(|(&v, &s)| v.signed(s)).collect();
+        }
+        let st = self.staging();
         let mut staged = buffers::take::<T>(self.staged_len());
         let stride = self.stride;
         staged.par_chunks_mut(stride).enumerate().for_each(|(b, chunk)| {
             let (off, s0) = (b * block, b * stride);
             for (k, o) in chunk[..block].iter_mut().enumerate() {
-                let src = off + self.local[s0 + k] as usize;
-                *o = a[src] * self.diag::<T>(s0 + k, src);
+                let src = off + st.local[s0 + k] as usize;
+                *o = a[src] * self.diag::<T>(st, s0 + k, src);
             }
         });
         buffers::give(a);
@@ -236,13 +337,11 @@ impl Fastfood {
             wht_fill(&mut staged, |_, _| {});
             staged
         } else {
+            // Column stages first, each panel loaded straight from the staging areas, then the
+            // row stages (H_n = H_n1 ⊗ H_n2: the two sets of stages commute).
             let mut z = buffers::take::<T>(self.padded);
-            let staged_ref = &staged;
-            wht_fill(&mut z, |off, chunk| {
-                for (k, o) in chunk.iter_mut().enumerate() {
-                    *o = staged_ref[self.slot[off + k] as usize];
-                }
-            });
+            columns_with(&mut z, &Unstage { slot: &st.slot, staged: &staged });
+            rows_fill(&mut z, |_, _| {});
             buffers::give(staged);
             z
         };
@@ -260,22 +359,65 @@ impl Fastfood {
     fn staged_len(&self) -> usize {
         self.padded / self.block * self.stride
     }
+}
 
-    /// Pass 1 of Π: staged[slot[j]] = a[j], reading `a` in order.
-    fn stage<T: Real>(&self, a: &[T], staged: &mut [T]) {
-        assert_eq!(staged.len(), self.staged_len(), "staging buffer length");
-        let dst = SyncPtr(staged.as_mut_ptr());
-        a.par_chunks(SCATTER_CHUNK).enumerate().for_each(move |(c, src)| {
-            let base = c * SCATTER_CHUNK;
-            for (k, &v) in src.iter().enumerate() {
-                let s = self.slot[base + k] as usize;
-                // SAFETY: `slot` is injective into 0..staged_len (built in `assemble` from a checked
-                // permutation: one distinct staging position per source, each < blocks x stride),
-                // and `staged` has staged_len entries, so every write is in bounds and no two
-                // writes (in this task or another) touch the same element.
-                unsafe { *dst.get().add(s) = v };
-            }
-        });
+/// Pass 1 of Π fused into the column stages of the forward's first transform: each finished panel
+/// is scattered to the staging areas, staged[slot[t]] = value t in panel order.
+struct Stage<'a, T> {
+    slot: &'a [u32],
+    staged: SyncPtr<T>,
+    len: usize,
+}
+
+impl<T: Real> PanelIo<T> for Stage<'_, T> {
+    fn load(&self, x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]) {
+        super::wht::Plain.load(x, geo, p, scratch);
+    }
+    fn store(&self, _x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &[T]) {
+        self.scatter(geo, p, |q| scratch[q]);
+    }
+}
+
+impl<T: Real> Stage<'_, T> {
+    /// Stages panel p's values, value(q) for scratch position q.
+    fn scatter(&self, geo: Panels, p: usize, value: impl Fn(usize) -> T) {
+        let slots = &self.slot[p * geo.len()..(p + 1) * geo.len()];
+        for (q, &s) in slots.iter().enumerate() {
+            let (v, s) = (value(q), s as usize);
+            assert!(s < self.len, "staging slot out of range");
+            // SAFETY: s < len, the staging buffer's length (checked above). `slot` is injective
+            // (built in `assemble` from a checked permutation: one distinct staging position per
+            // value), and panel p writes only the positions of its own range of `slot`, so no two
+            // writes, in this task or another, touch the same element, and nothing reads the
+            // staging buffer during the pass.
+            unsafe { *self.staged.get().add(s) = v };
+        }
+    }
+}
+
+/// Pass 1 of Π reversed, fused into the column stages of the transpose's second transform: panel
+/// p is loaded as value t = staged[slot[t]] for its range of t.
+struct Unstage<'a, T> {
+    slot: &'a [u32],
+    staged: &'a [T],
+}
+
+impl<T: Real> PanelIo<T> for Unstage<'_, T> {
+    fn load(&self, _x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]) {
+        self.panel(geo, p, scratch);
+    }
+    fn store(&self, x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &[T]) {
+        super::wht::Plain.store(x, geo, p, scratch);
+    }
+}
+
+impl<T: Real> Unstage<'_, T> {
+    /// Panel p of the unstaged vector into `scratch`.
+    fn panel(&self, geo: Panels, p: usize, scratch: &mut [T]) {
+        let slots = &self.slot[p * geo.len()..(p + 1) * geo.len()];
+        for (o, &s) in scratch.iter_mut().zip(slots) {
+            *o = self.staged[s as usize];
+        }
     }
 }
 
@@ -305,5 +447,49 @@ impl CustomOp1 for FastfoodTransposeOp {
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&FastfoodOp(self.0.clone()))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With d ≤ 2^14 both directions skip most of one Hadamard transform and the staging. The
+    /// forward must equal the full path bit for bit (for inputs without −0.0, whose sign the
+    /// full path may turn to +0.0); the transpose sums in another order (f64), so it must agree
+    /// to f32 rounding, and it must not depend on the number of threads.
+    #[test]
+    fn small_input_shortcuts_equal_the_full_path() {
+        let mut r = crate::rng::stream(9, 0, crate::rng::Purpose::Init);
+        for (d, big_d) in [(1usize, 20_000usize), (777, 70_001), (ROW, 1 << 18)] {
+            let f = Fastfood::generate(d, big_d, 21, d);
+            let x: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let g: Vec<f32> = (0..big_d).map(|_| r.normal() as f32).collect();
+            let (fast, full) = (f.forward_with(&x, true), f.forward_with(&x, false));
+            assert!(
+                fast.len() == full.len() && fast.iter().zip(&full).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "F d={d} D={big_d}"
+            );
+            assert!(f.staging.get().is_some(), "the full path builds the tables");
+            let (fast, full) = (f.transpose_with(&g, true), f.transpose_with(&g, false));
+            let norm = full.iter().map(|v| v * v).sum::<f32>().sqrt() / (d as f32).sqrt();
+            let worst = fast.iter().zip(&full).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+            assert!(
+                fast.len() == full.len() && worst <= 1e-5 * norm,
+                "Fᵀ d={d} D={big_d}: max |Δ| {worst} vs rms {norm}"
+            );
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let single = one.install(|| f.transpose_with(&g, true));
+            assert!(single.iter().zip(&fast).all(|(p, q)| p.to_bits() == q.to_bits()), "Fᵀ thread count d={d}");
+        }
+    }
+
+    #[test]
+    fn small_input_forward_needs_no_staging_tables() {
+        let f = Fastfood::generate(93, 1 << 20, 3, 0);
+        let x = vec![1.0f32; 93];
+        let g = vec![1.0f32; 1 << 20];
+        let _ = (f.forward(&x), f.transpose(&g));
+        assert!(f.staging.get().is_none());
     }
 }

@@ -50,6 +50,46 @@ pub fn fill_len(n: usize) -> usize {
 /// # Panics
 /// If `x.len()` is not a power of two.
 pub fn wht_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
+    rows_fill(x, fill);
+    let n = x.len();
+    if n > ROW {
+        columns(x, n / ROW, ROW, &Plain);
+    }
+}
+
+/// [`wht_fill`] into a new vector of length `n`: each chunk is zeroed while in cache and then
+/// handed to `fill`, so the allocation costs no separate zeroing pass over memory (as `vec![0; n]`
+/// does when the allocator reuses freed memory) and no page is touched before its chunk.
+pub fn wht_fill_new<T: Real>(n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    assert!(n.is_power_of_two(), "wht needs a power-of-two length, got {n}");
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    super::buffers::advise_huge_spare(&mut v);
+    let len = fill_len(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(len).enumerate().for_each(|(c, chunk)| {
+        for e in chunk.iter_mut() {
+            e.write(T::zero());
+        }
+        // SAFETY: every element of `chunk` was initialised by the loop above, and MaybeUninit<T>
+        // has the same layout as T.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<T>(), chunk.len()) };
+        fill(c * len, chunk);
+        for r in chunk.chunks_mut(ROW) {
+            row(r);
+        }
+    });
+    // SAFETY: the n elements of spare capacity were all initialised by the chunks above (the
+    // chunks of spare_capacity_mut()[..n] cover it), and the capacity is at least n.
+    unsafe { v.set_len(n) };
+    if n > ROW {
+        columns(&mut v, n / ROW, ROW, &Plain);
+    }
+    v
+}
+
+/// The row stages (every stage with span < [`ROW`]) of the vector that `fill` writes, chunk by
+/// chunk (see [`wht_fill`]): I_n1 ⊗ H_n2 for n > ROW (every stage of span < ROW), and all of H_n
+/// for n ≤ ROW.
+pub(crate) fn rows_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
     let n = x.len();
     assert!(n.is_power_of_two(), "wht needs a power-of-two length, got {n}");
     if n <= ROW {
@@ -64,7 +104,107 @@ pub fn wht_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
             row(r);
         }
     });
-    columns(x, n / ROW, ROW);
+}
+
+/// The rows x columns view of the column stages for a vector of length n > [`ROW`]: n1 rows of
+/// n2 = ROW entries, cut into panels of w columns. Panel p, scratch position q = r·w + c holds
+/// x[r·n2 + p·w + c]; the "panel order" of x is p·(n1·w) + q.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Panels {
+    /// Rows.
+    pub n1: usize,
+    /// Row length.
+    pub n2: usize,
+    /// Columns per panel.
+    pub w: usize,
+}
+
+impl Panels {
+    /// The panel geometry of a length-n vector (n > ROW, a power of two).
+    pub fn of(n: usize) -> Self {
+        let (n1, n2) = (n / ROW, ROW);
+        Panels { n1, n2, w: (PANEL / n1).clamp(8, n2) }
+    }
+    /// Entries per panel.
+    pub fn len(&self) -> usize {
+        self.n1 * self.w
+    }
+    /// Index into x of panel p's scratch position q.
+    #[inline(always)]
+    pub fn source(&self, p: usize, q: usize) -> usize {
+        (q / self.w) * self.n2 + p * self.w + q % self.w
+    }
+}
+
+/// How a column pass reads its panels from x and where it puts the results.
+pub(crate) trait PanelIo<T>: Sync {
+    /// Fills `scratch` (n1·w entries) with panel `p`'s input; `x` gives this panel's columns of
+    /// the vector the pass runs on.
+    fn load(&self, x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]);
+    /// Takes panel `p`'s transformed `scratch`; `x` is writable for this panel's columns only.
+    fn store(&self, x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &[T]);
+}
+
+/// Access to one panel's columns of the vector of a column pass.
+pub(crate) struct XPanel<'a, T> {
+    base: SyncPtr<T>,
+    p: usize,
+    _x: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T: Copy> XPanel<'_, T> {
+    /// Offset into x of row r's first column of this panel.
+    fn offset(&self, geo: Panels, r: usize) -> usize {
+        assert!(r < geo.n1 && geo.w * (self.p + 1) <= geo.n2, "panel row out of range");
+        r * geo.n2 + self.p * geo.w
+    }
+
+    /// Copies row r's w columns of this panel into `dst` (w entries).
+    pub fn read_row(&self, geo: Panels, r: usize, dst: &mut [T]) {
+        assert_eq!(dst.len(), geo.w, "panel row length");
+        let at = self.offset(geo, r);
+        // SAFETY: row r < n1 and columns p·w..(p+1)·w ≤ n2 lie inside x (n1·n2 elements, the
+        // geometry `columns` built from x's length). Each XPanel is handed to the one task that
+        // owns panel p and panels own disjoint column ranges, so only this task touches these
+        // elements during the pass; the slice lives only inside this call, and `dst` is a
+        // scratch buffer, never a slice of x.
+        let src = unsafe { std::slice::from_raw_parts(self.base.get().add(at).cast_const(), geo.w) };
+        dst.copy_from_slice(src);
+    }
+
+    /// Writes row r's w columns of this panel from `src` (w entries).
+    pub fn write_row(&self, geo: Panels, r: usize, src: &[T]) {
+        assert_eq!(src.len(), geo.w, "panel row length");
+        let at = self.offset(geo, r);
+        // SAFETY: as in `read_row`: in bounds, only this task touches panel p's columns, the slice
+        // lives only inside this call, and `src` is a scratch buffer, never a slice of x.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.get().add(at), geo.w) };
+        dst.copy_from_slice(src);
+    }
+}
+
+/// The plain column pass: load copies the panel out of x, store copies it back.
+pub(crate) struct Plain;
+
+impl<T: Real> PanelIo<T> for Plain {
+    fn load(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &mut [T]) {
+        for (r, dst) in scratch.chunks_exact_mut(geo.w).enumerate() {
+            x.read_row(geo, r, dst);
+        }
+    }
+    fn store(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &[T]) {
+        for (r, src) in scratch.chunks_exact(geo.w).enumerate() {
+            x.write_row(geo, r, src);
+        }
+    }
+}
+
+/// The column stages of a length-n vector (n > ROW): H_n1 down the columns of the n1 x n2
+/// row-major view, panel by panel (see [`columns`]), with `io` moving each panel in and out.
+pub(crate) fn columns_with<T: Real>(x: &mut [T], io: &impl PanelIo<T>) {
+    let n = x.len();
+    assert!(n.is_power_of_two() && n > ROW, "column stages need a power-of-two length > {ROW}, got {n}");
+    columns(x, n / ROW, ROW, io);
 }
 
 /// The textbook radix-2 loop: the obviously correct twin of [`wht`].
@@ -165,32 +305,21 @@ fn butterfly4<T: Real>(a: &mut [T], b: &mut [T], c: &mut [T], d: &mut [T]) {
 }
 
 /// H_n1 down the columns of the n1 x n2 row-major matrix `x`, panel by panel: each panel of w
-/// columns is copied to a contiguous n1 x w scratch (rows w apart instead of n2 — a power-of-two
+/// columns is moved to a contiguous n1 x w scratch (rows w apart instead of n2 — a power-of-two
 /// stride of 64 KiB would map every row to the same cache sets and thrash L1 and L2), transformed
-/// there (the column stages are the flat stages h = w, 2w, …), and copied back.
-fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize) {
-    let w = (PANEL / n1).clamp(8, n2);
-    let panels = n2 / w;
-    // Split the rows into `panels` interleaved column ranges without aliasing: hand each task
-    // the panel index and let it read/write through `x` as disjoint column slices.
+/// there (the column stages are the flat stages h = w, 2w, …), and handed to `io.store`.
+fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize, io: &impl PanelIo<T>) {
+    let geo = Panels::of(n1 * n2);
+    debug_assert_eq!((geo.n1, geo.n2), (n1, n2));
+    let panels = n2 / geo.w;
     let base = SyncPtr(x.as_mut_ptr());
     (0..panels).into_par_iter().for_each_init(
-        || vec![T::zero(); n1 * w],
+        || vec![T::zero(); geo.len()],
         move |scratch, p| {
-            let c0 = p * w;
-            for (r, dst) in scratch.chunks_exact_mut(w).enumerate() {
-                // SAFETY: row r < n1 and columns c0..c0+w ≤ n2 lie inside `x` (n1·n2 elements);
-                // panels own disjoint column ranges, so no other task touches these elements, and
-                // no other reference into `x` is live during `columns`.
-                let src = unsafe { std::slice::from_raw_parts(base.get().add(r * n2 + c0), w) };
-                dst.copy_from_slice(src);
-            }
-            stages(scratch, w);
-            for (r, src) in scratch.chunks_exact(w).enumerate() {
-                // SAFETY: as above.
-                let dst = unsafe { std::slice::from_raw_parts_mut(base.get().add(r * n2 + c0), w) };
-                dst.copy_from_slice(src);
-            }
+            let xp = XPanel { base, p, _x: std::marker::PhantomData };
+            io.load(&xp, geo, p, scratch);
+            stages(scratch, geo.w);
+            io.store(&xp, geo, p, scratch);
         },
     );
 }
@@ -209,6 +338,49 @@ mod tests {
             wht(&mut a);
             wht_reference(&mut b);
             assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn filled_new_vector_equals_in_place_bit_for_bit() {
+        let mut r = crate::rng::stream(5, 0, crate::rng::Purpose::Init);
+        for k in [3usize, 14, 15, 18] {
+            let n = 1usize << k;
+            let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+            let fill = |off: usize, chunk: &mut [f32]| chunk.copy_from_slice(&x[off..off + chunk.len()]);
+            let mut a = vec![0f32; n];
+            wht_fill(&mut a, fill);
+            let b = wht_fill_new(n, fill);
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn columns_first_equals_reference() {
+        let mut r = crate::rng::stream(6, 0, crate::rng::Purpose::Init);
+        for k in [15usize, 17, 20] {
+            let n = 1usize << k;
+            let x: Vec<f64> = (0..n).map(|_| r.normal()).collect();
+            let (mut a, mut b) = (x.clone(), x);
+            columns_with(&mut a, &Plain);
+            rows_fill(&mut a, |_, _| {});
+            wht_reference(&mut b);
+            let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-9 * (n as f64).sqrt(), "n = {n}: max |Δ| = {worst}");
+        }
+    }
+
+    #[test]
+    fn panel_order_visits_every_index_once() {
+        for k in [15usize, 17, 24] {
+            let n = 1usize << k;
+            let geo = Panels::of(n);
+            let mut seen = vec![false; n];
+            for t in 0..n {
+                let j = geo.source(t / geo.len(), t % geo.len());
+                assert!(!seen[j], "n = {n}: index {j} visited twice");
+                seen[j] = true;
+            }
         }
     }
 
