@@ -30,6 +30,8 @@ use crate::settings::InputError;
   superlora bench --preset vit-fmnist --configs lora-r8
   # two configs, the rows kept as JSON for a script
   superlora bench --configs lora-r8,head --json out.json
+  # 3 rounds through the configs, ratios taken within each round (steadier on a noisy machine)
+  superlora bench --rounds 3
 
 Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker,
 kronecker, fastfood, full-qv.
@@ -60,6 +62,12 @@ pub struct BenchArgs {
     /// Untimed warm-up steps per config.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Rounds through the configs (each config once per round, in order). With more than one,
+    /// each config's step is the median of its round medians, and its ratio to LoRA r=8 is the
+    /// median of the per-round ratios, with their range: a slow spell of the machine then skews
+    /// one round, not one config.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub rounds: usize,
     /// Data parallel: N single-threaded workers, each on its share of the batch (see `train
     /// --workers`).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
@@ -274,51 +282,101 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Preset::MinilmRt => "minilm-rt",
         Preset::VitFmnist => "vit-fmnist",
     };
-    let mut rows: Vec<Measured> = Vec::new();
-    for i in picked {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["bench", "--only", &i.to_string(), "--preset", preset])
-            .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
-            .args(["--image-size", &args.image_size.to_string()])
-            .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
-            .args(["--workers", &args.workers.to_string()])
-            .args(["--device", &args.device.device.to_string()]);
-        if let Some(m) = &args.model {
-            cmd.arg("--model").arg(m);
+    // rounds[r][c]: config c (in `picked` order) in round r.
+    let mut rounds: Vec<Vec<Measured>> = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, args.rounds);
         }
-        let out = cmd.output().context("running a bench child")?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let message = stderr.trim().trim_start_matches("error: ");
-            if out.status.code() == Some(2) {
-                // The child refused the input: so does the parent, with the same exit code.
-                bail!(InputError(message.to_string()));
-            }
-            bail!("bench config {i} failed: {message}");
+        let mut row = Vec::with_capacity(picked.len());
+        for &i in &picked {
+            let m = run_child(args, &exe, preset, i)?;
+            eprintln!("  {:<28} {:>8.1} ms/step {:>7.1} samples/s", m.label, m.median_step_ms, m.samples_per_s);
+            row.push(m);
         }
-        let m: Measured = serde_json::from_slice(&out.stdout).context("reading a bench child's result")?;
-        eprintln!("  {:<28} {:>8.1} ms/step {:>7.1} samples/s", m.label, m.median_step_ms, m.samples_per_s);
-        rows.push(m);
+        rounds.push(row);
+    }
+    let reference = picked.iter().position(|&i| all[i].0 == "lora-r8");
+    let mut rows: Vec<Measured> = Vec::with_capacity(picked.len());
+    let mut ratios: Vec<Option<(f64, f64, f64)>> = Vec::with_capacity(picked.len());
+    for c in 0..picked.len() {
+        let steps: Vec<f64> = rounds.iter().map(|r| r[c].median_step_ms).collect();
+        let step = median(&steps);
+        let first = &rounds[0][c];
+        rows.push(Measured {
+            name: first.name.clone(),
+            label: first.label.clone(),
+            adapter_params: first.adapter_params,
+            median_step_ms: step,
+            samples_per_s: args.batch_size as f64 / (step / 1e3),
+            peak_rss_mb: rounds.iter().map(|r| r[c].peak_rss_mb).fold(0.0, f64::max),
+        });
+        ratios.push(reference.map(|rf| {
+            let per_round: Vec<f64> = rounds.iter().map(|r| r[c].median_step_ms / r[rf].median_step_ms).collect();
+            let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = per_round.iter().copied().fold(0.0, f64::max);
+            (median(&per_round), lo, hi)
+        }));
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing --json {}", path.display()))?;
     }
-    let reference = rows.iter().find(|m| m.name == "lora-r8").map(|m| m.median_step_ms);
-    println!("| config | adapter params | median step | samples/s | step time vs LoRA r=8 | peak RSS |");
+    let several = args.rounds > 1;
+    if several {
+        println!(
+            "| config | adapter params | median step | samples/s | step time vs LoRA r=8 (range over {} rounds) | peak RSS |",
+            args.rounds
+        );
+    } else {
+        println!("| config | adapter params | median step | samples/s | step time vs LoRA r=8 | peak RSS |");
+    }
     println!("|---|---:|---:|---:|---:|---:|");
-    for m in &rows {
+    for (m, ratio) in rows.iter().zip(&ratios) {
+        let ratio = match ratio {
+            None => "—".to_string(),
+            Some((mid, lo, hi)) if several => format!("{mid:.2}x ({lo:.2}–{hi:.2})"),
+            Some((mid, _, _)) => format!("{mid:.2}x"),
+        };
         println!(
             "| {} | {} | {:.1} ms | {:.1} | {} | {:.0} MiB |",
-            m.label,
-            m.adapter_params,
-            m.median_step_ms,
-            m.samples_per_s,
-            reference.map_or("—".to_string(), |r| format!("{:.2}x", m.median_step_ms / r)),
-            m.peak_rss_mb
+            m.label, m.adapter_params, m.median_step_ms, m.samples_per_s, ratio, m.peak_rss_mb
         );
     }
     Ok(())
+}
+
+/// The median of a non-empty list (the upper one of the middle two for an even count, as the
+/// per-step medians are).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs config `i` in a child process and reads its row.
+fn run_child(args: &BenchArgs, exe: &std::path::Path, preset: &str, i: usize) -> Result<Measured> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "--only", &i.to_string(), "--preset", preset])
+        .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
+        .args(["--image-size", &args.image_size.to_string()])
+        .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--device", &args.device.device.to_string()]);
+    if let Some(m) = &args.model {
+        cmd.arg("--model").arg(m);
+    }
+    let out = cmd.output().context("running a bench child")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = stderr.trim().trim_start_matches("error: ");
+        if out.status.code() == Some(2) {
+            // The child refused the input: so does the parent, with the same exit code.
+            bail!(InputError(message.to_string()));
+        }
+        bail!("bench config {i} failed: {message}");
+    }
+    serde_json::from_slice(&out.stdout).context("reading a bench child's result")
 }
 
 /// The threads candle's matmul uses: RAYON_NUM_THREADS when set, else every core.

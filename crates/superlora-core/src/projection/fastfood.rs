@@ -38,6 +38,15 @@
 //! (column stages first, then row stages: the same butterflies in another order, so the
 //! transpose equals the reference up to rounding, not bit for bit; the forward is bit for bit).
 //! With a single block (Lh ≤ 2^14) pass 1 is the identity.
+//!
+//! ## Small inputs (d ≤ 2^17, Lh > 2^14): no staging at all
+//!
+//! With h = 2^⌈log2 d⌉, H_Lh = H_(Lh/h) ⊗ H_h and pad(x) is zero past its first h entries, so the
+//! first transform is a[j] = (H_h x)[j mod h]: the forward computes that one short vector and
+//! gathers out[i] = head[perm[i] mod h]·G_i·scale straight into the second transform's fill (bit
+//! for bit the full path). The transpose keeps z[0..d] only, and H[k, j] = H_h[k, j mod h] for
+//! k < h: it folds u = Πᵀ·diag(G)·a onto h entries (a scatter-add into a cache-resident vector,
+//! f64, fixed chunks summed in order) and transforms those.
 
 /// One line for `--help`.
 pub const SUMMARY: &str = "Fastfood random expansion from ceil(ratio * N_g) values (ratio in (0, 1]).";
@@ -51,7 +60,10 @@ use super::wht::{PanelIo, Panels, ROW, XPanel, columns_with, fill_len, rows_fill
 use super::{Real, SyncPtr, buffers, run_1d};
 use crate::rng::{Purpose, stream};
 
-/// Entries per parallel task of the transpose's small-d column sum.
+/// Largest input (rounded up to a power of two) that takes the small-input shortcut: 512 KiB of
+/// f32, inside a 2 MiB L2.
+const MAX_HEAD: usize = 1 << 17;
+/// Entries per parallel task of the transpose's small-d fold.
 const SUM_CHUNK: usize = 1 << 18;
 /// Elements between staging blocks (one 64-byte line of f32).
 const STAGING_PAD: usize = 16;
@@ -78,7 +90,7 @@ pub struct Fastfood {
     /// Distance between blocks in the staging buffer: b plus one cache line when there are several
     /// blocks, so the write streams of pass 1 do not all map to the same cache sets.
     stride: usize,
-    /// The two-pass permutation's tables, built on first use: inputs of d ≤ 2^14 entries (the
+    /// The two-pass permutation's tables, built on first use: inputs of d ≤ 2^17 entries (the
     /// few-parameter configs fastfood is for) never need them when Lh > 2^14.
     staging: OnceLock<Staging>,
 }
@@ -218,7 +230,7 @@ impl Fastfood {
         self.forward_with(x, true)
     }
 
-    /// [`Self::forward`], with the d ≤ 2^14 shortcut allowed or not (tests compare the two).
+    /// [`Self::forward`], with the small-input shortcut allowed or not (tests compare the two).
     fn forward_with<T: Real>(&self, x: &[T], shortcut: bool) -> Vec<T> {
         let (d, signs, block) = (self.d, &self.signs, self.block);
         let fill = |off: usize, chunk: &mut [T]| {
@@ -227,18 +239,19 @@ impl Fastfood {
                 *o = if i < d { x[i].signed(signs[i]) } else { T::zero() };
             }
         };
-        if shortcut && d <= ROW && self.padded > ROW {
-            // pad(x) is zero outside row 0 of the n1 x ROW view, so a = H·diag(B)·pad(x) is row
-            // 0's transform repeated down every column (the column stages add and subtract zeros):
-            // a[j] = head[j mod ROW], and Π's gather reads that one cache-resident row.
-            let mut head = vec![T::zero(); ROW];
+        if let Some(h) = self.head_len().filter(|_| shortcut) {
+            // pad(x) is zero outside its first h entries, and H_Lh = H_(Lh/h) ⊗ H_h, so
+            // a = H·diag(B)·pad(x) is H_h of those h entries repeated Lh/h times (the later
+            // stages add and subtract zeros): a[j] = head[j mod h], and Π's gather reads that one
+            // cache-resident vector.
+            let mut head = vec![T::zero(); h];
             fill(0, &mut head);
             wht(&mut head);
             let perm = &self.perm;
             let out = wht_fill_new(self.padded, |off, chunk: &mut [T]| {
                 for (k, o) in chunk.iter_mut().enumerate() {
                     let i = off + k;
-                    *o = head[perm[i] as usize % ROW] * self.diag_at::<T>(i);
+                    *o = head[perm[i] as usize % h] * self.diag_at::<T>(i);
                 }
             });
             return self.truncated(out);
@@ -271,6 +284,13 @@ impl Fastfood {
         self.truncated(out)
     }
 
+    /// The shortcut's length h = 2^⌈log2 d⌉ when it applies: h ≤ [`MAX_HEAD`] (a vector that
+    /// stays in cache) and Lh > 2^14 (smaller transforms keep the plain path).
+    fn head_len(&self) -> Option<usize> {
+        let h = self.d.next_power_of_two();
+        (h <= MAX_HEAD && self.padded > ROW && h < self.padded).then_some(h)
+    }
+
     /// The first D entries of a length-Lh result.
     fn truncated<T>(&self, mut out: Vec<T>) -> Vec<T> {
         out.truncate(self.big_d);
@@ -286,7 +306,7 @@ impl Fastfood {
         self.transpose_with(g, true)
     }
 
-    /// [`Self::transpose`], with the d ≤ 2^14 shortcut allowed or not (tests compare the two).
+    /// [`Self::transpose`], with the small-input shortcut allowed or not (tests compare the two).
     fn transpose_with<T: Real>(&self, g: &[T], shortcut: bool) -> Vec<T> {
         let (big_d, block) = (self.big_d, self.block);
         let mut a = buffers::take::<T>(self.padded);
@@ -296,28 +316,27 @@ impl Fastfood {
                 *o = if i < big_d { g[i] } else { T::zero() };
             }
         });
-        if shortcut && self.d <= ROW && self.padded > ROW {
-            // Only z[0..d] is kept, inside row 0 of the n1 x ROW view of z = H·u, where
-            // u = Πᵀ·diag(G)·a: row 0 of the column stages is the sum of u's rows, so scatter-add
-            // G_i·a_i onto column perm[i] mod ROW of one cache-resident row (in f64, over fixed
-            // chunks summed in order: the same result on any number of threads), then run the
-            // row stages of that row.
+        if let Some(h) = self.head_len().filter(|_| shortcut) {
+            // Only z[0..d] is kept, and for k < h, H[k, j] = H_h[k, j mod h]: z[0..h] is H_h of
+            // u folded onto h entries, where u = Πᵀ·diag(G)·a. So scatter-add G_i·a_i onto
+            // perm[i] mod h of one cache-resident vector (in f64, over fixed chunks summed in
+            // order: the same result on any number of threads), then transform those h entries.
             let perm = &self.perm;
             let partials: Vec<Vec<f64>> = a
                 .par_chunks(SUM_CHUNK)
                 .enumerate()
                 .map(|(c, chunk)| {
-                    let mut acc = vec![0f64; ROW];
+                    let mut acc = vec![0f64; h];
                     for (k, &v) in chunk.iter().enumerate() {
                         let i = c * SUM_CHUNK + k;
-                        acc[perm[i] as usize % ROW] += (v * self.diag_at::<T>(i)).to_f64();
+                        acc[perm[i] as usize % h] += (v * self.diag_at::<T>(i)).to_f64();
                     }
                     acc
                 })
                 .collect();
             buffers::give(a);
             let mut head: Vec<T> =
-                (0..ROW).map(|c| T::from_f64(partials.iter().fold(0.0, |sum, p| sum + p[c]))).collect();
+                (0..h).map(|c| T::from_f64(partials.iter().fold(0.0, |sum, p| sum + p[c]))).collect();
             wht(&mut head);
             return head[..self.d].iter().zip(&self.signs).map(|(&v, &s)| v.signed(s)).collect();
         }
@@ -454,14 +473,14 @@ impl CustomOp1 for FastfoodTransposeOp {
 mod tests {
     use super::*;
 
-    /// With d ≤ 2^14 both directions skip most of one Hadamard transform and the staging. The
+    /// With d ≤ 2^17 both directions skip most of one Hadamard transform and the staging. The
     /// forward must equal the full path bit for bit (for inputs without −0.0, whose sign the
     /// full path may turn to +0.0); the transpose sums in another order (f64), so it must agree
     /// to f32 rounding, and it must not depend on the number of threads.
     #[test]
     fn small_input_shortcuts_equal_the_full_path() {
         let mut r = crate::rng::stream(9, 0, crate::rng::Purpose::Init);
-        for (d, big_d) in [(1usize, 20_000usize), (777, 70_001), (ROW, 1 << 18)] {
+        for (d, big_d) in [(1usize, 20_000usize), (777, 70_001), (ROW, 1 << 18), (20_000, 1 << 18)] {
             let f = Fastfood::generate(d, big_d, 21, d);
             let x: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
             let g: Vec<f32> = (0..big_d).map(|_| r.normal() as f32).collect();
