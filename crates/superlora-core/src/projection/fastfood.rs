@@ -63,8 +63,10 @@ use crate::rng::{Purpose, stream};
 /// Largest input (rounded up to a power of two) that takes the small-input shortcut: 512 KiB of
 /// f32, inside a 2 MiB L2.
 const MAX_HEAD: usize = 1 << 17;
-/// Entries per parallel task of the transpose's small-d fold.
+/// Fewest entries per parallel task of the transpose's small-input fold.
 const SUM_CHUNK: usize = 1 << 18;
+/// Most parallel tasks (and partial sums) of that fold.
+const FOLD_TASKS: usize = 16;
 /// Elements between staging blocks (one 64-byte line of f32).
 const STAGING_PAD: usize = 16;
 
@@ -322,13 +324,16 @@ impl Fastfood {
             // perm[i] mod h of one cache-resident vector (in f64, over fixed chunks summed in
             // order: the same result on any number of threads), then transform those h entries.
             let perm = &self.perm;
+            // At most FOLD_TASKS partial vectors (h f64 each), however long Lh is; the chunking
+            // depends on Lh only, never on the thread count.
+            let len = (self.padded / FOLD_TASKS).max(SUM_CHUNK);
             let partials: Vec<Vec<f64>> = a
-                .par_chunks(SUM_CHUNK)
+                .par_chunks(len)
                 .enumerate()
                 .map(|(c, chunk)| {
                     let mut acc = vec![0f64; h];
                     for (k, &v) in chunk.iter().enumerate() {
-                        let i = c * SUM_CHUNK + k;
+                        let i = c * len + k;
                         acc[perm[i] as usize % h] += (v * self.diag_at::<T>(i)).to_f64();
                     }
                     acc
