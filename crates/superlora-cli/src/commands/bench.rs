@@ -30,7 +30,7 @@ use crate::settings::InputError;
   superlora bench --preset vit-fmnist --configs lora-r8
   # two configs, the rows kept as JSON for a script
   superlora bench --configs lora-r8,head --json out.json
-  # 3 rounds through the configs, ratios taken within each round (steadier on a noisy machine)
+  # 3 rounds, ratios taken within each round (steadier when noisy)
   superlora bench --rounds 3
 
 Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker,
