@@ -53,7 +53,7 @@ pub fn wht_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
     rows_fill(x, fill);
     let n = x.len();
     if n > ROW {
-        columns(x, n / ROW, ROW, &Plain);
+        columns(x, &Plain);
     }
 }
 
@@ -81,7 +81,7 @@ pub fn wht_fill_new<T: Real>(n: usize, fill: impl Fn(usize, &mut [T]) + Sync) ->
     // chunks of spare_capacity_mut()[..n] cover it), and the capacity is at least n.
     unsafe { v.set_len(n) };
     if n > ROW {
-        columns(&mut v, n / ROW, ROW, &Plain);
+        columns(&mut v, &Plain);
     }
     v
 }
@@ -204,7 +204,7 @@ impl<T: Real> PanelIo<T> for Plain {
 pub(crate) fn columns_with<T: Real>(x: &mut [T], io: &impl PanelIo<T>) {
     let n = x.len();
     assert!(n.is_power_of_two() && n > ROW, "column stages need a power-of-two length > {ROW}, got {n}");
-    columns(x, n / ROW, ROW, io);
+    columns(x, io);
 }
 
 /// The textbook radix-2 loop: the obviously correct twin of [`wht`].
@@ -308,10 +308,9 @@ fn butterfly4<T: Real>(a: &mut [T], b: &mut [T], c: &mut [T], d: &mut [T]) {
 /// columns is moved to a contiguous n1 x w scratch (rows w apart instead of n2 — a power-of-two
 /// stride of 64 KiB would map every row to the same cache sets and thrash L1 and L2), transformed
 /// there (the column stages are the flat stages h = w, 2w, …), and handed to `io.store`.
-fn columns<T: Real>(x: &mut [T], n1: usize, n2: usize, io: &impl PanelIo<T>) {
-    let geo = Panels::of(n1 * n2);
-    debug_assert_eq!((geo.n1, geo.n2), (n1, n2));
-    let panels = n2 / geo.w;
+fn columns<T: Real>(x: &mut [T], io: &impl PanelIo<T>) {
+    let geo = Panels::of(x.len());
+    let panels = geo.n2 / geo.w;
     let base = SyncPtr(x.as_mut_ptr());
     (0..panels).into_par_iter().for_each_init(
         || vec![T::zero(); geo.len()],
