@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use crate::Result;
 use crate::ops::exp_nonpos;
+use crate::simd::multiversion;
 
 /// The sizes of one call.
 #[derive(Clone, Copy)]
@@ -113,18 +114,36 @@ fn probs(q: &[f32], k: &[f32], mask: Option<&[f32]>, dims: Dims, scale: f32, ite
         product((t, t, d), p.as_mut_ptr(), (t, 1), q[base..].as_ptr(), (hd, 1), k[base..].as_ptr(), (1, hd), scale);
     }
     let bi = item / dims.heads;
-    for row in p.chunks_exact_mut(t) {
-        if let Some(m) = mask {
-            row.iter_mut().zip(&m[bi * t..(bi + 1) * t]).for_each(|(v, &m)| *v += m);
+    softmax_rows(p, t, mask.map(|m| &m[bi * t..(bi + 1) * t]));
+}
+
+multiversion! {
+    /// Each row of t values of `p`, plus the key mask when given, through softmax in place.
+    fn softmax_rows(p: &mut [f32], t: usize, mask: Option<&[f32]>) {
+        for row in p.chunks_exact_mut(t) {
+            if let Some(m) = mask {
+                row.iter_mut().zip(m).for_each(|(v, &m)| *v += m);
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // The exponentials first, then their sum in the same order: the exp loop vectorises
+            // once no sequential sum runs through it.
+            for v in row.iter_mut() {
+                *v = exp_nonpos(*v - max);
+            }
+            let sum: f32 = row.iter().sum();
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|v| *v *= inv);
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in row.iter_mut() {
-            *v = exp_nonpos(*v - max);
-            sum += *v;
+    }
+}
+
+multiversion! {
+    /// ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P)) in place of ∂P (`ds`), rows of t.
+    fn softmax_grad_rows(ds: &mut [f32], p: &[f32], t: usize) {
+        for (dsr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+            dsr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - dot));
         }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
     }
 }
 
@@ -291,10 +310,7 @@ impl CustomOp3 for AttentionGradOp {
                         1.0,
                     );
                     // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
-                    for (dsr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        dsr.iter_mut().zip(pr).for_each(|(x, &pv)| *x = pv * (*x - dot));
-                    }
+                    softmax_grad_rows(ds.as_mut_slice(), p.as_slice(), t);
                     // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
                     product((t, d, t), dq, (hd, 1), ds.as_ptr(), (t, 1), k[base..].as_ptr(), (hd, 1), scale);
                     product((t, d, t), dk, (hd, 1), ds.as_ptr(), (1, t), q[base..].as_ptr(), (hd, 1), scale);

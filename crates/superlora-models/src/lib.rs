@@ -26,6 +26,7 @@ pub mod adapt;
 pub mod attention;
 pub mod bert;
 pub mod bmm;
+mod dense;
 pub mod distilbert;
 pub mod encoder;
 pub mod gguf;
@@ -35,6 +36,7 @@ pub mod llama;
 pub mod llm_tokenizer;
 pub mod ops;
 pub mod roberta;
+mod simd;
 pub mod vit;
 pub mod weights;
 

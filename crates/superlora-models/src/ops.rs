@@ -15,6 +15,15 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
 
 use crate::Result;
+use crate::dense::{View, par_filled, product, product_add};
+use crate::simd::multiversion;
+
+/// `f` on the contiguous f32 values of a CPU tensor; an error naming `what` otherwise.
+fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else { candle_core::bail!("{what}: not on the CPU") };
+    f(f32_slice(s, layout, what)?)
+}
 
 /// x [.., K] (contiguous) seen as rows: (M, the [M, K] layout). Errors name `what`.
 fn row_view(xl: &Layout, k: usize, what: &str) -> candle_core::Result<(usize, Layout)> {
@@ -59,6 +68,15 @@ impl CustomOp3 for FrozenLinearOp {
             candle_core::bail!("frozen linear: W {:?} and b {:?} do not fit", wl.shape(), bl.shape());
         }
         let (m, x2) = row_view(xl, k, "frozen linear")?;
+        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (x, w, b)
+            && wl.is_contiguous()
+        {
+            // b̂ + x·Wᵀ in one product, no zero-filled output and no separate bias pass.
+            let (xv, wv) = (f32_slice(x, &x2, "frozen linear")?, f32_slice(w, wl, "frozen linear")?);
+            let bias = f32_slice(b, bl, "frozen linear")?;
+            let out = product(m, k, n, View::rows(xv, k), View::transposed(wv, k), Some(bias), "frozen linear")?;
+            return Ok((CpuStorage::F32(out), with_last(xl.shape().dims(), n)));
+        }
         let mut out = x.matmul(w, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
         let Some((bs, be)) = bl.contiguous_offsets() else {
             candle_core::bail!("frozen linear: bias must be contiguous")
@@ -80,6 +98,16 @@ impl CustomOp3 for FrozenLinearOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let n = w.dim(0)?;
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let k = w.dim(1)?;
+            let m = grad.elem_count() / n.max(1);
+            let dx = with_f32(&grad.contiguous()?, "frozen linear grad", |g| {
+                with_f32(&w.contiguous()?, "frozen linear grad", |w| {
+                    product(m, n, k, View::rows(g, n), View::rows(w, k), None, "frozen linear grad")
+                })
+            })?;
+            return Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), None, None));
+        }
         let g2 = grad.contiguous()?.reshape((grad.elem_count() / n.max(1), n))?;
         Ok((Some(g2.matmul(w)?.reshape(x.dims())?), None, None))
     }
@@ -125,26 +153,15 @@ impl CustomOp3 for LowRankLinearOp {
             );
         }
         let (m, x2) = row_view(xl, k, "low-rank linear")?;
-        let (wstore, wl) = self.w.storage_and_layout();
-        let candle_core::Storage::Cpu(ws) = &*wstore else {
-            candle_core::bail!("low-rank linear: W is not on the CPU")
-        };
-        // x·Wᵀ, then x·Q [M, r] and (x·Q)·Pᵀ.
-        let mut out = xs.matmul(ws, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
-        let xq = xs.matmul(qs, (1, m, r, k), &x2, ql)?;
-        let update = xq.matmul(ps, (1, m, n, r), &Layout::contiguous((m, r)), &pl.transpose(0, 1)?)?;
-        let bias = held(&self.b, "b")?;
-        match (&mut out, &update) {
-            (CpuStorage::F32(o), CpuStorage::F32(u)) => {
-                for (orow, urow) in o.chunks_exact_mut(n).zip(u.chunks_exact(n)) {
-                    for ((o, &u), &b) in orow.iter_mut().zip(urow).zip(&bias) {
-                        *o += u + b;
-                    }
-                }
-            }
-            _ => candle_core::bail!("low-rank linear: f32 only"),
-        }
-        Ok((out, with_last(xl.shape().dims(), n)))
+        let what = "low-rank linear";
+        let (x, p, q) = (f32_slice(xs, &x2, what)?, f32_slice(ps, pl, what)?, f32_slice(qs, ql, what)?);
+        // b̂ + x·Wᵀ, then x·Q [M, r], then + (x·Q)·Pᵀ onto the same output.
+        let mut out = with_f32(&self.w, what, |w| {
+            with_f32(&self.b, what, |b| product(m, k, n, View::rows(x, k), View::transposed(w, k), Some(b), what))
+        })?;
+        let xq = product(m, k, r, View::rows(x, k), View::rows(q, r), None, what)?;
+        product_add(&mut out, m, r, n, View::rows(&xq, r), View::transposed(p, r), what)?;
+        Ok((CpuStorage::F32(out), with_last(xl.shape().dims(), n)))
     }
 
     fn bwd(
@@ -159,8 +176,22 @@ impl CustomOp3 for LowRankLinearOp {
         let m = x.elem_count() / k.max(1);
         let (x2, g2) = (x.detach().reshape((m, k))?, grad.detach().contiguous()?.reshape((m, n))?);
         let (p, q) = (p.detach(), q.detach());
+        let r = q.dim(1)?;
         let gp = g2.matmul(&p)?; // [M, r]
-        let dx = (g2.matmul(&self.w)? + gp.matmul(&q.t()?)?)?.reshape(x.dims())?;
+        // ∂y·W, then + (∂y·P)·Qᵀ onto the same output.
+        let what = "low-rank linear grad";
+        let dx = with_f32(&g2, what, |g| {
+            with_f32(&self.w, what, |w| {
+                with_f32(&gp, what, |gpv| {
+                    with_f32(&q.contiguous()?, what, |qv| {
+                        let mut dx = product(m, n, k, View::rows(g, n), View::rows(w, k), None, what)?;
+                        product_add(&mut dx, m, r, k, View::rows(gpv, r), View::transposed(qv, r), what)?;
+                        Ok(dx)
+                    })
+                })
+            })
+        })?;
+        let dx = Tensor::from_vec(dx, x.dims(), x.device())?;
         let dp = g2.t()?.matmul(&x2.matmul(&q)?)?;
         let dq = x2.t()?.matmul(&gp)?;
         Ok((Some(dx), Some(dp), Some(dq)))
@@ -484,6 +515,26 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 /// Elements per parallel task of the GELU kernels.
 const GELU_CHUNK: usize = 1 << 14;
 
+multiversion! {
+    /// GELU of each value of `x` into `o`.
+    fn gelu_slice(x: &[f32], o: &mut [f32]) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+        }
+    }
+}
+
+multiversion! {
+    /// g·(Φ(x) + x·φ(x)) for each value of `x` and `g` into `o`.
+    fn gelu_grad_slice(x: &[f32], g: &[f32], o: &mut [f32]) {
+        for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
+            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * exp_nonpos(-0.5 * v * v);
+            *o = gv * (cdf + v * pdf);
+        }
+    }
+}
+
 /// GELU(x) = x·Φ(x) = ½x(1 + erf(x/√2)), with its derivative Φ(x) + x·φ(x) in the backward.
 struct GeluOp;
 
@@ -493,14 +544,8 @@ impl candle_core::CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let x = f32_slice(s, l, "gelu")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK)).for_each(|(o, x)| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
-            }
-        });
+        let out = par_filled(x.len(), GELU_CHUNK, |start, o| gelu_slice(&x[start..start + o.len()], o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -524,18 +569,14 @@ impl CustomOp2 for GeluGradOp {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (x, g) = (f32_slice(xs, xl, "gelu grad")?, f32_slice(gs, gl, "gelu grad")?);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK).zip(g.par_chunks(GELU_CHUNK))).for_each(
-            |(o, (x, g))| {
-                for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * exp_nonpos(-0.5 * v * v);
-                    *o = gv * (cdf + v * pdf);
-                }
-            },
-        );
+        if g.len() != x.len() {
+            candle_core::bail!("gelu grad: {} gradients for {} inputs", g.len(), x.len());
+        }
+        let out = par_filled(x.len(), GELU_CHUNK, |start, o| {
+            let end = start + o.len();
+            gelu_grad_slice(&x[start..end], &g[start..end], o);
+        });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 }
@@ -576,9 +617,60 @@ const ROWS_PER_TASK: usize = 64;
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(x.len(), |i| f64::from(x[i])) / n;
+    let var = lane_sum(x.len(), |i| {
+        let c = f64::from(x[i]) - mean;
+        c * c
+    }) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// Σ_{i<n} term(i) in f64 over 8 interleaved partial sums (term i goes to sum i mod 8), added in
+/// a fixed tree at the end: the order is fixed (the same bits on every CPU and vector width), and
+/// the 8 independent chains vectorise where one sequential sum could not.
+#[inline(always)]
+fn lane_sum(n: usize, term: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let full = n - n % 8;
+    for base in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += term(base + l);
+        }
+    }
+    for (l, a) in acc.iter_mut().enumerate().take(n - full) {
+        *a += term(full + l);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+multiversion! {
+    /// LayerNorm of each row of d = γ.len() values of `x` into `o`.
+    fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, o: &mut [f32]) {
+        let d = gamma.len();
+        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for (((o, &v), &gv), &bv) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+                *o = (v - mean) * rstd * gv + bv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// ∂x of LayerNorm for each row of d = γ.len() values of `x` and `dy` into `o`.
+    fn layer_norm_grad_rows(x: &[f32], gamma: &[f32], dy: &[f32], eps: f64, o: &mut [f32]) {
+        let d = gamma.len();
+        for ((o, x), dy) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+            let (mean, rstd) = row_stats(x, eps);
+            let s1 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]));
+            let s2 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]) * f64::from((x[i] - mean) * rstd));
+            let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
+            for (((o, &v), &gv), &g) in o.iter_mut().zip(x).zip(gamma).zip(dy) {
+                let xhat = (v - mean) * rstd;
+                *o = rstd * (gv * g - m1 - xhat * m2);
+            }
+        }
+    }
 }
 
 /// LayerNorm with frozen γ, β as one op (forward and backward one pass over each row).
@@ -608,22 +700,15 @@ impl CustomOp3 for LayerNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (x, g, b) =
             (f32_slice(xs, xl, "layer norm")?, f32_slice(gs, gl, "layer norm")?, f32_slice(bs, bl, "layer norm")?);
         let d = g.len();
         if d == 0 || b.len() != d || x.len() % d != 0 || xl.shape().dims().last() != Some(&d) {
             candle_core::bail!("layer norm: x {:?} does not end in the {d} of γ/β", xl.shape());
         }
-        let mut out = vec![0f32; x.len()];
         let eps = self.eps;
-        out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let (mean, rstd) = row_stats(x, eps);
-                for (((o, &v), &gv), &bv) in o.iter_mut().zip(x).zip(g).zip(b) {
-                    *o = (v - mean) * rstd * gv + bv;
-                }
-            }
+        let out = par_filled(x.len(), d * ROWS_PER_TASK, |start, o| {
+            layer_norm_rows(&x[start..start + o.len()], g, b, eps, o);
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -664,7 +749,6 @@ impl CustomOp3 for LayerNormGradOp {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (x, gamma, dy) = (
             f32_slice(xs, xl, "layer norm grad")?,
             f32_slice(gs, gl, "layer norm grad")?,
@@ -674,26 +758,11 @@ impl CustomOp3 for LayerNormGradOp {
         if d == 0 || x.len() != dy.len() || x.len() % d != 0 {
             candle_core::bail!("layer norm grad: shapes do not fit");
         }
-        let mut out = vec![0f32; x.len()];
         let eps = self.eps;
-        out.par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(x.par_chunks(d * ROWS_PER_TASK).zip(dy.par_chunks(d * ROWS_PER_TASK)))
-            .for_each(|(o, (x, dy))| {
-                for ((o, x), dy) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    let (mut s1, mut s2) = (0f64, 0f64);
-                    for ((&v, &gv), &g) in x.iter().zip(gamma).zip(dy) {
-                        let gg = f64::from(gv * g);
-                        s1 += gg;
-                        s2 += gg * f64::from((v - mean) * rstd);
-                    }
-                    let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
-                    for (((o, &v), &gv), &g) in o.iter_mut().zip(x).zip(gamma).zip(dy) {
-                        let xhat = (v - mean) * rstd;
-                        *o = rstd * (gv * g - m1 - xhat * m2);
-                    }
-                }
-            });
+        let out = par_filled(x.len(), d * ROWS_PER_TASK, |start, o| {
+            let end = start + o.len();
+            layer_norm_grad_rows(&x[start..end], gamma, &dy[start..end], eps, o);
+        });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 }
@@ -721,24 +790,25 @@ impl candle_core::CustomOp1 for SoftmaxOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let x = f32_slice(s, l, "softmax")?;
         let d = *l.shape().dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        if d > 0 {
-            out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let out = if d == 0 {
+            vec![0f32; x.len()]
+        } else {
+            par_filled(x.len(), d * ROWS_PER_TASK, |start, o| {
+                for (o, x) in o.chunks_exact_mut(d).zip(x[start..].chunks_exact(d)) {
                     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
+                    // The exponentials first, then their sum in the same order: the exp loop
+                    // vectorises once no sequential sum runs through it.
                     for (o, &v) in o.iter_mut().zip(x) {
                         *o = exp_nonpos(v - max);
-                        sum += *o;
                     }
+                    let sum: f32 = o.iter().sum();
                     let inv = 1.0 / sum;
                     o.iter_mut().for_each(|v| *v *= inv);
                 }
-            });
-        }
+            })
+        };
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -762,22 +832,24 @@ impl CustomOp2 for SoftmaxGradOp {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (y, g) = (f32_slice(ys, yl, "softmax grad")?, f32_slice(gs, gl, "softmax grad")?);
         let d = *yl.shape().dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; y.len()];
-        if d > 0 {
-            out.par_chunks_mut(d * ROWS_PER_TASK)
-                .zip(y.par_chunks(d * ROWS_PER_TASK).zip(g.par_chunks(d * ROWS_PER_TASK)))
-                .for_each(|(o, (y, g))| {
-                    for ((o, y), g) in o.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
-                        let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-                        for ((o, &yv), &gv) in o.iter_mut().zip(y).zip(g) {
-                            *o = yv * (gv - dot);
-                        }
-                    }
-                });
+        if g.len() != y.len() {
+            candle_core::bail!("softmax grad: {} gradients for {} outputs", g.len(), y.len());
         }
+        let out = if d == 0 {
+            vec![0f32; y.len()]
+        } else {
+            par_filled(y.len(), d * ROWS_PER_TASK, |start, o| {
+                for ((o, y), g) in o.chunks_exact_mut(d).zip(y[start..].chunks_exact(d)).zip(g[start..].chunks_exact(d))
+                {
+                    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for ((o, &yv), &gv) in o.iter_mut().zip(y).zip(g) {
+                        *o = yv * (gv - dot);
+                    }
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), yl.shape().clone()))
     }
 }
