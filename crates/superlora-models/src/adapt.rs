@@ -182,6 +182,15 @@ impl Linear {
         }
     }
 
+    /// `forward` of GELU(h): one op ([`crate::ops::gelu_frozen_linear`]) when this linear is not
+    /// adapted, GELU then `forward` when it is.
+    pub fn forward_gelu(&self, h: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        match deltas.get(&self.name) {
+            None => crate::ops::gelu_frozen_linear(h, &self.weight, self.bias.as_ref()),
+            Some(_) => self.forward(&crate::ops::gelu(h)?, deltas),
+        }
+    }
+
     /// Its [`LinearInfo`].
     pub fn info(&self) -> LinearInfo {
         let (rows, cols) = self.weight.dims2().unwrap_or((0, 0));

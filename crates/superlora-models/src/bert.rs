@@ -134,9 +134,9 @@ impl BertStack {
             let k = l.key.forward(&x, deltas)?;
             let v = l.value.forward(&x, deltas)?;
             let ctx = attention(&q, &k, &v, self.heads, Some(&bias))?;
-            x = l.norm1.forward(&(l.output.forward(&ctx, deltas)? + &x)?, eps)?;
-            let hmid = crate::ops::gelu(&l.ffn1.forward(&x, deltas)?)?;
-            x = l.norm2.forward(&(l.ffn2.forward(&hmid, deltas)? + &x)?, eps)?;
+            x = l.norm1.forward_sum(&l.output.forward(&ctx, deltas)?, &x, eps)?;
+            let h = l.ffn1.forward(&x, deltas)?;
+            x = l.norm2.forward_sum(&l.ffn2.forward_gelu(&h, deltas)?, &x, eps)?;
         }
         Ok(x)
     }

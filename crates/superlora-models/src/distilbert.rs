@@ -153,9 +153,9 @@ impl DistilBert {
         for layer in &self.layers {
             let (q, k, v) = (layer.q.forward(&x, deltas)?, layer.k.forward(&x, deltas)?, layer.v.forward(&x, deltas)?);
             let ctx = attention(&q, &k, &v, c.n_heads, Some(&bias))?;
-            x = layer.sa_norm.forward(&(layer.out.forward(&ctx, deltas)? + &x)?, LN_EPS)?;
-            let hmid = crate::ops::gelu(&layer.lin1.forward(&x, deltas)?)?;
-            x = layer.out_norm.forward(&(layer.lin2.forward(&hmid, deltas)? + &x)?, LN_EPS)?;
+            x = layer.sa_norm.forward_sum(&layer.out.forward(&ctx, deltas)?, &x, LN_EPS)?;
+            let h = layer.lin1.forward(&x, deltas)?;
+            x = layer.out_norm.forward_sum(&layer.lin2.forward_gelu(&h, deltas)?, &x, LN_EPS)?;
         }
         Ok(x)
     }

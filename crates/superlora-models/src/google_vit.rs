@@ -206,7 +206,7 @@ impl GoogleVit {
             let a = attention(&q, &k, &v, self.config.num_attention_heads, None)?;
             x = (x + blk.output.forward(&a, deltas)?)?;
             let y = blk.norm2.forward(&x, eps)?;
-            x = (x + blk.fc2.forward(&crate::ops::gelu(&blk.fc1.forward(&y, deltas)?)?, deltas)?)?;
+            x = (x + blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?)?;
         }
         self.norm.forward(&x, eps)
     }

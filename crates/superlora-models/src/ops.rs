@@ -581,6 +581,82 @@ impl CustomOp2 for GeluGradOp {
     }
 }
 
+multiversion! {
+    /// d ← d·(Φ(x) + x·φ(x)) for each value of `x` and `d`: the GELU backward in place.
+    fn gelu_grad_in_place(x: &[f32], d: &mut [f32]) {
+        for (dv, &v) in d.iter_mut().zip(x) {
+            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * exp_nonpos(-0.5 * v * v);
+            *dv *= cdf + v * pdf;
+        }
+    }
+}
+
+/// y = GELU(h)·Wᵀ + b with W [N, K] and b [N] frozen (held by the op) and h [.., K] its input
+/// (f32, CPU): a frozen linear after the activation (the second FFN linear of BERT and ViT when
+/// it is not adapted). One node in candle's backward instead of two: GELU(h) lives only during
+/// the forward (no [.., K] activation kept for the backward, no zero-filled gradient and add for
+/// it), and the backward ∂h = (∂y·W) ⊙ GELU'(h) scales the product's output in place.
+struct GeluLinearOp {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl candle_core::CustomOp1 for GeluLinearOp {
+    fn name(&self) -> &'static str {
+        "superlora-gelu-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = "gelu linear";
+        let (n, k) = self.w.dims2()?;
+        let (m, rows) = row_view(l, k, what)?;
+        let h = f32_slice(s, &rows, what)?;
+        let a = par_filled(h.len(), GELU_CHUNK, |start, o| gelu_slice(&h[start..start + o.len()], o));
+        let out = with_f32(&self.w, what, |w| {
+            with_f32(&self.b, what, |b| product(m, k, n, View::rows(&a, k), View::transposed(w, k), Some(b), what))
+        })?;
+        Ok((CpuStorage::F32(out), with_last(l.shape().dims(), n)))
+    }
+
+    fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let what = "gelu linear grad";
+        let (n, k) = self.w.dims2()?;
+        let m = grad.elem_count() / n.max(1);
+        let h = h.contiguous()?;
+        let dh = with_f32(&grad.contiguous()?, what, |g| {
+            with_f32(&self.w, what, |w| {
+                with_f32(&h, what, |hv| {
+                    if hv.len() != m * k {
+                        candle_core::bail!("{what}: input of {} values for {m} rows of {k}", hv.len());
+                    }
+                    let mut d = product(m, n, k, View::rows(g, n), View::rows(w, k), None, what)?;
+                    d.par_chunks_mut(GELU_CHUNK)
+                        .zip(hv.par_chunks(GELU_CHUNK))
+                        .for_each(|(d, x)| gelu_grad_in_place(x, d));
+                    Ok(d)
+                })
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dh, h.dims(), h.device())?))
+    }
+}
+
+/// y = GELU(h)·Wᵀ + b with W and b frozen: one op on the CPU in f32 ([`GeluLinearOp`]),
+/// [`frozen_linear`] of [`gelu`] elsewhere (its oracle in the tests).
+pub fn gelu_frozen_linear(h: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !h.device().is_cpu() || h.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return frozen_linear(&gelu(h)?, w, b);
+    }
+    let bias = match b {
+        Some(b) => b.detach().contiguous()?,
+        None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+    };
+    let op = GeluLinearOp { w: w.detach().contiguous()?, b: bias };
+    Ok(h.contiguous()?.apply_op1(op)?)
+}
+
 /// GELU with the exact (erf) form, as BERT and DINOv2 use: a parallel f32 kernel on CPU,
 /// candle's `gelu_erf` elsewhere.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
@@ -643,15 +719,35 @@ fn lane_sum(n: usize, term: impl Fn(usize) -> f64) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
+/// LayerNorm of one row `x` into `o`.
+#[inline(always)]
+fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, o: &mut [f32]) {
+    let (mean, rstd) = row_stats(x, eps);
+    for (((o, &v), &gv), &bv) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+        *o = (v - mean) * rstd * gv + bv;
+    }
+}
+
+/// ∂x of LayerNorm for one row `x` with upstream gradient `dy`, into `o`.
+#[inline(always)]
+fn layer_norm_grad_row(x: &[f32], gamma: &[f32], dy: &[f32], eps: f64, o: &mut [f32]) {
+    let d = gamma.len();
+    let (mean, rstd) = row_stats(x, eps);
+    let s1 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]));
+    let s2 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]) * f64::from((x[i] - mean) * rstd));
+    let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
+    for (((o, &v), &gv), &g) in o.iter_mut().zip(x).zip(gamma).zip(dy) {
+        let xhat = (v - mean) * rstd;
+        *o = rstd * (gv * g - m1 - xhat * m2);
+    }
+}
+
 multiversion! {
     /// LayerNorm of each row of d = γ.len() values of `x` into `o`.
     fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, o: &mut [f32]) {
         let d = gamma.len();
         for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let (mean, rstd) = row_stats(x, eps);
-            for (((o, &v), &gv), &bv) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
-                *o = (v - mean) * rstd * gv + bv;
-            }
+            layer_norm_row(x, gamma, beta, eps, o);
         }
     }
 }
@@ -661,16 +757,135 @@ multiversion! {
     fn layer_norm_grad_rows(x: &[f32], gamma: &[f32], dy: &[f32], eps: f64, o: &mut [f32]) {
         let d = gamma.len();
         for ((o, x), dy) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
-            let (mean, rstd) = row_stats(x, eps);
-            let s1 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]));
-            let s2 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]) * f64::from((x[i] - mean) * rstd));
-            let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
-            for (((o, &v), &gv), &g) in o.iter_mut().zip(x).zip(gamma).zip(dy) {
-                let xhat = (v - mean) * rstd;
-                *o = rstd * (gv * g - m1 - xhat * m2);
-            }
+            layer_norm_grad_row(x, gamma, dy, eps, o);
         }
     }
+}
+
+multiversion! {
+    /// LayerNorm of a + r, row by row (d = γ.len()), into `o`; `s` is a scratch row of d.
+    fn layer_norm_sum_rows(a: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f64, s: &mut [f32], o: &mut [f32]) {
+        let d = gamma.len();
+        for ((o, a), r) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(r.chunks_exact(d)) {
+            s.iter_mut().zip(a).zip(r).for_each(|((s, &a), &r)| *s = a + r);
+            layer_norm_row(s, gamma, beta, eps, o);
+        }
+    }
+}
+
+multiversion! {
+    /// ∂x of LayerNorm at x = a + r, row by row (d = γ.len()), into `o`; `s` is a scratch row.
+    fn layer_norm_sum_grad_rows(a: &[f32], r: &[f32], gamma: &[f32], dy: &[f32], eps: f64, s: &mut [f32], o: &mut [f32]) {
+        let d = gamma.len();
+        for (((o, a), r), dy) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(r.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+            s.iter_mut().zip(a).zip(r).for_each(|((s, &a), &r)| *s = a + r);
+            layer_norm_grad_row(s, gamma, dy, eps, o);
+        }
+    }
+}
+
+/// LayerNorm(a + r) with frozen γ, β (held by the op): the residual add of a post-LN block and
+/// its norm as one node (BERT's `norm(sublayer(x) + x)`). The sum is never stored: the forward
+/// forms each row in a scratch row, the backward forms it again; ∂a = ∂r = ∂x of the LayerNorm.
+/// Bit for bit the two ops it replaces (test `layer_norm_of_a_sum_equals_add_then_layer_norm`).
+struct LayerNormSumOp {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f64,
+}
+
+impl LayerNormSumOp {
+    /// a, r (and ∂y) as rows of d, checked.
+    fn check(&self, a: &[f32], r: &[f32], d: usize, what: &str) -> candle_core::Result<()> {
+        if d == 0 || a.len() != r.len() || !a.len().is_multiple_of(d) {
+            candle_core::bail!("{what}: inputs of {} and {} values for rows of {d}", a.len(), r.len());
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp2 for LayerNormSumOp {
+    fn name(&self) -> &'static str {
+        "superlora-layer-norm-of-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a_s: &CpuStorage,
+        al: &Layout,
+        r_s: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = "layer norm of a sum";
+        let (a, r) = (f32_slice(a_s, al, what)?, f32_slice(r_s, rl, what)?);
+        let eps = self.eps;
+        let out = with_f32(&self.gamma, what, |g| {
+            with_f32(&self.beta, what, |b| {
+                let d = g.len();
+                self.check(a, r, d, what)?;
+                if b.len() != d || al.shape() != rl.shape() || al.shape().dims().last() != Some(&d) {
+                    candle_core::bail!("{what}: {:?} + {:?} does not end in the {d} of γ/β", al.shape(), rl.shape());
+                }
+                Ok(par_filled(a.len(), d * ROWS_PER_TASK, |start, o| {
+                    let end = start + o.len();
+                    let mut s = vec![0f32; d];
+                    layer_norm_sum_rows(&a[start..end], &r[start..end], g, b, eps, &mut s, o);
+                }))
+            })
+        })?;
+        Ok((CpuStorage::F32(out), al.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let what = "layer norm of a sum grad";
+        let (a, r, grad) = (a.contiguous()?, r.contiguous()?, grad.contiguous()?);
+        let eps = self.eps;
+        let dx = with_f32(&a, what, |av| {
+            with_f32(&r, what, |rv| {
+                with_f32(&grad, what, |dy| {
+                    with_f32(&self.gamma, what, |g| {
+                        let d = g.len();
+                        self.check(av, rv, d, what)?;
+                        if dy.len() != av.len() {
+                            candle_core::bail!("{what}: {} gradients for {} values", dy.len(), av.len());
+                        }
+                        Ok(par_filled(av.len(), d * ROWS_PER_TASK, |start, o| {
+                            let end = start + o.len();
+                            let mut s = vec![0f32; d];
+                            layer_norm_sum_grad_rows(
+                                &av[start..end],
+                                &rv[start..end],
+                                g,
+                                &dy[start..end],
+                                eps,
+                                &mut s,
+                                o,
+                            );
+                        }))
+                    })
+                })
+            })
+        })?;
+        let dx = Tensor::from_vec(dx, a.dims(), a.device())?;
+        Ok((Some(dx.clone()), Some(dx)))
+    }
+}
+
+/// LayerNorm(a + r) over the last dim with frozen γ, β: one op on CPU in f32
+/// ([`LayerNormSumOp`]), [`layer_norm`] of the sum elsewhere (its oracle in the tests).
+pub fn layer_norm_of_sum(a: &Tensor, r: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(cpu_f32(a) && cpu_f32(r) && cpu_f32(gamma) && cpu_f32(beta)) || a.dims() != r.dims() {
+        return layer_norm(&(a + r)?, gamma, beta, eps);
+    }
+    let op = LayerNormSumOp { gamma: gamma.detach().contiguous()?, beta: beta.detach().contiguous()?, eps };
+    Ok(a.contiguous()?.apply_op2(&r.contiguous()?, op)?)
 }
 
 /// LayerNorm with frozen γ, β as one op (forward and backward one pass over each row).
@@ -880,6 +1095,11 @@ impl Norm {
     /// LayerNorm of `x` over its last dim.
     pub fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
         layer_norm(x, &self.gamma, &self.beta, eps)
+    }
+
+    /// LayerNorm of a + r (a post-LN residual block) as one op: [`layer_norm_of_sum`].
+    pub fn forward_sum(&self, a: &Tensor, r: &Tensor, eps: f64) -> Result<Tensor> {
+        layer_norm_of_sum(a, r, &self.gamma, &self.beta, eps)
     }
 }
 

@@ -361,7 +361,7 @@ impl Vit {
             let a = blk.output.forward(&attention(&q, &k, &v, self.config.heads, None)?, deltas)?;
             x = (x + a.broadcast_mul(&blk.scale1)?)?;
             let y = blk.norm2.forward(&x, eps)?;
-            let m = blk.fc2.forward(&crate::ops::gelu(&blk.fc1.forward(&y, deltas)?)?, deltas)?;
+            let m = blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?;
             x = (x + m.broadcast_mul(&blk.scale2)?)?;
         }
         self.norm.forward(&x, eps)

@@ -179,6 +179,63 @@ fn composed_linears_equal_the_cpu_ops_with_gradients() {
     }
 }
 
+/// GELU then a frozen linear as one op against the two ops it replaces: the same values and ∂h
+/// bit for bit (the same product and the same GELU arithmetic), in shapes that leave partial
+/// GELU chunks and rows, with and without a bias; W and b get no gradient.
+#[test]
+fn gelu_frozen_linear_equals_gelu_then_frozen_linear_bit_for_bit() {
+    use superlora_models::ops::{gelu, gelu_frozen_linear};
+    for (rows, k, n) in [(3, 5, 4), (70, 300, 33), (9, 1536, 384)] {
+        let h = Var::from_tensor(&(seeded(&[rows, k], 1) * 2.0).unwrap()).unwrap();
+        let w = Var::from_tensor(&(seeded(&[n, k], 2) * 0.1).unwrap()).unwrap();
+        let b = Var::from_tensor(&seeded(&[n], 3)).unwrap();
+        let c = seeded(&[rows, n], 4);
+        for bias in [Some(b.as_tensor()), None] {
+            let fused = gelu_frozen_linear(h.as_tensor(), w.as_tensor(), bias).unwrap();
+            let plain = frozen_linear(&gelu(h.as_tensor()).unwrap(), w.as_tensor(), bias).unwrap();
+            assert_eq!(fused.dims(), &[rows, n]);
+            assert_eq!(maxdiff(&fused, &plain), 0.0, "{rows}x{k}x{n}: values differ");
+            let gf = fused.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+            let gp = plain.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+            let (df, dp) = (gf.get(h.as_tensor()).unwrap(), gp.get(h.as_tensor()).unwrap());
+            assert_eq!(maxdiff(df, dp), 0.0, "{rows}x{k}x{n}: ∂h differs");
+            assert!(df.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+            for frozen in [&w, &b] {
+                assert!(gf.get(frozen.as_tensor()).is_none(), "a frozen tensor got a gradient");
+            }
+        }
+    }
+}
+
+/// LayerNorm(a + r) as one op against the add and the LayerNorm it replaces: values, ∂a and ∂r
+/// bit for bit; γ and β get no gradient.
+#[test]
+fn layer_norm_of_a_sum_equals_add_then_layer_norm() {
+    use superlora_models::ops::{layer_norm, layer_norm_of_sum};
+    for (rows, d) in [(3, 5), (70, 384), (130, 24)] {
+        let a = Var::from_tensor(&seeded(&[rows, d], 1)).unwrap();
+        let r = Var::from_tensor(&(seeded(&[rows, d], 2) * 3.0).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&seeded(&[d], 3)).unwrap();
+        let beta = Var::from_tensor(&seeded(&[d], 4)).unwrap();
+        let c = seeded(&[rows, d], 5);
+        let fused =
+            layer_norm_of_sum(a.as_tensor(), r.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-12).unwrap();
+        let sum = (a.as_tensor() + r.as_tensor()).unwrap();
+        let plain = layer_norm(&sum, gamma.as_tensor(), beta.as_tensor(), 1e-12).unwrap();
+        assert_eq!(maxdiff(&fused, &plain), 0.0, "{rows}x{d}: values differ");
+        let gf = fused.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = plain.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &r] {
+            let (df, dp) = (gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+            assert_eq!(maxdiff(df, dp), 0.0, "{rows}x{d}: a gradient differs");
+            assert!(df.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        }
+        for frozen in [&gamma, &beta] {
+            assert!(gf.get(frozen.as_tensor()).is_none(), "γ or β got a gradient");
+        }
+    }
+}
+
 /// The vectorisable e^x of GELU and softmax against f64's, over its whole range and its edges.
 #[test]
 fn exp_nonpos_matches_f64() {
