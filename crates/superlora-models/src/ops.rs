@@ -121,12 +121,6 @@ struct LowRankLinearOp {
     b: Tensor,
 }
 
-/// The contiguous f32 values of a CPU tensor, copied (frozen W and b held by an op).
-fn held(t: &Tensor, what: &str) -> candle_core::Result<Vec<f32>> {
-    let v = t.flatten_all()?.to_vec1::<f32>();
-    v.map_err(|e| candle_core::Error::Msg(format!("low-rank linear: {what}: {e}")))
-}
-
 impl CustomOp3 for LowRankLinearOp {
     fn name(&self) -> &'static str {
         "superlora-low-rank-linear"
@@ -233,14 +227,11 @@ impl CustomOp2 for AdaptedLinearOp {
         let w = f32_slice(ws, wl, "adapted linear")?;
         let w_eff: Vec<f32> = w.iter().zip(delta).map(|(a, b)| a + b).collect();
         let (m, x2) = row_view(xl, k, "adapted linear")?;
-        let w_layout = Layout::contiguous((n, k)).transpose(0, 1)?;
-        let mut out = xs.matmul(&CpuStorage::F32(w_eff), (1, m, n, k), &x2, &w_layout)?;
-        let bias = held(&self.b, "b")?;
-        match &mut out {
-            CpuStorage::F32(o) => add_rows(o, &bias),
-            _ => candle_core::bail!("adapted linear: f32 only"),
-        }
-        Ok((out, with_last(xl.shape().dims(), n)))
+        let x = f32_slice(xs, &x2, "adapted linear")?;
+        let out = with_f32(&self.b, "adapted linear", |b| {
+            product(m, k, n, View::rows(x, k), View::transposed(&w_eff, k), Some(b), "adapted linear")
+        })?;
+        Ok((CpuStorage::F32(out), with_last(xl.shape().dims(), n)))
     }
 
     fn bwd(
@@ -252,11 +243,21 @@ impl CustomOp2 for AdaptedLinearOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, k) = self.w.dims2()?;
         let m = x.elem_count() / k.max(1);
-        let (x2, g2) = (x.detach().reshape((m, k))?, grad.detach().contiguous()?.reshape((m, n))?);
+        let what = "adapted linear grad";
         let w_eff = (&self.w + delta.detach())?;
-        let dx = g2.matmul(&w_eff)?.reshape(x.dims())?;
-        let dd = g2.t()?.matmul(&x2)?;
-        Ok((Some(dx), Some(dd)))
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        // ∂x = ∂y·(W + ΔW) [M, K] and ∂ΔW = ∂yᵀ·x [N, K], neither zero-filled first.
+        let (dx, dd) = with_f32(&grad, what, |g| {
+            with_f32(&x, what, |xv| {
+                with_f32(&w_eff, what, |w| {
+                    let dx = product(m, n, k, View::rows(g, n), View::rows(w, k), None, what)?;
+                    let dd = product(n, m, k, View::transposed(g, n), View::rows(xv, k), None, what)?;
+                    Ok((dx, dd))
+                })
+            })
+        })?;
+        let dx = Tensor::from_vec(dx, x.dims(), x.device())?;
+        Ok((Some(dx), Some(Tensor::from_vec(dd, (n, k), x.device())?)))
     }
 }
 
