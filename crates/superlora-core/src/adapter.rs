@@ -107,7 +107,12 @@ impl SuperLora {
     /// x_g: the n_g values the factorization of group `g` produces.
     pub fn group_values(&self, g: usize) -> Result<Tensor> {
         let (gp, gr) = self.group(g)?;
-        let x = gr.vars.generate()?;
+        self.values_of(gp, gr.vars.generate()?)
+    }
+
+    /// x_g from a generated X_g: cropped to the layer (natural fold, 2-D), flattened, the first
+    /// n_g values.
+    fn values_of(&self, gp: &GroupPlan, x: Tensor) -> Result<Tensor> {
         let x = if x.rank() == 2 && self.plan.config.fold == crate::config::Fold::Natural {
             crop(&x, &gp.sides)?
         } else {
@@ -143,26 +148,44 @@ impl SuperLora {
     /// layer is cut out of a shared group, so the ΔW stay attached to the graph and `backward` has
     /// nothing left to do. Otherwise the ΔW are detached leaves (a two-stage backward).
     pub fn forward_tape(&self) -> Result<DeltaTape> {
-        let updates = (0..self.groups.len()).map(|g| self.group_update(g)).collect::<Result<Vec<_>>>()?;
         let one_to_one = self.plan.groups.len() == self.plan.layers.len()
             && self.plan.groups.iter().all(|g| g.segments.len() == 1 && g.segments[0].len == g.len);
         if one_to_one {
+            let updates = (0..self.groups.len()).map(|g| self.group_update(g)).collect::<Result<Vec<_>>>()?;
             let deltas =
                 (0..self.plan.layers.len()).map(|l| self.assemble_layer(l, &updates)).collect::<Result<_>>()?;
             return Ok(DeltaTape {
                 plan: self.plan.clone(),
                 vars: Vec::new(),
-                updates: Vec::new(),
+                gens: Vec::new(),
+                projections: Vec::new(),
                 deltas,
                 low_rank: None,
                 leaves: false,
             });
         }
-        let detached: Vec<Tensor> = updates.iter().map(Tensor::detach).collect();
+        // Two stages: X_g keeps its graph to the trainable tensors; everything after it (crop,
+        // projection, the cut into layers) runs detached, and the backward applies its adjoint
+        // by hand (`DeltaTape::backward`).
+        let gens = self.groups.iter().map(|gr| gr.vars.generate()).collect::<Result<Vec<_>>>()?;
+        let detached = (0..self.groups.len())
+            .map(|g| {
+                let x = self.values_of(&self.plan.groups[g], gens[g].detach())?;
+                self.groups[g].projection.apply(&x)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let deltas = (0..self.plan.layers.len())
             .map(|l| Ok(Var::from_tensor(&self.assemble_layer(l, &detached)?)?.as_tensor().clone()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(DeltaTape { plan: self.plan.clone(), vars: self.vars(), updates, deltas, low_rank: None, leaves: true })
+        Ok(DeltaTape {
+            plan: self.plan.clone(),
+            vars: self.vars(),
+            gens,
+            projections: self.groups.iter().map(|gr| gr.projection.clone()).collect(),
+            deltas,
+            low_rank: None,
+            leaves: true,
+        })
     }
 
     /// The training tape: [`Self::forward_tape`], except that an adapter that is exactly
@@ -176,7 +199,8 @@ impl SuperLora {
             Some(low_rank) if !dense_forced => Ok(DeltaTape {
                 plan: self.plan.clone(),
                 vars: Vec::new(),
-                updates: Vec::new(),
+                gens: Vec::new(),
+                projections: Vec::new(),
                 deltas: Vec::new(),
                 low_rank: Some(low_rank),
                 leaves: false,
@@ -256,6 +280,23 @@ impl SuperLora {
     }
 }
 
+/// The adjoint of [`SuperLora::values_of`]: ∂X_g (shape `x_dims`) from ∂x_g (n_g values), zero
+/// where the crop or the cut dropped entries of X_g.
+fn values_adjoint(plan: &Plan, gp: &GroupPlan, x_dims: &[usize], gx: &Tensor) -> Result<Tensor> {
+    let natural = x_dims.len() == 2 && plan.config.fold == crate::config::Fold::Natural;
+    let cropped: Vec<usize> =
+        if natural { x_dims.iter().zip(&gp.sides).map(|(&d, &s)| d.min(s)).collect() } else { x_dims.to_vec() };
+    let flat: usize = cropped.iter().product();
+    let g = if flat > gp.n { gx.pad_with_zeros(0, 0, flat - gp.n)? } else { gx.clone() };
+    let mut g = g.reshape(cropped.as_slice())?;
+    for (m, (&d, &c)) in x_dims.iter().zip(&cropped).enumerate() {
+        if d > c {
+            g = g.pad_with_zeros(m, 0, d - c)?;
+        }
+    }
+    Ok(g)
+}
+
 /// Crops a 2-D tensor to `sides` (natural fold with a Kronecker product larger than the matrix).
 fn crop(x: &Tensor, sides: &[usize]) -> Result<Tensor> {
     let mut x = x.clone();
@@ -284,12 +325,15 @@ impl LowRankDelta {
     }
 }
 
-/// The per-layer ΔW of one forward pass, and the group updates (with their graph) they were cut
-/// from. See [`SuperLora::forward_tape`] and [`SuperLora::training_tape`].
+/// The per-layer ΔW of one forward pass, and the generated group tensors X_g (with their graph)
+/// they were made from. See [`SuperLora::forward_tape`] and [`SuperLora::training_tape`].
 pub struct DeltaTape {
     plan: Plan,
     vars: Vec<Var>,
-    updates: Vec<Tensor>,
+    /// X_g per group, attached to the trainable tensors (empty when the ΔW are attached).
+    gens: Vec<Tensor>,
+    /// F_g per group, for its adjoint in the backward.
+    projections: Vec<GroupProjection>,
     deltas: Vec<Tensor>,
     low_rank: Option<Vec<LowRankDelta>>,
     leaves: bool,
@@ -321,8 +365,10 @@ impl DeltaTape {
 
     /// Completes the backward pass: `grads` (from the model's `loss.backward()`) comes back with
     /// the adapter's trainable tensors' gradients in it. For detached ΔW, per group the layer
-    /// gradients are cut to the group's segments and concatenated into ∂L/∂v_g (times α), and one
-    /// backward of Σ_g ⟨v_g, ∂L/∂v_g⟩ yields ∂L/∂θ. Layers without a gradient count as zero.
+    /// gradients are cut to the group's segments and concatenated into ∂L/∂v_g (times α), taken
+    /// back through the projection (∂L/∂x_g = F_gᵀ·∂L/∂v_g) and the crop and cut (zeros where
+    /// X_g's entries were dropped) to ∂L/∂X_g, all by hand; then one backward of
+    /// Σ_g ⟨X_g, ∂L/∂X_g⟩ yields ∂L/∂θ. Layers without a gradient count as zero.
     pub fn backward(&self, mut grads: GradStore) -> Result<GradStore> {
         if !self.leaves {
             return Ok(grads);
@@ -330,18 +376,23 @@ impl DeltaTape {
         let scale = self.plan.config.scale;
         let mut surrogate: Option<Tensor> = None;
         for (g, group) in self.plan.groups.iter().enumerate() {
-            let update = &self.updates[g];
+            let x = &self.gens[g];
             let mut pieces = Vec::with_capacity(group.segments.len());
             for s in &group.segments {
                 let piece = match grads.get(&self.deltas[s.layer]) {
                     Some(dw) => dw.flatten_all()?.narrow(0, s.layer_offset, s.len)?,
-                    None => Tensor::zeros(s.len, update.dtype(), update.device())?,
+                    None => Tensor::zeros(s.len, x.dtype(), x.device())?,
                 };
                 pieces.push(piece);
             }
             let gv = if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces, 0)? };
-            let gv = if scale == 1.0 { gv } else { gv.affine(scale, 0.0)? };
-            let term = update.mul(&gv.detach())?.sum_all()?;
+            let gv = if scale == 1.0 { gv } else { gv.affine(scale, 0.0)? }.detach();
+            let gx = match &self.projections[g] {
+                GroupProjection::Identity => gv,
+                p => p.apply_transpose(&gv)?.detach(),
+            };
+            let gx = values_adjoint(&self.plan, group, x.dims(), &gx)?;
+            let term = dot_const(x, &gx)?;
             surrogate = Some(match surrogate {
                 None => term,
                 Some(acc) => (acc + term)?,
@@ -361,5 +412,111 @@ impl DeltaTape {
             }
         }
         Ok(grads)
+    }
+}
+
+/// ⟨u, c⟩ = Σ u ⊙ c with c held constant, as one node: its backward gives ∂u = g·c, and c itself
+/// when g = 1 (the surrogate's case), so the ΔW-sized gradient costs no pass at all. `u.mul(c)`
+/// then `sum_all` left candle two ΔW-sized nodes on the calling thread: a product, its
+/// zero-filled gradient and the broadcast of the scalar gradient. Bit for bit the same ∂u
+/// (g·c with g = 1 is c). Other devices take the composed path. The value itself (which nothing
+/// reads but a test) is summed over 8 lanes, so it may differ from `sum_all` in the last bits.
+fn dot_const(u: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if !u.device().is_cpu() || u.dims() != c.dims() || u.dtype() != c.dtype() {
+        return Ok(u.mul(c)?.sum_all()?);
+    }
+    Ok(u.contiguous()?.apply_op1(DotConst { c: c.contiguous()? })?)
+}
+
+/// Σ f(u_i, c_i) in f64 over 8 interleaved partial sums added in a fixed tree: a fixed order
+/// (the same value on every machine) that the compiler can keep in vector registers.
+fn lane_dot<T: Copy>(u: &[T], c: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let (uc, cc) = (u.chunks_exact(8), c.chunks_exact(8));
+    let (ur, cr) = (uc.remainder(), cc.remainder());
+    for (a, b) in uc.zip(cc) {
+        for k in 0..8 {
+            acc[k] += f(a[k], b[k]);
+        }
+    }
+    for (k, (&a, &b)) in ur.iter().zip(cr).enumerate() {
+        acc[k] += f(a, b);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// The op of [`dot_const`].
+struct DotConst {
+    c: Tensor,
+}
+
+impl candle_core::CustomOp1 for DotConst {
+    fn name(&self) -> &'static str {
+        "superlora-dot-const"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (cs, cl) = self.c.storage_and_layout();
+        let candle_core::Storage::Cpu(cs) = &*cs else { candle_core::bail!("dot: the constant is not on the CPU") };
+        let (Some((a0, a1)), Some((b0, b1))) = (l.contiguous_offsets(), cl.contiguous_offsets()) else {
+            candle_core::bail!("dot: inputs must be contiguous")
+        };
+        let out = match (s, cs) {
+            (CpuStorage::F32(u), CpuStorage::F32(c)) => {
+                CpuStorage::F32(vec![lane_dot(&u[a0..a1], &c[b0..b1], |a, b| f64::from(a * b)) as f32])
+            }
+            (CpuStorage::F64(u), CpuStorage::F64(c)) => {
+                CpuStorage::F64(vec![lane_dot(&u[a0..a1], &c[b0..b1], |a, b| a * b)])
+            }
+            _ => candle_core::bail!("dot: f32 or f64 with matching dtypes"),
+        };
+        Ok((out, candle_core::Shape::from(())))
+    }
+
+    fn bwd(&self, _u: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let one = grad.to_dtype(DType::F64)?.to_scalar::<f64>()? == 1.0;
+        Ok(Some(if one { self.c.clone() } else { self.c.broadcast_mul(grad)? }))
+    }
+}
+
+#[cfg(test)]
+mod dot_tests {
+    use super::*;
+
+    /// The one-node inner product against mul + sum_all: the same gradient bit for bit (for the
+    /// surrogate's g = 1 and for another g), a value within rounding, non-contiguous u too.
+    #[test]
+    fn dot_const_equals_mul_then_sum_with_gradients() {
+        let dev = Device::Cpu;
+        let vals = |n: usize, k: u32| -> Vec<f32> {
+            (0..n as u32).map(|i| ((i * 37 + k) % 101) as f32 / 50.0 - 1.0).collect()
+        };
+        let u = Var::from_vec(vals(6 * 7, 1), (6, 7), &dev).unwrap();
+        let c = Tensor::from_vec(vals(7 * 6, 2), (7, 6), &dev).unwrap();
+        for scale in [1.0, 2.5] {
+            let ut = u.as_tensor().t().unwrap();
+            let fast = (dot_const(&ut, &c).unwrap() * scale).unwrap();
+            let slow = (ut.mul(&c).unwrap().sum_all().unwrap() * scale).unwrap();
+            let (a, b) = (fast.to_scalar::<f32>().unwrap(), slow.to_scalar::<f32>().unwrap());
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            let (gf, gs) = (fast.backward().unwrap(), slow.backward().unwrap());
+            let bits = |g: &GradStore| -> Vec<u32> {
+                g.get(u.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(&gf), bits(&gs), "scale {scale}");
+        }
     }
 }
