@@ -694,28 +694,31 @@ const ROWS_PER_TASK: usize = 64;
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len() as f64;
-    let mean = lane_sum(x.len(), |i| f64::from(x[i])) / n;
-    let var = lane_sum(x.len(), |i| {
-        let c = f64::from(x[i]) - mean;
+    let mean = lane_sum(x, x, x, |v, _, _| f64::from(v)) / n;
+    let var = lane_sum(x, x, x, |v, _, _| {
+        let c = f64::from(v) - mean;
         c * c
     }) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-/// Σ_{i<n} term(i) in f64 over 8 interleaved partial sums (term i goes to sum i mod 8), added in
-/// a fixed tree at the end: the order is fixed (the same bits on every CPU and vector width), and
-/// the 8 independent chains vectorise where one sequential sum could not.
+/// Σ_i term(a_i, b_i, c_i) in f64 over 8 interleaved partial sums (term i goes to sum i mod 8),
+/// added in a fixed tree at the end: the order is fixed (the same bits on every CPU and vector
+/// width), and the 8 independent chains vectorise where one sequential sum could not. The terms
+/// are read as arrays of 8 (no bounds check per element), so the chains do become one vector
+/// register; read element by element through an index they stayed 8 scalar chains. The slices
+/// have equal lengths (callers pass rows of one width; the shortest bounds the sum).
 #[inline(always)]
-fn lane_sum(n: usize, term: impl Fn(usize) -> f64) -> f64 {
+fn lane_sum(a: &[f32], b: &[f32], c: &[f32], term: impl Fn(f32, f32, f32) -> f64) -> f64 {
     let mut acc = [0f64; 8];
-    let full = n - n % 8;
-    for base in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += term(base + l);
+    let ((a8, ar), (b8, br), (c8, cr)) = (a.as_chunks::<8>(), b.as_chunks::<8>(), c.as_chunks::<8>());
+    for ((x, y), z) in a8.iter().zip(b8).zip(c8) {
+        for l in 0..8 {
+            acc[l] += term(x[l], y[l], z[l]);
         }
     }
-    for (l, a) in acc.iter_mut().enumerate().take(n - full) {
-        *a += term(full + l);
+    for (l, ((&x, &y), &z)) in ar.iter().zip(br).zip(cr).enumerate() {
+        acc[l] += term(x, y, z);
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
@@ -734,8 +737,8 @@ fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, o: &mut [f32
 fn layer_norm_grad_row(x: &[f32], gamma: &[f32], dy: &[f32], eps: f64, o: &mut [f32]) {
     let d = gamma.len();
     let (mean, rstd) = row_stats(x, eps);
-    let s1 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]));
-    let s2 = lane_sum(d, |i| f64::from(gamma[i] * dy[i]) * f64::from((x[i] - mean) * rstd));
+    let s1 = lane_sum(gamma, dy, dy, |gv, g, _| f64::from(gv * g));
+    let s2 = lane_sum(gamma, dy, x, |gv, g, v| f64::from(gv * g) * f64::from((v - mean) * rstd));
     let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
     for (((o, &v), &gv), &g) in o.iter_mut().zip(x).zip(gamma).zip(dy) {
         let xhat = (v - mean) * rstd;
