@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::config::AdapterConfig;
 use crate::error::{Error, Result};
 use crate::factor::{FactorVars, Init};
+use crate::lanes::lane_sum;
 use crate::plan::{GroupPlan, LayerShape, Plan};
 use crate::projection::{self, GroupProjection};
 use crate::rng::{Purpose, stream};
@@ -420,29 +421,12 @@ impl DeltaTape {
 /// then `sum_all` left candle two ΔW-sized nodes on the calling thread: a product, its
 /// zero-filled gradient and the broadcast of the scalar gradient. Bit for bit the same ∂u
 /// (g·c with g = 1 is c). Other devices take the composed path. The value itself (which nothing
-/// reads but a test) is summed over 8 lanes, so it may differ from `sum_all` in the last bits.
+/// reads but a test) is a [`lane_sum`], so it may differ from `sum_all` in the last bits.
 fn dot_const(u: &Tensor, c: &Tensor) -> Result<Tensor> {
     if !u.device().is_cpu() || u.dims() != c.dims() || u.dtype() != c.dtype() {
         return Ok(u.mul(c)?.sum_all()?);
     }
     Ok(u.contiguous()?.apply_op1(DotConst { c: c.contiguous()? })?)
-}
-
-/// Σ f(u_i, c_i) in f64 over 8 interleaved partial sums added in a fixed tree: a fixed order
-/// (the same value on every machine) that the compiler can keep in vector registers.
-fn lane_dot<T: Copy>(u: &[T], c: &[T], f: impl Fn(T, T) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let (uc, cc) = (u.chunks_exact(8), c.chunks_exact(8));
-    let (ur, cr) = (uc.remainder(), cc.remainder());
-    for (a, b) in uc.zip(cc) {
-        for k in 0..8 {
-            acc[k] += f(a[k], b[k]);
-        }
-    }
-    for (k, (&a, &b)) in ur.iter().zip(cr).enumerate() {
-        acc[k] += f(a, b);
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
 /// The op of [`dot_const`].
@@ -468,10 +452,10 @@ impl candle_core::CustomOp1 for DotConst {
         };
         let out = match (s, cs) {
             (CpuStorage::F32(u), CpuStorage::F32(c)) => {
-                CpuStorage::F32(vec![lane_dot(&u[a0..a1], &c[b0..b1], |a, b| f64::from(a * b)) as f32])
+                CpuStorage::F32(vec![lane_sum(&u[a0..a1], &c[b0..b1], &c[b0..b1], |a, b, _| f64::from(a * b)) as f32])
             }
             (CpuStorage::F64(u), CpuStorage::F64(c)) => {
-                CpuStorage::F64(vec![lane_dot(&u[a0..a1], &c[b0..b1], |a, b| a * b)])
+                CpuStorage::F64(vec![lane_sum(&u[a0..a1], &c[b0..b1], &c[b0..b1], |a, b, _| a * b)])
             }
             _ => candle_core::bail!("dot: f32 or f64 with matching dtypes"),
         };

@@ -39,6 +39,7 @@ pub mod budget;
 pub mod config;
 pub mod error;
 pub mod factor;
+pub mod lanes;
 pub mod math;
 pub mod oracle;
 pub mod plan;

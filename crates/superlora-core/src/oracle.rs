@@ -16,6 +16,13 @@ use crate::projection::fourier::Fourier;
 use crate::projection::shuffle::Shuffle;
 use crate::projection::wht::wht_reference;
 
+/// The bit pattern of every value of `t`, row-major, each value widened to f64 first (exact for
+/// f32 and f64, so equal patterns mean equal values, and -0 differs from +0): for comparing a fast
+/// path with its oracle bit for bit.
+pub fn value_bits(t: &Tensor) -> Result<Vec<u64>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().map(|v| v.to_bits()).collect())
+}
+
 /// A dense row-major f64 tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dense {

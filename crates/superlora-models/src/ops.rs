@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Ten
 use crate::Result;
 use crate::dense::{View, par_filled, product, product_add};
 use crate::simd::multiversion;
+use superlora_core::lanes::lane_sum;
 
 /// `f` on the contiguous f32 values of a CPU tensor; an error naming `what` otherwise.
 fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
@@ -700,27 +701,6 @@ fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
         c * c
     }) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
-}
-
-/// Σ_i term(a_i, b_i, c_i) in f64 over 8 interleaved partial sums (term i goes to sum i mod 8),
-/// added in a fixed tree at the end: the order is fixed (the same bits on every CPU and vector
-/// width), and the 8 independent chains vectorise where one sequential sum could not. The terms
-/// are read as arrays of 8 (no bounds check per element), so the chains do become one vector
-/// register; read element by element through an index they stayed 8 scalar chains. The slices
-/// have equal lengths (callers pass rows of one width; the shortest bounds the sum).
-#[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], c: &[f32], term: impl Fn(f32, f32, f32) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let ((a8, ar), (b8, br), (c8, cr)) = (a.as_chunks::<8>(), b.as_chunks::<8>(), c.as_chunks::<8>());
-    for ((x, y), z) in a8.iter().zip(b8).zip(c8) {
-        for l in 0..8 {
-            acc[l] += term(x[l], y[l], z[l]);
-        }
-    }
-    for (l, ((&x, &y), &z)) in ar.iter().zip(br).zip(cr).enumerate() {
-        acc[l] += term(x, y, z);
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// LayerNorm of one row `x` into `o`.

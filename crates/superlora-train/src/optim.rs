@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Storage, Tensor, Var};
 use rayon::prelude::*;
+use superlora_core::lanes::lane_sum;
 
 use crate::{Error, Result};
 
@@ -187,19 +188,19 @@ impl AdamW {
     }
 }
 
-/// Σ x² over a tensor, in f64: per chunk of [`CHUNK`] elements over 8 interleaved partial sums
-/// added in a fixed tree, then the chunks in order. The order depends on neither the thread count
+/// Σ x² over a tensor, in f64: per chunk of [`CHUNK`] elements a [`lane_sum`] (a fixed order), then
+/// the chunks in order. The order depends on neither the thread count
 /// nor the CPU, so neither does the clipping factor. Off the CPU (or for other dtypes) candle's
 /// `sqr` + `sum_all` in f64.
 fn sum_of_squares(t: &Tensor) -> Result<f64> {
     let c = t.contiguous()?;
     let (storage, layout) = c.storage_and_layout();
     let parts: Option<Vec<f64>> = match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(x)), Some((a, b))) => {
-            Some(x[a..b].par_chunks(CHUNK).map(|ch| lane_sum(ch, |v| f64::from(v) * f64::from(v))).collect())
-        }
+        (Storage::Cpu(CpuStorage::F32(x)), Some((a, b))) => Some(
+            x[a..b].par_chunks(CHUNK).map(|ch| lane_sum(ch, ch, ch, |v, _, _| f64::from(v) * f64::from(v))).collect(),
+        ),
         (Storage::Cpu(CpuStorage::F64(x)), Some((a, b))) => {
-            Some(x[a..b].par_chunks(CHUNK).map(|ch| lane_sum(ch, |v| v * v)).collect())
+            Some(x[a..b].par_chunks(CHUNK).map(|ch| lane_sum(ch, ch, ch, |v, _, _| v * v)).collect())
         }
         _ => None,
     };
@@ -208,22 +209,6 @@ fn sum_of_squares(t: &Tensor) -> Result<f64> {
         Some(parts) => parts.iter().sum(),
         None => t.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
     })
-}
-
-/// Σ f(x) over `xs` in 8 interleaved partial sums, added in a fixed tree.
-fn lane_sum<T: Copy>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += f(c[k]);
-        }
-    }
-    for (k, &x) in rest.iter().enumerate() {
-        acc[k] += f(x);
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
 /// The numbers of one parameter's update, as the f64 values the composed ops receive.
@@ -413,15 +398,7 @@ mod tests {
     use candle_core::{DType, Device};
 
     fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
+        superlora_core::oracle::value_bits(t).unwrap()
     }
 
     /// The gradient norm's sum of squares against a plain f64 sum (within rounding), f32 and f64,

@@ -238,15 +238,7 @@ mod tests {
     use candle_core::Var;
 
     fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
+        crate::oracle::value_bits(t).unwrap()
     }
 
     /// The one-node product against the composed one: the same bits in the value and in both
