@@ -114,11 +114,12 @@ impl SuperLora {
     /// x_g from a generated X_g: cropped to the layer (natural fold, 2-D), flattened, the first
     /// n_g values.
     fn values_of(&self, gp: &GroupPlan, x: Tensor) -> Result<Tensor> {
-        let x = if x.rank() == 2 && self.plan.config.fold == crate::config::Fold::Natural {
-            crop(&x, &gp.sides)?
-        } else {
-            x
-        };
+        let mut x = x;
+        for (m, &side) in kept_sides(&self.plan, gp, x.dims()).iter().enumerate() {
+            if x.dim(m)? > side {
+                x = x.narrow(m, 0, side)?;
+            }
+        }
         let x = x.flatten_all()?;
         Ok(if x.elem_count() > gp.n { x.narrow(0, 0, gp.n)? } else { x })
     }
@@ -284,9 +285,7 @@ impl SuperLora {
 /// The adjoint of [`SuperLora::values_of`]: ∂X_g (shape `x_dims`) from ∂x_g (n_g values), zero
 /// where the crop or the cut dropped entries of X_g.
 fn values_adjoint(plan: &Plan, gp: &GroupPlan, x_dims: &[usize], gx: &Tensor) -> Result<Tensor> {
-    let natural = x_dims.len() == 2 && plan.config.fold == crate::config::Fold::Natural;
-    let cropped: Vec<usize> =
-        if natural { x_dims.iter().zip(&gp.sides).map(|(&d, &s)| d.min(s)).collect() } else { x_dims.to_vec() };
+    let cropped = kept_sides(plan, gp, x_dims);
     let flat: usize = cropped.iter().product();
     let g = if flat > gp.n { gx.pad_with_zeros(0, 0, flat - gp.n)? } else { gx.clone() };
     let mut g = g.reshape(cropped.as_slice())?;
@@ -298,15 +297,15 @@ fn values_adjoint(plan: &Plan, gp: &GroupPlan, x_dims: &[usize], gx: &Tensor) ->
     Ok(g)
 }
 
-/// Crops a 2-D tensor to `sides` (natural fold with a Kronecker product larger than the matrix).
-fn crop(x: &Tensor, sides: &[usize]) -> Result<Tensor> {
-    let mut x = x.clone();
-    for (m, &s) in sides.iter().enumerate() {
-        if x.dim(m)? > s {
-            x = x.narrow(m, 0, s)?;
-        }
+/// The sides of X_g (shape `x_dims`) that x_g is read from: a 2-D X_g of the natural fold is
+/// cropped to the layer's sides (a Kronecker product can be larger than the matrix), anything
+/// else is kept whole.
+fn kept_sides(plan: &Plan, gp: &GroupPlan, x_dims: &[usize]) -> Vec<usize> {
+    if x_dims.len() == 2 && plan.config.fold == crate::config::Fold::Natural {
+        x_dims.iter().zip(&gp.sides).map(|(&d, &s)| d.min(s)).collect()
+    } else {
+        x_dims.to_vec()
     }
-    Ok(x)
 }
 
 /// ΔW_l = P·Qᵀ of one layer of a weight-wise LoRA adapter, kept factored
