@@ -45,6 +45,132 @@ fn with_last(dims: &[usize], n: usize) -> Shape {
     Shape::from(shape)
 }
 
+/// The adapter of one linear, as values: none, ΔW = P·Qᵀ kept factored (P [N, r], Q [K, r]), or
+/// ΔW [N, K] formed.
+#[derive(Clone, Copy)]
+pub(crate) enum AdapterValues<'a> {
+    /// Frozen.
+    None,
+    /// ΔW = P·Qᵀ.
+    LowRank { p: &'a [f32], q: &'a [f32], r: usize },
+    /// ΔW.
+    Dense(&'a [f32]),
+}
+
+impl AdapterValues<'_> {
+    /// Trainable values it holds (the length of its gradient: P then Q, or ΔW).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            AdapterValues::None => 0,
+            AdapterValues::LowRank { p, q, .. } => p.len() + q.len(),
+            AdapterValues::Dense(d) => d.len(),
+        }
+    }
+}
+
+/// Where a linear's backward puts ∂x.
+pub(crate) enum Dx<'a> {
+    /// Nowhere (nothing trained feeds x).
+    Skip,
+    /// A new vector.
+    New,
+    /// Added onto this [M, K] gradient in place (no zero-filled vector, no separate add).
+    AddTo(&'a mut [f32]),
+}
+
+/// One linear on row-major f32 values: y = x·(W + ΔW)ᵀ + b, W [N, K] and b [N] frozen, ΔW from
+/// `adapter` (for a low-rank ΔW: x·Wᵀ + (x·Q)·Pᵀ, never forming ΔW). Shared by the linear ops
+/// below and the one-node encoder block ([`crate::block`]).
+pub(crate) struct LinearValues<'a> {
+    pub(crate) w: &'a [f32],
+    pub(crate) b: &'a [f32],
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) adapter: AdapterValues<'a>,
+}
+
+impl LinearValues<'_> {
+    /// W + ΔW when ΔW is formed, W otherwise.
+    fn effective(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.adapter {
+            AdapterValues::Dense(d) => self.w.iter().zip(d).map(|(a, b)| a + b).collect::<Vec<f32>>().into(),
+            _ => self.w.into(),
+        }
+    }
+
+    /// y [M, N] for the rows x [M, K].
+    pub(crate) fn forward(&self, x: &[f32], m: usize, what: &str) -> candle_core::Result<Vec<f32>> {
+        let (n, k) = (self.n, self.k);
+        // b̂ + x·Wᵀ (W + ΔW when formed), then for a factored ΔW + (x·Q)·Pᵀ onto the same output.
+        let w = self.effective();
+        let mut out = product(m, k, n, View::rows(x, k), View::transposed(&w, k), Some(self.b), what)?;
+        if let AdapterValues::LowRank { p, q, r } = self.adapter {
+            let xq = product(m, k, r, View::rows(x, k), View::rows(q, r), None, what)?;
+            product_add(&mut out, m, r, n, View::rows(&xq, r), View::transposed(p, r), what)?;
+        }
+        Ok(out)
+    }
+
+    /// The backward for the upstream gradient g [M, N] at input x [M, K]: ∂x = g·(W + ΔW) (for a
+    /// factored ΔW: g·W + (g·P)·Qᵀ) as `dx` says, returned when [`Dx::New`]; the adapter's
+    /// gradient written into `dadapter` (its [`AdapterValues::len`]): ∂P = gᵀ·(x·Q), ∂Q = xᵀ·(g·P),
+    /// or ∂ΔW = gᵀ·x.
+    pub(crate) fn backward(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        m: usize,
+        dx: Dx<'_>,
+        dadapter: &mut [f32],
+        what: &str,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let (n, k) = (self.n, self.k);
+        if dadapter.len() != self.adapter.len() {
+            candle_core::bail!("{what}: {} adapter gradients for {} values", dadapter.len(), self.adapter.len());
+        }
+        let gp = match self.adapter {
+            AdapterValues::LowRank { p, r, .. } => {
+                Some(product(m, n, r, View::rows(g, n), View::rows(p, r), None, what)?)
+            }
+            _ => None,
+        };
+        let w = self.effective();
+        let low_rank_onto = |d: &mut [f32]| -> candle_core::Result<()> {
+            if let (Some(gp), AdapterValues::LowRank { q, r, .. }) = (&gp, self.adapter) {
+                product_add(d, m, r, k, View::rows(gp, r), View::transposed(q, r), what)?;
+            }
+            Ok(())
+        };
+        let out = match dx {
+            Dx::Skip => None,
+            Dx::New => {
+                let mut d = product(m, n, k, View::rows(g, n), View::rows(&w, k), None, what)?;
+                low_rank_onto(&mut d)?;
+                Some(d)
+            }
+            Dx::AddTo(d) => {
+                product_add(d, m, n, k, View::rows(g, n), View::rows(&w, k), what)?;
+                low_rank_onto(d)?;
+                None
+            }
+        };
+        match (self.adapter, &gp) {
+            (AdapterValues::LowRank { p, q, r }, Some(gp)) => {
+                let xq = product(m, k, r, View::rows(x, k), View::rows(q, r), None, what)?;
+                let dp = product(n, m, r, View::transposed(g, n), View::rows(&xq, r), None, what)?;
+                let dq = product(k, m, r, View::transposed(x, k), View::rows(gp, r), None, what)?;
+                dadapter[..p.len()].copy_from_slice(&dp);
+                dadapter[p.len()..p.len() + q.len()].copy_from_slice(&dq);
+            }
+            (AdapterValues::Dense(_), _) => {
+                dadapter.copy_from_slice(&product(n, m, k, View::transposed(g, n), View::rows(x, k), None, what)?);
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+}
+
 /// x·Wᵀ + b on CPU with W and b frozen (backward gives ∂x only). x: [.., K] (contiguous; every
 /// leading dim is a row, so no reshape node sits on either side: each node costs candle's
 /// backward a zero-filled gradient and an add), W: [N, K], b: [N]; y: [.., N].
@@ -73,9 +199,15 @@ impl CustomOp3 for FrozenLinearOp {
             && wl.is_contiguous()
         {
             // b̂ + x·Wᵀ in one product, no zero-filled output and no separate bias pass.
-            let (xv, wv) = (f32_slice(x, &x2, "frozen linear")?, f32_slice(w, wl, "frozen linear")?);
-            let bias = f32_slice(b, bl, "frozen linear")?;
-            let out = product(m, k, n, View::rows(xv, k), View::transposed(wv, k), Some(bias), "frozen linear")?;
+            let what = "frozen linear";
+            let lin = LinearValues {
+                w: f32_slice(w, wl, what)?,
+                b: f32_slice(b, bl, what)?,
+                n,
+                k,
+                adapter: AdapterValues::None,
+            };
+            let out = lin.forward(f32_slice(x, &x2, what)?, m, what)?;
             return Ok((CpuStorage::F32(out), with_last(xl.shape().dims(), n)));
         }
         let mut out = x.matmul(w, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
@@ -94,19 +226,27 @@ impl CustomOp3 for FrozenLinearOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let n = w.dim(0)?;
+        if !x.track_op() {
+            return Ok((None, None, None));
+        }
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let k = w.dim(1)?;
             let m = grad.elem_count() / n.max(1);
-            let dx = with_f32(&grad.contiguous()?, "frozen linear grad", |g| {
-                with_f32(&w.contiguous()?, "frozen linear grad", |w| {
-                    product(m, n, k, View::rows(g, n), View::rows(w, k), None, "frozen linear grad")
+            let what = "frozen linear grad";
+            let dx = with_f32(&grad.contiguous()?, what, |g| {
+                with_f32(&w.contiguous()?, what, |w| {
+                    with_f32(&b.contiguous()?, what, |b| {
+                        let lin = LinearValues { w, b, n, k, adapter: AdapterValues::None };
+                        lin.backward(&[], g, m, Dx::New, &mut [], what)
+                    })
                 })
             })?;
+            let dx = dx.ok_or_else(|| candle_core::Error::Msg(format!("{what}: no ∂x")))?;
             return Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), None, None));
         }
         let g2 = grad.contiguous()?.reshape((grad.elem_count() / n.max(1), n))?;
@@ -150,12 +290,11 @@ impl CustomOp3 for LowRankLinearOp {
         let (m, x2) = row_view(xl, k, "low-rank linear")?;
         let what = "low-rank linear";
         let (x, p, q) = (f32_slice(xs, &x2, what)?, f32_slice(ps, pl, what)?, f32_slice(qs, ql, what)?);
-        // b̂ + x·Wᵀ, then x·Q [M, r], then + (x·Q)·Pᵀ onto the same output.
-        let mut out = with_f32(&self.w, what, |w| {
-            with_f32(&self.b, what, |b| product(m, k, n, View::rows(x, k), View::transposed(w, k), Some(b), what))
+        let out = with_f32(&self.w, what, |w| {
+            with_f32(&self.b, what, |b| {
+                LinearValues { w, b, n, k, adapter: AdapterValues::LowRank { p, q, r } }.forward(x, m, what)
+            })
         })?;
-        let xq = product(m, k, r, View::rows(x, k), View::rows(q, r), None, what)?;
-        product_add(&mut out, m, r, n, View::rows(&xq, r), View::transposed(p, r), what)?;
         Ok((CpuStorage::F32(out), with_last(xl.shape().dims(), n)))
     }
 
@@ -169,27 +308,32 @@ impl CustomOp3 for LowRankLinearOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, k) = self.w.dims2()?;
         let m = x.elem_count() / k.max(1);
-        let (x2, g2) = (x.detach().reshape((m, k))?, grad.detach().contiguous()?.reshape((m, n))?);
-        let (p, q) = (p.detach(), q.detach());
         let r = q.dim(1)?;
-        let gp = g2.matmul(&p)?; // [M, r]
-        // ∂y·W, then + (∂y·P)·Qᵀ onto the same output.
         let what = "low-rank linear grad";
-        let dx = with_f32(&g2, what, |g| {
-            with_f32(&self.w, what, |w| {
-                with_f32(&gp, what, |gpv| {
-                    with_f32(&q.contiguous()?, what, |qv| {
-                        let mut dx = product(m, n, k, View::rows(g, n), View::rows(w, k), None, what)?;
-                        product_add(&mut dx, m, r, k, View::rows(gpv, r), View::transposed(qv, r), what)?;
-                        Ok(dx)
+        // x feeding nothing trained (the first block's input): no ∂x, which candle would
+        // zero-fill and add for nobody, after the largest product of this backward.
+        let dx_mode = if x.track_op() { Dx::New } else { Dx::Skip };
+        let (x, grad, p, q) = (x.contiguous()?, grad.contiguous()?, p.contiguous()?, q.contiguous()?);
+        let mut dpq = vec![0f32; (n + k) * r];
+        let dx = with_f32(&x, what, |xv| {
+            with_f32(&grad, what, |g| {
+                with_f32(&p, what, |pv| {
+                    with_f32(&q, what, |qv| {
+                        with_f32(&self.w, what, |w| {
+                            with_f32(&self.b, what, |b| {
+                                let lin =
+                                    LinearValues { w, b, n, k, adapter: AdapterValues::LowRank { p: pv, q: qv, r } };
+                                lin.backward(xv, g, m, dx_mode, &mut dpq, what)
+                            })
+                        })
                     })
                 })
             })
         })?;
-        let dx = Tensor::from_vec(dx, x.dims(), x.device())?;
-        let dp = g2.t()?.matmul(&x2.matmul(&q)?)?;
-        let dq = x2.t()?.matmul(&gp)?;
-        Ok((Some(dx), Some(dp), Some(dq)))
+        let dq = dpq.split_off(n * r);
+        let dev = x.device();
+        let dx = dx.map(|d| Tensor::from_vec(d, x.dims(), dev)).transpose()?;
+        Ok((dx, Some(Tensor::from_vec(dpq, (n, r), dev)?), Some(Tensor::from_vec(dq, (k, r), dev)?)))
     }
 }
 
@@ -221,16 +365,15 @@ impl CustomOp2 for AdaptedLinearOp {
                 dl.shape()
             );
         }
-        let delta = f32_slice(ds, dl, "adapted linear")?;
+        let what = "adapted linear";
+        let delta = f32_slice(ds, dl, what)?;
+        let (m, x2) = row_view(xl, k, what)?;
+        let x = f32_slice(xs, &x2, what)?;
         // W + ΔW read in place (no copy of W per call).
-        let (wstore, wl) = self.w.storage_and_layout();
-        let candle_core::Storage::Cpu(ws) = &*wstore else { candle_core::bail!("adapted linear: W is not on the CPU") };
-        let w = f32_slice(ws, wl, "adapted linear")?;
-        let w_eff: Vec<f32> = w.iter().zip(delta).map(|(a, b)| a + b).collect();
-        let (m, x2) = row_view(xl, k, "adapted linear")?;
-        let x = f32_slice(xs, &x2, "adapted linear")?;
-        let out = with_f32(&self.b, "adapted linear", |b| {
-            product(m, k, n, View::rows(x, k), View::transposed(&w_eff, k), Some(b), "adapted linear")
+        let out = with_f32(&self.w, what, |w| {
+            with_f32(&self.b, what, |b| {
+                LinearValues { w, b, n, k, adapter: AdapterValues::Dense(delta) }.forward(x, m, what)
+            })
         })?;
         Ok((CpuStorage::F32(out), with_last(xl.shape().dims(), n)))
     }
@@ -245,20 +388,25 @@ impl CustomOp2 for AdaptedLinearOp {
         let (n, k) = self.w.dims2()?;
         let m = x.elem_count() / k.max(1);
         let what = "adapted linear grad";
-        let w_eff = (&self.w + delta.detach())?;
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        // ∂x = ∂y·(W + ΔW) [M, K] and ∂ΔW = ∂yᵀ·x [N, K], neither zero-filled first.
-        let (dx, dd) = with_f32(&grad, what, |g| {
-            with_f32(&x, what, |xv| {
-                with_f32(&w_eff, what, |w| {
-                    let dx = product(m, n, k, View::rows(g, n), View::rows(w, k), None, what)?;
-                    let dd = product(n, m, k, View::transposed(g, n), View::rows(xv, k), None, what)?;
-                    Ok((dx, dd))
+        // Nothing trained feeding x (the first block's input): ∂ΔW only.
+        let dx_mode = if x.track_op() { Dx::New } else { Dx::Skip };
+        let (x, grad, delta) = (x.contiguous()?, grad.contiguous()?, delta.contiguous()?);
+        let mut dd = vec![0f32; n * k];
+        let dx = with_f32(&x, what, |xv| {
+            with_f32(&grad, what, |g| {
+                with_f32(&delta, what, |d| {
+                    with_f32(&self.w, what, |w| {
+                        with_f32(&self.b, what, |b| {
+                            let lin = LinearValues { w, b, n, k, adapter: AdapterValues::Dense(d) };
+                            lin.backward(xv, g, m, dx_mode, &mut dd, what)
+                        })
+                    })
                 })
             })
         })?;
-        let dx = Tensor::from_vec(dx, x.dims(), x.device())?;
-        Ok((Some(dx), Some(Tensor::from_vec(dd, (n, k), x.device())?)))
+        let dev = x.device();
+        let dx = dx.map(|d| Tensor::from_vec(d, x.dims(), dev)).transpose()?;
+        Ok((dx, Some(Tensor::from_vec(dd, (n, k), dev)?)))
     }
 }
 
@@ -537,6 +685,17 @@ multiversion! {
     }
 }
 
+/// GELU of every value of `x`, a new vector (parallel chunks).
+pub(crate) fn gelu_values(x: &[f32]) -> Vec<f32> {
+    par_filled(x.len(), GELU_CHUNK, |start, o| gelu_slice(&x[start..start + o.len()], o))
+}
+
+/// d ← d ⊙ GELU'(x) elementwise (parallel chunks); `d` and `x` have one length.
+pub(crate) fn gelu_grad_values_in_place(x: &[f32], d: &mut [f32]) {
+    use rayon::prelude::*;
+    d.par_chunks_mut(GELU_CHUNK).zip(x.par_chunks(GELU_CHUNK)).for_each(|(d, x)| gelu_grad_in_place(x, d));
+}
+
 /// GELU(x) = x·Φ(x) = ½x(1 + erf(x/√2)), with its derivative Φ(x) + x·φ(x) in the backward.
 struct GeluOp;
 
@@ -546,8 +705,7 @@ impl candle_core::CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "gelu")?;
-        let out = par_filled(x.len(), GELU_CHUNK, |start, o| gelu_slice(&x[start..start + o.len()], o));
+        let out = gelu_values(f32_slice(s, l, "gelu")?);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -586,10 +744,18 @@ impl CustomOp2 for GeluGradOp {
 multiversion! {
     /// d ← d·(Φ(x) + x·φ(x)) for each value of `x` and `d`: the GELU backward in place.
     fn gelu_grad_in_place(x: &[f32], d: &mut [f32]) {
-        for (dv, &v) in d.iter_mut().zip(x) {
-            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-            let pdf = INV_SQRT_2PI * exp_nonpos(-0.5 * v * v);
-            *dv *= cdf + v * pdf;
+        const BLOCK: usize = 64;
+        const AHEAD: usize = 16 * BLOCK;
+        for (b, (db, xb)) in d.chunks_mut(BLOCK).zip(x.chunks(BLOCK)).enumerate() {
+            let ahead = b * BLOCK + AHEAD;
+            for line in (0..BLOCK).step_by(16) {
+                crate::simd::prefetch(x, ahead + line);
+            }
+            for (dv, &v) in db.iter_mut().zip(xb) {
+                let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+                let pdf = INV_SQRT_2PI * exp_nonpos(-0.5 * v * v);
+                *dv *= cdf + v * pdf;
+            }
         }
     }
 }
@@ -614,7 +780,7 @@ impl candle_core::CustomOp1 for GeluLinearOp {
         let (n, k) = self.w.dims2()?;
         let (m, rows) = row_view(l, k, what)?;
         let h = f32_slice(s, &rows, what)?;
-        let a = par_filled(h.len(), GELU_CHUNK, |start, o| gelu_slice(&h[start..start + o.len()], o));
+        let a = gelu_values(h);
         let out = with_f32(&self.w, what, |w| {
             with_f32(&self.b, what, |b| product(m, k, n, View::rows(&a, k), View::transposed(w, k), Some(b), what))
         })?;
@@ -622,7 +788,6 @@ impl candle_core::CustomOp1 for GeluLinearOp {
     }
 
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        use rayon::prelude::*;
         let what = "gelu linear grad";
         let (n, k) = self.w.dims2()?;
         let m = grad.elem_count() / n.max(1);
@@ -634,9 +799,7 @@ impl candle_core::CustomOp1 for GeluLinearOp {
                         candle_core::bail!("{what}: input of {} values for {m} rows of {k}", hv.len());
                     }
                     let mut d = product(m, n, k, View::rows(g, n), View::rows(w, k), None, what)?;
-                    d.par_chunks_mut(GELU_CHUNK)
-                        .zip(hv.par_chunks(GELU_CHUNK))
-                        .for_each(|(d, x)| gelu_grad_in_place(x, d));
+                    gelu_grad_values_in_place(hv, &mut d);
                     Ok(d)
                 })
             })
@@ -768,6 +931,28 @@ multiversion! {
     }
 }
 
+/// LayerNorm(a + r) row by row (rows of d = γ.len()), a new vector; a, r of one length, a whole
+/// number of rows (the caller checks).
+pub(crate) fn layer_norm_sum_values(a: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
+    let d = gamma.len();
+    par_filled(a.len(), d * ROWS_PER_TASK, |start, o| {
+        let end = start + o.len();
+        let mut s = vec![0f32; d];
+        layer_norm_sum_rows(&a[start..end], &r[start..end], gamma, beta, eps, &mut s, o);
+    })
+}
+
+/// ∂(a + r) of LayerNorm(a + r) for the upstream `dy`, row by row, a new vector (shapes as
+/// [`layer_norm_sum_values`], `dy` of their length).
+pub(crate) fn layer_norm_sum_grad_values(a: &[f32], r: &[f32], gamma: &[f32], dy: &[f32], eps: f64) -> Vec<f32> {
+    let d = gamma.len();
+    par_filled(a.len(), d * ROWS_PER_TASK, |start, o| {
+        let end = start + o.len();
+        let mut s = vec![0f32; d];
+        layer_norm_sum_grad_rows(&a[start..end], &r[start..end], gamma, &dy[start..end], eps, &mut s, o);
+    })
+}
+
 /// LayerNorm(a + r) with frozen γ, β (held by the op): the residual add of a post-LN block and
 /// its norm as one node (BERT's `norm(sublayer(x) + x)`). The sum is never stored: the forward
 /// forms each row in a scratch row, the backward forms it again; ∂a = ∂r = ∂x of the LayerNorm.
@@ -810,11 +995,7 @@ impl CustomOp2 for LayerNormSumOp {
                 if b.len() != d || al.shape() != rl.shape() || al.shape().dims().last() != Some(&d) {
                     candle_core::bail!("{what}: {:?} + {:?} does not end in the {d} of γ/β", al.shape(), rl.shape());
                 }
-                Ok(par_filled(a.len(), d * ROWS_PER_TASK, |start, o| {
-                    let end = start + o.len();
-                    let mut s = vec![0f32; d];
-                    layer_norm_sum_rows(&a[start..end], &r[start..end], g, b, eps, &mut s, o);
-                }))
+                Ok(layer_norm_sum_values(a, r, g, b, eps))
             })
         })?;
         Ok((CpuStorage::F32(out), al.shape().clone()))
@@ -839,19 +1020,7 @@ impl CustomOp2 for LayerNormSumOp {
                         if dy.len() != av.len() {
                             candle_core::bail!("{what}: {} gradients for {} values", dy.len(), av.len());
                         }
-                        Ok(par_filled(av.len(), d * ROWS_PER_TASK, |start, o| {
-                            let end = start + o.len();
-                            let mut s = vec![0f32; d];
-                            layer_norm_sum_grad_rows(
-                                &av[start..end],
-                                &rv[start..end],
-                                g,
-                                &dy[start..end],
-                                eps,
-                                &mut s,
-                                o,
-                            );
-                        }))
+                        Ok(layer_norm_sum_grad_values(av, rv, g, dy, eps))
                     })
                 })
             })

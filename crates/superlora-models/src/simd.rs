@@ -131,3 +131,21 @@ mod tests {
         println!("SIMD level of this CPU: {}", super::level());
     }
 }
+
+/// Asks the CPU to start loading the cache line holding `s[i]` (nothing when `i` is past the end):
+/// a hint for streaming loops whose per-element work hides less memory latency than the
+/// hardware prefetcher needs. No effect on any value.
+#[inline(always)]
+pub(crate) fn prefetch(s: &[f32], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < s.len() {
+        // SAFETY: a prefetch never faults and reads nothing into the program; the address is
+        // inside `s` anyway.
+        #[allow(unused_unsafe)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(s.as_ptr().add(i).cast::<i8>())
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, i);
+}

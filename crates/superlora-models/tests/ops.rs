@@ -177,6 +177,27 @@ fn composed_linears_equal_the_cpu_ops_with_gradients() {
             }
         }
     }
+    // x fed by nothing trained (a first block's input): the adapter gradients are unchanged and
+    // no ∂x is made for it.
+    let plain = x.as_tensor().detach();
+    let trained = [
+        adapted_linear(x.as_tensor(), w.as_tensor(), delta.as_tensor(), None).unwrap(),
+        low_rank_linear(x.as_tensor(), w.as_tensor(), p.as_tensor(), q.as_tensor(), None).unwrap(),
+    ];
+    let untrained = [
+        adapted_linear(&plain, w.as_tensor(), delta.as_tensor(), None).unwrap(),
+        low_rank_linear(&plain, w.as_tensor(), p.as_tensor(), q.as_tensor(), None).unwrap(),
+    ];
+    for (i, (t, u)) in trained.iter().zip(&untrained).enumerate() {
+        let gt = t.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        let gu = u.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(gu.get(&plain).is_none() && gu.get(x.as_tensor()).is_none(), "op {i}: ∂x for an untrained x");
+        let vars: &[&Var] = if i == 0 { &[&delta] } else { &[&p, &q] };
+        for v in vars {
+            let (a, b) = (gt.get(v.as_tensor()).unwrap(), gu.get(v.as_tensor()).unwrap());
+            assert_eq!(maxdiff(a, b), 0.0, "op {i}: adapter gradient changed without ∂x");
+        }
+    }
 }
 
 /// GELU then a frozen linear as one op against the two ops it replaces: the same values and ∂h
