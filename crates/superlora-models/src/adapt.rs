@@ -92,7 +92,7 @@ impl Deltas {
         }
     }
 
-    fn from_layers(targets: &[LayerShape], layers: Vec<LayerDelta>) -> Result<Self> {
+    pub(crate) fn from_layers(targets: &[LayerShape], layers: Vec<LayerDelta>) -> Result<Self> {
         if targets.len() != layers.len() {
             return Err(Error::Adapter(format!("{} targets but {} ΔW tensors", targets.len(), layers.len())));
         }

@@ -31,7 +31,7 @@ use crate::simd::multiversion;
 
 /// The sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(crate) struct Dims {
     b: usize,
     t: usize,
     heads: usize,
@@ -39,6 +39,14 @@ struct Dims {
 }
 
 impl Dims {
+    /// q, k, v of [b, t, hd] split into `heads`; an error when hd does not split.
+    pub(crate) fn new(b: usize, t: usize, hd: usize, heads: usize) -> candle_core::Result<Self> {
+        if heads == 0 || !hd.is_multiple_of(heads) {
+            candle_core::bail!("attention: {hd} features do not split into {heads} heads");
+        }
+        Ok(Dims { b, t, heads, d: hd / heads })
+    }
+
     fn hd(&self) -> usize {
         self.heads * self.d
     }
@@ -165,18 +173,81 @@ struct AttentionOp {
 impl AttentionOp {
     fn dims(&self, shape: &Shape) -> candle_core::Result<Dims> {
         let (b, t, hd) = shape.dims3()?;
-        if self.heads == 0 || !hd.is_multiple_of(self.heads) {
-            candle_core::bail!("attention: {hd} features do not split into {} heads", self.heads);
-        }
         if self.mask.as_ref().is_some_and(|m| m.len() != b * t) {
             candle_core::bail!("attention: the mask does not have B·T = {} entries", b * t);
         }
-        Ok(Dims { b, t, heads: self.heads, d: hd / self.heads })
+        Dims::new(b, t, hd, self.heads)
     }
+}
 
-    fn scale(dims: Dims) -> f32 {
-        1.0 / (dims.d as f32).sqrt()
-    }
+fn scale(dims: Dims) -> f32 {
+    1.0 / (dims.d as f32).sqrt()
+}
+
+/// C [B, T, H·d] from q, k, v (each [B, T, H·d], lengths checked by the caller) and the key mask
+/// ([B·T]), one (example, head) per parallel task.
+pub(crate) fn forward_values(dims: Dims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
+    let (t, hd, scale) = (dims.t, dims.hd(), scale(dims));
+    let mut out = vec![0f32; q.len()];
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..dims.b * dims.heads).into_par_iter().for_each_init(
+        || vec![0f32; t * t],
+        |p, item| {
+            probs(q, k, mask, dims, scale, item, p);
+            let base = dims.base(item);
+            // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out`
+            // (length B·T·H·d) and belongs to this item alone; V's block likewise inside v.
+            unsafe {
+                product((t, dims.d, t), dst.at(base), (hd, 1), p.as_ptr(), (t, 1), v[base..].as_ptr(), (hd, 1), 1.0);
+            }
+        },
+    );
+    out
+}
+
+/// [∂Q, ∂K, ∂V] (one [B, T, H·d] after the other) for the upstream ∂C `g` (shapes as
+/// [`forward_values`]), P recomputed per (example, head).
+pub(crate) fn backward_values(
+    dims: Dims,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    g: &[f32],
+    mask: Option<&[f32]>,
+) -> Vec<f32> {
+    let (t, d, hd, scale, n) = (dims.t, dims.d, dims.hd(), scale(dims), q.len());
+    let mut out = vec![0f32; 3 * n];
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..dims.b * dims.heads).into_par_iter().for_each_init(
+        || (vec![0f32; t * t], vec![0f32; t * t]),
+        |(p, ds), item| {
+            probs(q, k, mask, dims, scale, item, p);
+            let base = dims.base(item);
+            // SAFETY: every block is T rows of d at stride H·d from `base` inside its
+            // B·T·H·d buffer (q, k, v, g, and the three parts of `out` at 0, n, 2n), and this
+            // item alone writes its blocks of `out`; p and ds are this task's T x T buffers.
+            unsafe {
+                // ∂V = Pᵀ·∂C
+                let (dq, dk, dv) = (dst.at(base), dst.0.add(n + base), dst.0.add(2 * n + base));
+                product((t, d, t), dv, (hd, 1), p.as_ptr(), (1, t), g[base..].as_ptr(), (hd, 1), 1.0);
+                // ∂P = ∂C·Vᵀ
+                product(
+                    (t, t, d),
+                    ds.as_mut_ptr(),
+                    (t, 1),
+                    g[base..].as_ptr(),
+                    (hd, 1),
+                    v[base..].as_ptr(),
+                    (1, hd),
+                    1.0,
+                );
+                // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
+                softmax_grad_rows(ds.as_mut_slice(), p.as_slice(), t);
+                // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
+                product((t, d, t), dq, (hd, 1), ds.as_ptr(), (t, 1), k[base..].as_ptr(), (hd, 1), scale);
+                product((t, d, t), dk, (hd, 1), ds.as_ptr(), (1, t), q[base..].as_ptr(), (hd, 1), scale);
+            }
+        },
+    );
+    out
 }
 
 /// The sizes and the q, k, v values of one call.
@@ -210,31 +281,7 @@ impl CustomOp3 for AttentionOp {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (dims, q, k, v) = inputs(self, (qs, ql), (ks, kl), (vs, vl))?;
-        let (t, hd, scale) = (dims.t, dims.hd(), Self::scale(dims));
-        let mut out = vec![0f32; q.len()];
-        let dst = SharedOut(out.as_mut_ptr());
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        (0..dims.b * dims.heads).into_par_iter().for_each_init(
-            || vec![0f32; t * t],
-            |p, item| {
-                probs(q, k, mask, dims, scale, item, p);
-                let base = dims.base(item);
-                // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out`
-                // (length B·T·H·d) and belongs to this item alone; V's block likewise inside v.
-                unsafe {
-                    product(
-                        (t, dims.d, t),
-                        dst.at(base),
-                        (hd, 1),
-                        p.as_ptr(),
-                        (t, 1),
-                        v[base..].as_ptr(),
-                        (hd, 1),
-                        1.0,
-                    );
-                }
-            },
-        );
+        let out = forward_values(dims, q, k, v, self.mask.as_deref().map(Vec::as_slice));
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
@@ -282,41 +329,7 @@ impl CustomOp3 for AttentionGradOp {
             candle_core::bail!("attention: gradient {:?} for output {:?}", gl.shape(), ql.shape());
         }
         let g = values(gs, gl)?;
-        let (t, d, hd, scale, n) = (dims.t, dims.d, dims.hd(), AttentionOp::scale(dims), q.len());
-        let mut out = vec![0f32; 3 * n];
-        let dst = SharedOut(out.as_mut_ptr());
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        (0..dims.b * dims.heads).into_par_iter().for_each_init(
-            || (vec![0f32; t * t], vec![0f32; t * t]),
-            |(p, ds), item| {
-                probs(q, k, mask, dims, scale, item, p);
-                let base = dims.base(item);
-                // SAFETY: every block is T rows of d at stride H·d from `base` inside its
-                // B·T·H·d buffer (q, k, v, g, and the three parts of `out` at 0, n, 2n), and this
-                // item alone writes its blocks of `out`; p and ds are this task's T x T buffers.
-                unsafe {
-                    // ∂V = Pᵀ·∂C
-                    let (dq, dk, dv) = (dst.at(base), dst.0.add(n + base), dst.0.add(2 * n + base));
-                    product((t, d, t), dv, (hd, 1), p.as_ptr(), (1, t), g[base..].as_ptr(), (hd, 1), 1.0);
-                    // ∂P = ∂C·Vᵀ
-                    product(
-                        (t, t, d),
-                        ds.as_mut_ptr(),
-                        (t, 1),
-                        g[base..].as_ptr(),
-                        (hd, 1),
-                        v[base..].as_ptr(),
-                        (1, hd),
-                        1.0,
-                    );
-                    // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
-                    softmax_grad_rows(ds.as_mut_slice(), p.as_slice(), t);
-                    // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
-                    product((t, d, t), dq, (hd, 1), ds.as_ptr(), (t, 1), k[base..].as_ptr(), (hd, 1), scale);
-                    product((t, d, t), dk, (hd, 1), ds.as_ptr(), (1, t), q[base..].as_ptr(), (hd, 1), scale);
-                }
-            },
-        );
+        let out = backward_values(dims, (q, k, v), g, self.mask.as_deref().map(Vec::as_slice));
         let (b, t2, hd2) = ql.shape().dims3()?;
         Ok((CpuStorage::F32(out), Shape::from((3, b, t2, hd2))))
     }

@@ -18,6 +18,7 @@ use candle_core::{D, DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
+use crate::block::Block;
 use crate::encoder::{TextEncoder, check_text_inputs};
 use crate::ops::{Norm, attention, mask_bias};
 use crate::{Error, Result, Weights};
@@ -124,19 +125,48 @@ impl BertStack {
         Ok(BertStack { layers, heads: config.num_attention_heads, eps: config.layer_norm_eps })
     }
 
-    /// The blocks over embeddings `x` [B, T, H] with padding `mask` [B, T].
+    /// The blocks over embeddings `x` [B, T, H] with padding `mask` [B, T]: each block one node
+    /// ([`crate::block`]) on the CPU in f32, [`BertStack::forward_composed`]'s per-op block
+    /// otherwise.
     pub fn forward(&self, x: Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return self.forward_composed(x, mask, deltas);
+        }
+        let bias = mask_bias(mask, x.dtype())?;
+        let keys = std::sync::Arc::new(bias.flatten_all()?.to_vec1::<f32>()?);
+        let mut x = x;
+        for l in &self.layers {
+            let block = Block {
+                linears: [&l.query, &l.key, &l.value, &l.output, &l.ffn1, &l.ffn2],
+                norms: [&l.norm1, &l.norm2],
+            };
+            x = match block.forward(&x, Some(keys.clone()), self.heads, self.eps, deltas)? {
+                Some(y) => y,
+                None => self.layer_composed(l, &x, &bias, deltas)?,
+            };
+        }
+        Ok(x)
+    }
+
+    /// One block from per-op nodes (linears, attention, LayerNorm of a sum, GELU + linear): the
+    /// path off the CPU or in f64, and the oracle of the one-node block.
+    fn layer_composed(&self, l: &Layer, x: &Tensor, bias: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         let eps = self.eps;
+        let q = l.query.forward(x, deltas)?;
+        let k = l.key.forward(x, deltas)?;
+        let v = l.value.forward(x, deltas)?;
+        let ctx = attention(&q, &k, &v, self.heads, Some(bias))?;
+        let x = l.norm1.forward_sum(&l.output.forward(&ctx, deltas)?, x, eps)?;
+        let h = l.ffn1.forward(&x, deltas)?;
+        l.norm2.forward_sum(&l.ffn2.forward_gelu(&h, deltas)?, &x, eps)
+    }
+
+    /// [`BertStack::forward`] with every block built from per-op nodes (its oracle in the tests).
+    pub fn forward_composed(&self, x: Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         let bias = mask_bias(mask, x.dtype())?;
         let mut x = x;
         for l in &self.layers {
-            let q = l.query.forward(&x, deltas)?;
-            let k = l.key.forward(&x, deltas)?;
-            let v = l.value.forward(&x, deltas)?;
-            let ctx = attention(&q, &k, &v, self.heads, Some(&bias))?;
-            x = l.norm1.forward_sum(&l.output.forward(&ctx, deltas)?, &x, eps)?;
-            let h = l.ffn1.forward(&x, deltas)?;
-            x = l.norm2.forward_sum(&l.ffn2.forward_gelu(&h, deltas)?, &x, eps)?;
+            x = self.layer_composed(l, &x, &bias, deltas)?;
         }
         Ok(x)
     }
@@ -320,4 +350,151 @@ pub fn cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let na = a.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
     let nb = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
     Ok(dot / (na * nb))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+    use superlora_core::{LayerShape, LowRankDelta};
+
+    use super::*;
+    use crate::adapt::LayerDelta;
+
+    /// A seeded value in [-s, s) for index i (no RNG state, so the tests are reproducible).
+    fn values(n: usize, seed: u64, s: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+                let h = (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                ((h >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * s
+            })
+            .collect()
+    }
+
+    fn tensor(dims: &[usize], seed: u64, s: f32) -> Tensor {
+        Tensor::from_vec(values(dims.iter().product(), seed, s), dims, &Device::Cpu).unwrap()
+    }
+
+    /// A random two-block stack of width 16 (2 heads), FFN 32.
+    fn stack() -> BertStack {
+        let (h, f) = (16, 32);
+        let mut seed = 0;
+        let mut next = || {
+            seed += 1;
+            seed
+        };
+        let layers = (0..2)
+            .map(|i| {
+                let mut lin = |name: &str, o: usize, inp: usize| Linear {
+                    name: format!("encoder.layer.{i}.{name}"),
+                    weight: tensor(&[o, inp], next(), 0.4),
+                    bias: Some(tensor(&[o], next(), 0.1)),
+                };
+                let (query, key, value) = (lin("q", h, h), lin("k", h, h), lin("v", h, h));
+                let (output, ffn1, ffn2) = (lin("o", h, h), lin("f1", f, h), lin("f2", h, f));
+                let mut norm =
+                    || Norm { gamma: (tensor(&[h], next(), 0.2) + 1.0).unwrap(), beta: tensor(&[h], next(), 0.1) };
+                Layer { query, key, value, output, norm1: norm(), ffn1, ffn2, norm2: norm() }
+            })
+            .collect();
+        BertStack { layers, heads: 2, eps: 1e-12 }
+    }
+
+    /// ΔW for some linears of both blocks: factored on q, v and ffn2 of block 0 and ffn2 of block 1,
+    /// formed on k, o, ffn1 of block 1 (every variable returned, for the gradients).
+    fn deltas(s: &BertStack) -> (Deltas, Vec<Var>) {
+        let (mut shapes, mut layers, mut vars) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seed = 100;
+        let mut var = |dims: &[usize]| {
+            seed += 1;
+            let v = Var::from_tensor(&tensor(dims, seed, 0.3)).unwrap();
+            vars.push(v.clone());
+            v.as_tensor().clone()
+        };
+        for (i, l) in s.layers.iter().enumerate() {
+            let all = [&l.query, &l.key, &l.value, &l.output, &l.ffn1, &l.ffn2];
+            let factored: &[usize] = if i == 0 { &[0, 2, 5] } else { &[5] };
+            let formed: &[usize] = if i == 0 { &[] } else { &[1, 3, 4] };
+            for (j, lin) in all.iter().enumerate() {
+                let (o, inp) = lin.weight.dims2().unwrap();
+                let d = if factored.contains(&j) {
+                    LayerDelta::LowRank(LowRankDelta { out: var(&[o, 3]), inp: var(&[inp, 3]) })
+                } else if formed.contains(&j) {
+                    LayerDelta::Dense(var(&[o, inp]))
+                } else {
+                    continue;
+                };
+                shapes.push(LayerShape::new(&lin.name, o, inp));
+                layers.push(d);
+            }
+        }
+        (Deltas::from_layers(&shapes, layers).unwrap(), vars)
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn rel(x: &[f32], y: &[f32]) -> f32 {
+        let num = x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        num / y.iter().map(|b| b.abs()).fold(0f32, f32::max).max(1e-30)
+    }
+
+    /// The one-node block against its oracle, the per-op block: the same output bit for bit, the
+    /// same gradient (to rounding) for every adapter tensor and for x, with padding in the batch,
+    /// with x trained (a block above another) and not (the first block).
+    #[test]
+    fn one_node_block_equals_the_per_op_block() {
+        let s = stack();
+        let (deltas, vars) = deltas(&s);
+        let mask = Tensor::from_vec(vec![1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0], (2, 6), &Device::Cpu).unwrap();
+        let c = tensor(&[2, 6, 16], 7, 1.0);
+        for x_trained in [true, false] {
+            let x = Var::from_tensor(&tensor(&[2, 6, 16], 3, 1.0)).unwrap();
+            let input = if x_trained { x.as_tensor().clone() } else { x.as_tensor().detach() };
+            let run = |composed: bool| {
+                let y = if composed {
+                    s.forward_composed(input.clone(), &mask, &deltas).unwrap()
+                } else {
+                    s.forward(input.clone(), &mask, &deltas).unwrap()
+                };
+                let grads = y.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+                let g: Vec<Option<Vec<f32>>> =
+                    vars.iter().chain([&x]).map(|v| grads.get(v.as_tensor()).map(flat)).collect();
+                (flat(&y), g)
+            };
+            let ((y1, g1), (y0, g0)) = (run(false), run(true));
+            assert_eq!(y1, y0, "forward differs");
+            for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+                let is_x = i == vars.len();
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|v| *v != 0.0), "gradient {i}");
+                        assert!(rel(a, b) < 1e-5, "gradient {i} differs by {} (relative)", rel(a, b));
+                    }
+                    (None, None) if is_x && !x_trained => {}
+                    _ => panic!("gradient {i}: one path has it, the other not (x trained: {x_trained})"),
+                }
+            }
+        }
+    }
+
+    /// No adapter in any block, x trained: ∂x through the one-node blocks equals the per-op one.
+    #[test]
+    fn one_node_block_without_adapters_passes_the_input_gradient() {
+        let s = stack();
+        let mask = Tensor::ones((2, 6), DType::U32, &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&tensor(&[2, 6, 16], 5, 1.0)).unwrap();
+        let c = tensor(&[2, 6, 16], 9, 1.0);
+        let grad = |composed: bool| {
+            let y = if composed {
+                s.forward_composed(x.as_tensor().clone(), &mask, &Deltas::none()).unwrap()
+            } else {
+                s.forward(x.as_tensor().clone(), &mask, &Deltas::none()).unwrap()
+            };
+            flat(y.mul(&c).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap())
+        };
+        let (a, b) = (grad(false), grad(true));
+        assert!(rel(&a, &b) < 1e-5, "∂x differs by {}", rel(&a, &b));
+    }
 }

@@ -25,6 +25,7 @@
 pub mod adapt;
 pub mod attention;
 pub mod bert;
+mod block;
 pub mod bmm;
 mod dense;
 pub mod distilbert;
