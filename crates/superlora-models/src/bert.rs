@@ -139,6 +139,7 @@ impl BertStack {
             let block = Block {
                 linears: [&l.query, &l.key, &l.value, &l.output, &l.ffn1, &l.ffn2],
                 norms: [&l.norm1, &l.norm2],
+                scales: None,
             };
             x = match block.forward(&x, Some(keys.clone()), self.heads, self.eps, deltas)? {
                 Some(y) => y,

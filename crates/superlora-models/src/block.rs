@@ -21,13 +21,22 @@
 //! f `f`, ∂s₂ `ds2`, ∂h `dgh` (in place), ∂x₁ `dx1` (= `ds2`'s buffer), ∂s₁ `ds1`, ∂x `dx`
 //! (= `ds1`'s buffer); linears in module order q, k, v, o, ffn1, ffn2 (`Block::linears`).
 //!
+//! The pre-LN block with LayerScale of DINOv2 is the second kind (λ₁, λ₂ per-channel scales):
+//!
+//!   y₁ = LN₁(x),   q, k, v = y₁·W_{q,k,v}ₑᵀ + b,   c = attention(q, k, v),   x₁ = x + λ₁ ⊙ (c·W_oₑᵀ + b_o),
+//!   y₂ = LN₂(x₁),   h = y₂·W₁ₑᵀ + b₁,   out = x₁ + λ₂ ⊙ (GELU(h)·W₂ₑᵀ + b₂);
+//!
+//!   ∂h = ((λ₂ ⊙ ∂out)·W₂ₑ) ⊙ GELU'(h),   ∂x₁ = ∂out + LN₂'(∂h·W₁ₑ),   ∂c = (λ₁ ⊙ ∂x₁)·W_oₑ,
+//!   ∂y₁ = ∂q·W_qₑ + ∂k·W_kₑ + ∂v·W_vₑ (one buffer),   ∂x = ∂x₁ + LN₁'(∂y₁).
+//!
 //! Why: candle's backward starts each node's gradient as a zero tensor and adds every
 //! contribution to it (`GradStore::or_insert` + `add`: a memset and an add pass over the whole
 //! gradient per node and per input). The block built from our per-op nodes
 //! ([`crate::bert::BertStack::forward_composed`]) has nine nodes, ∂x alone arriving from four of
-//! them; this op is one node. The forward runs the same kernels in the same order, so its output
+//! them (DINOv2's per-op block: fourteen, its LayerScale products also computing a gradient for
+//! the frozen λ); this op is one node. The forward runs the same kernels in the same order, so its output
 //! is bit for bit the per-op one; the backward sums in another order (equal to rounding). The
-//! per-op stack is the oracle (`tests/block.rs`).
+//! per-op stacks are the oracles (tests `one_node_block_*` in `bert.rs` and `vit.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +46,8 @@ use crate::Result;
 use crate::adapt::{Deltas, LayerDelta, Linear};
 use crate::attention::{self, Dims};
 use crate::ops::{
-    AdapterValues, Dx, LinearValues, Norm, gelu_grad_values_in_place, gelu_values, layer_norm_sum_grad_values,
-    layer_norm_sum_values,
+    AdapterValues, Dx, LinearValues, Norm, gelu_grad_values_in_place, gelu_values, layer_norm_grad_values,
+    layer_norm_sum_grad_values, layer_norm_sum_values, layer_norm_values,
 };
 
 /// How one linear's adapter sits in the packed input.
@@ -58,8 +67,8 @@ struct Frozen {
     b: Tensor,
 }
 
-/// What the forward keeps for the backward (x itself is the op's input).
-struct Saved {
+/// What a post-LN forward keeps for the backward (x itself is the op's input).
+struct PostSaved {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -72,10 +81,30 @@ struct Saved {
     gh: Option<Vec<f32>>,
 }
 
+/// What a pre-LN forward keeps; a linear's input only when that linear is adapted.
+struct PreSaved {
+    y1: Option<Vec<f32>>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Option<Vec<f32>>,
+    x1: Vec<f32>,
+    y2: Option<Vec<f32>>,
+    h: Vec<f32>,
+    gh: Option<Vec<f32>>,
+}
+
+enum Saved {
+    Post(PostSaved),
+    Pre(PreSaved),
+}
+
 /// The op: the block's frozen weights, where each adapter sits, and the forward's activations.
 struct BlockOp {
     linears: [Frozen; 6],
     norms: [(Tensor, Tensor); 2],
+    /// LayerScale λ₁, λ₂: present for the pre-LN kind, absent for the post-LN one.
+    scales: Option<[Tensor; 2]>,
     slots: [Slot; 6],
     heads: usize,
     eps: f64,
@@ -112,7 +141,38 @@ impl<G: std::ops::Deref<Target = Storage>> Reads<'_, G> {
 impl BlockOp {
     /// The frozen values in a fixed order: (W, b) of the six linears, then (γ, β) of both norms.
     fn reads(&self) -> Reads<'_, impl std::ops::Deref<Target = Storage> + '_> {
-        reads_of(self.linears.iter().flat_map(|l| [&l.w, &l.b]).chain(self.norms.iter().flat_map(|(g, b)| [g, b])))
+        reads_of(
+            self.linears
+                .iter()
+                .flat_map(|l| [&l.w, &l.b])
+                .chain(self.norms.iter().flat_map(|(g, b)| [g, b]))
+                .chain(self.scales.iter().flatten()),
+        )
+    }
+
+    /// λ₁, λ₂ (after `reads`' norms), for the pre-LN kind.
+    fn scales<'a, G: std::ops::Deref<Target = Storage>>(
+        r: &'a Reads<'_, G>,
+    ) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+        Ok((r.get(16, "encoder block")?, r.get(17, "encoder block")?))
+    }
+
+    /// Where linear `i`'s adapter gradient goes in a packed gradient of `len` values.
+    fn slot_range(&self, r: &LinearValues<'_>, i: usize, len: usize) -> candle_core::Result<std::ops::Range<usize>> {
+        let offset = match self.slots[i] {
+            Slot::None => 0,
+            Slot::LowRank { offset, .. } | Slot::Dense { offset } => offset,
+        };
+        let end = offset + r.adapter.len();
+        if end > len {
+            candle_core::bail!("encoder block: adapter {i} outside the packed values");
+        }
+        Ok(offset..end)
+    }
+
+    /// Whether linear `i` has an adapter.
+    fn adapted(&self, i: usize) -> bool {
+        !matches!(self.slots[i], Slot::None)
     }
 
     /// Linear `i` on the frozen values `r` and the packed adapters.
@@ -168,9 +228,231 @@ impl BlockOp {
     }
 }
 
+/// x + λ ⊙ y, row by row (λ one row of d).
+fn add_scaled(x: &[f32], lambda: &[f32], y: &[f32]) -> Vec<f32> {
+    let d = lambda.len().max(1);
+    let mut out = Vec::with_capacity(x.len());
+    for (xr, yr) in x.chunks(d).zip(y.chunks(d)) {
+        out.extend(xr.iter().zip(yr).zip(lambda).map(|((&x, &y), &l)| x + y * l));
+    }
+    out
+}
+
+/// g ⊙ λ, row by row.
+fn scaled(g: &[f32], lambda: &[f32]) -> Vec<f32> {
+    let d = lambda.len().max(1);
+    let mut out = Vec::with_capacity(g.len());
+    for gr in g.chunks(d) {
+        out.extend(gr.iter().zip(lambda).map(|(&g, &l)| g * l));
+    }
+    out
+}
+
+/// a += b elementwise.
+fn add_onto(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+}
+
+fn none_error(what: &str, of: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{what}: no {of}"))
+}
+
+impl BlockOp {
+    /// The post-LN forward: y and what its backward needs.
+    fn post_forward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        x: &[f32],
+        packed: &[f32],
+        (m, dims): (usize, Dims),
+    ) -> candle_core::Result<(Vec<f32>, Saved)> {
+        let what = "encoder block";
+        let lin = |i| self.linear(r, packed, i);
+        let q = lin(0)?.forward(x, m, what)?;
+        let k = lin(1)?.forward(x, m, what)?;
+        let v = lin(2)?.forward(x, m, what)?;
+        let ctx = attention::forward_values(dims, &q, &k, &v, self.mask.as_deref().map(Vec::as_slice));
+        let a = lin(3)?.forward(&ctx, m, what)?;
+        let (g1, b1) = Self::norm(r, 0)?;
+        let x1 = layer_norm_sum_values(&a, x, g1, b1, self.eps);
+        let h = lin(4)?.forward(&x1, m, what)?;
+        let gh = gelu_values(&h);
+        let f = lin(5)?.forward(&gh, m, what)?;
+        let (g2, b2) = Self::norm(r, 1)?;
+        let y = layer_norm_sum_values(&f, &x1, g2, b2, self.eps);
+        let gh = self.adapted(5).then_some(gh);
+        Ok((y, Saved::Post(PostSaved { q, k, v, ctx, a, x1, h, f, gh })))
+    }
+
+    /// The pre-LN forward with LayerScale.
+    fn pre_forward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        x: &[f32],
+        packed: &[f32],
+        (m, dims): (usize, Dims),
+    ) -> candle_core::Result<(Vec<f32>, Saved)> {
+        let what = "encoder block";
+        let lin = |i| self.linear(r, packed, i);
+        let (l1, l2) = Self::scales(r)?;
+        let (g1, b1) = Self::norm(r, 0)?;
+        let y1 = layer_norm_values(x, g1, b1, self.eps);
+        let q = lin(0)?.forward(&y1, m, what)?;
+        let k = lin(1)?.forward(&y1, m, what)?;
+        let v = lin(2)?.forward(&y1, m, what)?;
+        let ctx = attention::forward_values(dims, &q, &k, &v, self.mask.as_deref().map(Vec::as_slice));
+        let x1 = add_scaled(x, l1, &lin(3)?.forward(&ctx, m, what)?);
+        let (g2, b2) = Self::norm(r, 1)?;
+        let y2 = layer_norm_values(&x1, g2, b2, self.eps);
+        let h = lin(4)?.forward(&y2, m, what)?;
+        let gh = gelu_values(&h);
+        let out = add_scaled(&x1, l2, &lin(5)?.forward(&gh, m, what)?);
+        let saved = PreSaved {
+            y1: (0..3).any(|i| self.adapted(i)).then_some(y1),
+            q,
+            k,
+            v,
+            ctx: self.adapted(3).then_some(ctx),
+            x1,
+            y2: self.adapted(4).then_some(y2),
+            h,
+            gh: self.adapted(5).then_some(gh),
+        };
+        Ok((out, Saved::Pre(saved)))
+    }
+
+    /// The post-LN backward: ∂x (when `x_tracked`), with the adapter gradients written into
+    /// `dpacked`.
+    #[allow(clippy::too_many_arguments)]
+    fn post_backward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        s: &PostSaved,
+        (x, packed, dy): (&[f32], &[f32], &[f32]),
+        (m, dims): (usize, Dims),
+        x_tracked: bool,
+        dpacked: &mut [f32],
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let what = "encoder block grad";
+        let lin = |i| self.linear(r, packed, i);
+        let len = dpacked.len();
+        // FFN: ∂s₂, then ∂h = (∂s₂·W₂ₑ) ⊙ GELU'(h), then ∂x₁ = ∂s₂ + ∂h·W₁ₑ in ∂s₂'s buffer.
+        let (g2, _) = Self::norm(r, 1)?;
+        let mut ds2 = layer_norm_sum_grad_values(&s.f, &s.x1, g2, dy, self.eps);
+        let (l5, l4) = (lin(5)?, lin(4)?);
+        let gh = s.gh.as_deref().unwrap_or(&[]);
+        let mut dgh = l5
+            .backward(gh, &ds2, m, Dx::New, &mut dpacked[self.slot_range(&l5, 5, len)?], what)?
+            .ok_or_else(|| none_error(what, "∂GELU(h)"))?;
+        gelu_grad_values_in_place(&s.h, &mut dgh);
+        l4.backward(&s.x1, &dgh, m, Dx::AddTo(&mut ds2), &mut dpacked[self.slot_range(&l4, 4, len)?], what)?;
+        drop(dgh);
+        let dx1 = ds2;
+        // Attention: ∂s₁, ∂c, (∂q, ∂k, ∂v), then ∂x = ∂s₁ + Σ ∂·Wₑ in ∂s₁'s buffer.
+        let (g1, _) = Self::norm(r, 0)?;
+        let mut ds1 = layer_norm_sum_grad_values(&s.a, x, g1, &dx1, self.eps);
+        drop(dx1);
+        let l3 = lin(3)?;
+        let dctx = l3
+            .backward(&s.ctx, &ds1, m, Dx::New, &mut dpacked[self.slot_range(&l3, 3, len)?], what)?
+            .ok_or_else(|| none_error(what, "∂c"))?;
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask);
+        drop(dctx);
+        let n = x.len();
+        for i in 0..3 {
+            let li = lin(i)?;
+            let dx = if x_tracked { Dx::AddTo(&mut ds1) } else { Dx::Skip };
+            let rg = self.slot_range(&li, i, len)?;
+            li.backward(x, &dqkv[i * n..(i + 1) * n], m, dx, &mut dpacked[rg], what)?;
+        }
+        Ok(x_tracked.then_some(ds1))
+    }
+
+    /// The pre-LN backward (as [`BlockOp::post_backward`]).
+    #[allow(clippy::too_many_arguments)]
+    fn pre_backward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        s: &PreSaved,
+        (x, packed, dy): (&[f32], &[f32], &[f32]),
+        (m, dims): (usize, Dims),
+        x_tracked: bool,
+        dpacked: &mut [f32],
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let what = "encoder block grad";
+        let lin = |i| self.linear(r, packed, i);
+        let len = dpacked.len();
+        let (l1, l2) = Self::scales(r)?;
+        // MLP: ∂h = ((λ₂ ⊙ ∂out)·W₂ₑ) ⊙ GELU'(h), ∂y₂ = ∂h·W₁ₑ, ∂x₁ = ∂out + LN₂'(∂y₂).
+        let (l5, l4) = (lin(5)?, lin(4)?);
+        let mut dgh = l5
+            .backward(
+                s.gh.as_deref().unwrap_or(&[]),
+                &scaled(dy, l2),
+                m,
+                Dx::New,
+                &mut dpacked[self.slot_range(&l5, 5, len)?],
+                what,
+            )?
+            .ok_or_else(|| none_error(what, "∂GELU(h)"))?;
+        gelu_grad_values_in_place(&s.h, &mut dgh);
+        let dy2 = l4
+            .backward(
+                s.y2.as_deref().unwrap_or(&[]),
+                &dgh,
+                m,
+                Dx::New,
+                &mut dpacked[self.slot_range(&l4, 4, len)?],
+                what,
+            )?
+            .ok_or_else(|| none_error(what, "∂y₂"))?;
+        drop(dgh);
+        let (g2, _) = Self::norm(r, 1)?;
+        let mut dx1 = layer_norm_grad_values(&s.x1, g2, &dy2, self.eps);
+        drop(dy2);
+        add_onto(&mut dx1, dy);
+        // Attention: ∂c = (λ₁ ⊙ ∂x₁)·W_oₑ, (∂q, ∂k, ∂v), ∂y₁ in one buffer, ∂x = ∂x₁ + LN₁'(∂y₁).
+        let l3 = lin(3)?;
+        let dctx = l3
+            .backward(
+                s.ctx.as_deref().unwrap_or(&[]),
+                &scaled(&dx1, l1),
+                m,
+                Dx::New,
+                &mut dpacked[self.slot_range(&l3, 3, len)?],
+                what,
+            )?
+            .ok_or_else(|| none_error(what, "∂c"))?;
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask);
+        drop(dctx);
+        let (n, y1) = (x.len(), s.y1.as_deref().unwrap_or(&[]));
+        let mut dy1: Option<Vec<f32>> = None;
+        for i in 0..3 {
+            let li = lin(i)?;
+            let rg = self.slot_range(&li, i, len)?;
+            let g = &dqkv[i * n..(i + 1) * n];
+            let dx = match (&mut dy1, x_tracked) {
+                (_, false) => Dx::Skip,
+                (None, true) => Dx::New,
+                (Some(d), true) => Dx::AddTo(d),
+            };
+            if let Some(d) = li.backward(y1, g, m, dx, &mut dpacked[rg], what)? {
+                dy1 = Some(d);
+            }
+        }
+        let Some(dy1) = dy1 else { return Ok(None) };
+        let (g1, _) = Self::norm(r, 0)?;
+        let mut dx = layer_norm_grad_values(x, g1, &dy1, self.eps);
+        add_onto(&mut dx, &dx1);
+        Ok(Some(dx))
+    }
+}
+
 impl CustomOp2 for BlockOp {
     fn name(&self) -> &'static str {
-        "superlora-post-ln-block"
+        if self.scales.is_some() { "superlora-pre-ln-block" } else { "superlora-post-ln-block" }
     }
 
     fn cpu_fwd(
@@ -191,22 +473,12 @@ impl CustomOp2 for BlockOp {
             candle_core::bail!("{what}: x {:?} does not end in the block's width {hidden}", xl.shape());
         }
         let r = self.reads();
-        let lin = |i| self.linear(&r, packed, i);
-        let q = lin(0)?.forward(x, m, what)?;
-        let k = lin(1)?.forward(x, m, what)?;
-        let v = lin(2)?.forward(x, m, what)?;
-        let ctx = attention::forward_values(dims, &q, &k, &v, self.mask.as_deref().map(Vec::as_slice));
-        let a = lin(3)?.forward(&ctx, m, what)?;
-        let (g1, b1) = Self::norm(&r, 0)?;
-        let x1 = layer_norm_sum_values(&a, x, g1, b1, self.eps);
-        let h = lin(4)?.forward(&x1, m, what)?;
-        let gh = gelu_values(&h);
-        let f = lin(5)?.forward(&gh, m, what)?;
-        let (g2, b2) = Self::norm(&r, 1)?;
-        let y = layer_norm_sum_values(&f, &x1, g2, b2, self.eps);
+        let (y, saved) = if self.scales.is_some() {
+            self.pre_forward(&r, x, packed, (m, dims))?
+        } else {
+            self.post_forward(&r, x, packed, (m, dims))?
+        };
         if self.keep {
-            let gh = (!matches!(self.slots[5], Slot::None)).then_some(gh);
-            let saved = Saved { q, k, v, ctx, a, x1, h, f, gh };
             *self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))? = Some(saved);
         }
         Ok((CpuStorage::F32(y), xl.shape().clone()))
@@ -221,7 +493,7 @@ impl CustomOp2 for BlockOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let what = "encoder block grad";
         let lock = self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
-        let Some(s) = lock.as_ref() else { candle_core::bail!("{what}: no activations kept by the forward") };
+        let Some(saved) = lock.as_ref() else { candle_core::bail!("{what}: no activations kept by the forward") };
         let (x_tracked, packed_tracked) = (x.track_op(), packed.track_op());
         let (x, packed, grad) = (x.contiguous()?, packed.contiguous()?, grad.contiguous()?);
         let (xg, xl) = x.storage_and_layout();
@@ -231,68 +503,33 @@ impl CustomOp2 for BlockOp {
             candle_core::bail!("{what}: not on the CPU")
         };
         let (xv, pv, dy) = (values(xs, xl, what)?, values(ps, pl, what)?, values(gs, gl, what)?);
-        let (m, dims) = self.dims(xl.shape())?;
+        let sizes = self.dims(xl.shape())?;
         if dy.len() != xv.len() {
             candle_core::bail!("{what}: {} gradients for {} outputs", dy.len(), xv.len());
         }
         let r = self.reads();
-        let lin = |i| self.linear(&r, pv, i);
         let mut dpacked = vec![0f32; pv.len()];
-        let slot = |i: usize, d: &mut Vec<f32>| -> candle_core::Result<std::ops::Range<usize>> {
-            let len = self.linear(&r, pv, i)?.adapter.len();
-            let offset = match self.slots[i] {
-                Slot::None => 0,
-                Slot::LowRank { offset, .. } | Slot::Dense { offset } => offset,
-            };
-            if offset + len > d.len() {
-                candle_core::bail!("{what}: adapter {i} outside the packed values");
-            }
-            Ok(offset..offset + len)
+        let dx = match saved {
+            Saved::Post(s) => self.post_backward(&r, s, (xv, pv, dy), sizes, x_tracked, &mut dpacked)?,
+            Saved::Pre(s) => self.pre_backward(&r, s, (xv, pv, dy), sizes, x_tracked, &mut dpacked)?,
         };
-
-        // FFN: ∂s₂, then ∂h = (∂s₂·W₂ₑ) ⊙ GELU'(h), then ∂x₁ = ∂s₂ + ∂h·W₁ₑ in ∂s₂'s buffer.
-        let (g2, _) = Self::norm(&r, 1)?;
-        let mut ds2 = layer_norm_sum_grad_values(&s.f, &s.x1, g2, dy, self.eps);
-        let rg = slot(5, &mut dpacked)?;
-        let gh = s.gh.as_deref().unwrap_or(&[]);
-        let mut dgh = lin(5)?
-            .backward(gh, &ds2, m, Dx::New, &mut dpacked[rg], what)?
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no ∂GELU(h)")))?;
-        gelu_grad_values_in_place(&s.h, &mut dgh);
-        let rg = slot(4, &mut dpacked)?;
-        lin(4)?.backward(&s.x1, &dgh, m, Dx::AddTo(&mut ds2), &mut dpacked[rg], what)?;
-        drop(dgh);
-        let dx1 = ds2;
-
-        // Attention: ∂s₁, ∂c, (∂q, ∂k, ∂v), then ∂x = ∂s₁ + Σ ∂·Wₑ in ∂s₁'s buffer.
-        let (g1, _) = Self::norm(&r, 0)?;
-        let mut ds1 = layer_norm_sum_grad_values(&s.a, xv, g1, &dx1, self.eps);
-        drop(dx1);
-        let rg = slot(3, &mut dpacked)?;
-        let dctx = lin(3)?
-            .backward(&s.ctx, &ds1, m, Dx::New, &mut dpacked[rg], what)?
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no ∂c")))?;
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask);
-        drop(dctx);
-        let n = xv.len();
-        for i in 0..3 {
-            let rg = slot(i, &mut dpacked)?;
-            let dx = if x_tracked { Dx::AddTo(&mut ds1) } else { Dx::Skip };
-            lin(i)?.backward(xv, &dqkv[i * n..(i + 1) * n], m, dx, &mut dpacked[rg], what)?;
-        }
         let dev = x.device();
-        let dx = if x_tracked { Some(Tensor::from_vec(ds1, x.dims(), dev)?) } else { None };
+        let dx = match dx {
+            Some(d) if x_tracked => Some(Tensor::from_vec(d, x.dims(), dev)?),
+            _ => None,
+        };
         let dp = if packed_tracked { Some(Tensor::from_vec(dpacked, packed.dims(), dev)?) } else { None };
         Ok((dx, dp))
     }
 }
 
-/// The frozen parts of one post-LN block, in module order: query, key, value, attention output,
-/// FFN in, FFN out; the norm after attention and the one after the FFN.
+/// The frozen parts of one block, in module order: query, key, value, attention output, FFN in,
+/// FFN out; the two norms (post-LN: after attention and after the FFN; pre-LN: before each); and
+/// for the pre-LN kind its LayerScale λ₁, λ₂ (`scales`; `None` is the post-LN kind).
 pub(crate) struct Block<'a> {
     pub(crate) linears: [&'a Linear; 6],
     pub(crate) norms: [&'a Norm; 2],
+    pub(crate) scales: Option<[&'a Tensor; 2]>,
 }
 
 impl Block<'_> {
@@ -355,9 +592,17 @@ impl Block<'_> {
         let norm = |n: &Norm| -> Result<(Tensor, Tensor)> {
             Ok((n.gamma.detach().contiguous()?, n.beta.detach().contiguous()?))
         };
+        let scales = match self.scales {
+            Some([l1, l2]) if cpu_f32(l1) && cpu_f32(l2) => {
+                Some([l1.detach().contiguous()?, l2.detach().contiguous()?])
+            }
+            Some(_) => return Ok(None),
+            None => None,
+        };
         let op = BlockOp {
             linears: [frozen(q)?, frozen(k)?, frozen(v)?, frozen(o)?, frozen(f1)?, frozen(f2)?],
             norms: [norm(self.norms[0])?, norm(self.norms[1])?],
+            scales,
             slots,
             heads,
             eps,

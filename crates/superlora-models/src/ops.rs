@@ -931,6 +931,22 @@ multiversion! {
     }
 }
 
+/// LayerNorm of x row by row (rows of d = γ.len(); x a whole number of rows, the caller checks),
+/// a new vector.
+pub(crate) fn layer_norm_values(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
+    par_filled(x.len(), gamma.len() * ROWS_PER_TASK, |start, o| {
+        layer_norm_rows(&x[start..start + o.len()], gamma, beta, eps, o);
+    })
+}
+
+/// ∂x of LayerNorm for the upstream `dy` (shapes as [`layer_norm_values`]), a new vector.
+pub(crate) fn layer_norm_grad_values(x: &[f32], gamma: &[f32], dy: &[f32], eps: f64) -> Vec<f32> {
+    par_filled(x.len(), gamma.len() * ROWS_PER_TASK, |start, o| {
+        let end = start + o.len();
+        layer_norm_grad_rows(&x[start..end], gamma, &dy[start..end], eps, o);
+    })
+}
+
 /// LayerNorm(a + r) row by row (rows of d = γ.len()), a new vector; a, r of one length, a whole
 /// number of rows (the caller checks).
 pub(crate) fn layer_norm_sum_values(a: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
@@ -1074,11 +1090,7 @@ impl CustomOp3 for LayerNormOp {
         if d == 0 || b.len() != d || x.len() % d != 0 || xl.shape().dims().last() != Some(&d) {
             candle_core::bail!("layer norm: x {:?} does not end in the {d} of γ/β", xl.shape());
         }
-        let eps = self.eps;
-        let out = par_filled(x.len(), d * ROWS_PER_TASK, |start, o| {
-            layer_norm_rows(&x[start..start + o.len()], g, b, eps, o);
-        });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
+        Ok((CpuStorage::F32(layer_norm_values(x, g, b, self.eps)), xl.shape().clone()))
     }
 
     fn bwd(
@@ -1126,12 +1138,7 @@ impl CustomOp3 for LayerNormGradOp {
         if d == 0 || x.len() != dy.len() || x.len() % d != 0 {
             candle_core::bail!("layer norm grad: shapes do not fit");
         }
-        let eps = self.eps;
-        let out = par_filled(x.len(), d * ROWS_PER_TASK, |start, o| {
-            let end = start + o.len();
-            layer_norm_grad_rows(&x[start..end], gamma, &dy[start..end], eps, o);
-        });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
+        Ok((CpuStorage::F32(layer_norm_grad_values(x, gamma, dy, self.eps)), xl.shape().clone()))
     }
 }
 

@@ -347,7 +347,17 @@ impl Vit {
 
     /// Token states after the final LayerNorm, [B, 1 + P, D], for `images` [B, 3, H, W]
     /// (normalised; H and W multiples of the patch size).
+    /// Each block is one node ([`crate::block`]) on the CPU in f32, the per-op block otherwise.
     pub fn forward(&self, images: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        self.forward_blocks(images, deltas, false)
+    }
+
+    /// [`Vit::forward`] with every block built from per-op nodes (its oracle in the tests).
+    pub fn forward_composed(&self, images: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        self.forward_blocks(images, deltas, true)
+    }
+
+    fn forward_blocks(&self, images: &Tensor, deltas: &Deltas, composed: bool) -> Result<Tensor> {
         let (x, gh, gw) = embed_patches(images, &self.patch_w, &self.patch_b, self.config.patch)?;
         let b = x.dim(0)?;
         let cls = self.cls.broadcast_as((b, 1, self.config.hidden))?;
@@ -355,14 +365,25 @@ impl Vit {
         let mut x = x.broadcast_add(&self.position_embeddings(gh, gw)?)?;
         let eps = self.eps;
         for blk in &self.blocks {
-            let y = blk.norm1.forward(&x, eps)?;
-            let (q, k, v) =
-                (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
-            let a = blk.output.forward(&attention(&q, &k, &v, self.config.heads, None)?, deltas)?;
-            x = (x + a.broadcast_mul(&blk.scale1)?)?;
-            let y = blk.norm2.forward(&x, eps)?;
-            let m = blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?;
-            x = (x + m.broadcast_mul(&blk.scale2)?)?;
+            let one = crate::block::Block {
+                linears: [&blk.query, &blk.key, &blk.value, &blk.output, &blk.fc1, &blk.fc2],
+                norms: [&blk.norm1, &blk.norm2],
+                scales: Some([&blk.scale1, &blk.scale2]),
+            };
+            let fused = if composed { None } else { one.forward(&x, None, self.config.heads, eps, deltas)? };
+            x = match fused {
+                Some(y) => y,
+                None => {
+                    let y = blk.norm1.forward(&x, eps)?;
+                    let (q, k, v) =
+                        (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
+                    let a = blk.output.forward(&attention(&q, &k, &v, self.config.heads, None)?, deltas)?;
+                    let x = (x + a.broadcast_mul(&blk.scale1)?)?;
+                    let y = blk.norm2.forward(&x, eps)?;
+                    let m = blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?;
+                    (x + m.broadcast_mul(&blk.scale2)?)?
+                }
+            };
         }
         self.norm.forward(&x, eps)
     }

@@ -129,3 +129,46 @@ fn adapter_gradients_reach_every_tensor_and_frozen_weights_get_none() {
         }
     }
 }
+
+/// The one-node blocks against their oracle, the per-op blocks, through the real DINOv2: the same
+/// features bit for bit and the same gradient (to rounding) for every adapter tensor, with ΔW
+/// factored (LoRA on q, v) and formed (on k, o, fc1, fc2).
+#[test]
+fn one_node_blocks_equal_the_per_op_blocks() {
+    let m = model();
+    let dev = Device::Cpu;
+    let images = Tensor::randn(0f32, 1.0, (2, 3, 28, 28), &dev).unwrap();
+    for (names, factored) in [("query,value", true), ("key,dense,fc1,fc2", false)] {
+        let targets = select(&m.linears(), &TargetPattern::names(names).unwrap()).unwrap();
+        let spec = AdapterSpec { rank: Some(2), ..Default::default() };
+        let a = SuperLora::from_shapes(&targets, &spec.resolve().unwrap(), DType::F32, &dev).unwrap();
+        for (name, v) in a.named_vars() {
+            a.set(&name, &Tensor::randn(0f32, 0.05, v.dims(), &dev).unwrap()).unwrap();
+        }
+        let c = Tensor::randn(0f32, 1.0, (2, 5, 384), &dev).unwrap();
+        let run = |composed: bool| {
+            let tape = if factored { a.training_tape().unwrap() } else { a.forward_tape().unwrap() };
+            let deltas = Deltas::from_tape(&targets, &tape).unwrap();
+            let x = if composed { m.forward_composed(&images, &deltas) } else { m.forward(&images, &deltas) };
+            let x = x.unwrap();
+            let grads = tape.backward(x.mul(&c).unwrap().sum_all().unwrap().backward().unwrap()).unwrap();
+            let g: Vec<Vec<f32>> = a
+                .named_vars()
+                .iter()
+                .map(|(n, v)| {
+                    let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
+                    g.flatten_all().unwrap().to_vec1().unwrap()
+                })
+                .collect();
+            (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+        };
+        let ((x1, g1), (x0, g0)) = (run(false), run(true));
+        assert_eq!(x1, x0, "{names}: the forward differs");
+        for ((n, _), (a, b)) in a.named_vars().iter().zip(g1.iter().zip(&g0)) {
+            let num = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let rel = num / b.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1e-30);
+            assert!(a.iter().any(|v| *v != 0.0), "{names}: zero gradient for {n}");
+            assert!(rel < 1e-4, "{names}: gradient of {n} differs by {rel} (relative)");
+        }
+    }
+}
