@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Ten
 
 use crate::Result;
 use crate::dense::{View, par_filled, product, product_add};
-use crate::simd::multiversion;
+use crate::simd::{STREAM_BLOCK, multiversion, prefetch_ahead};
 use superlora_core::lanes::lane_sum;
 
 /// `f` on the contiguous f32 values of a CPU tensor; an error naming `what` otherwise.
@@ -668,8 +668,11 @@ const GELU_CHUNK: usize = 1 << 14;
 multiversion! {
     /// GELU of each value of `x` into `o`.
     fn gelu_slice(x: &[f32], o: &mut [f32]) {
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+        for (b, (ob, xb)) in o.chunks_mut(STREAM_BLOCK).zip(x.chunks(STREAM_BLOCK)).enumerate() {
+            prefetch_ahead(x, b * STREAM_BLOCK);
+            for (o, &v) in ob.iter_mut().zip(xb) {
+                *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+            }
         }
     }
 }
@@ -744,13 +747,10 @@ impl CustomOp2 for GeluGradOp {
 multiversion! {
     /// d ← d·(Φ(x) + x·φ(x)) for each value of `x` and `d`: the GELU backward in place.
     fn gelu_grad_in_place(x: &[f32], d: &mut [f32]) {
-        const BLOCK: usize = 64;
-        const AHEAD: usize = 16 * BLOCK;
-        for (b, (db, xb)) in d.chunks_mut(BLOCK).zip(x.chunks(BLOCK)).enumerate() {
-            let ahead = b * BLOCK + AHEAD;
-            for line in (0..BLOCK).step_by(16) {
-                crate::simd::prefetch(x, ahead + line);
-            }
+        // In blocks, loading x ahead: the per-element work here is long enough that the
+        // hardware prefetcher alone left the loop waiting on x (docs/BENCHMARKS.md).
+        for (b, (db, xb)) in d.chunks_mut(STREAM_BLOCK).zip(x.chunks(STREAM_BLOCK)).enumerate() {
+            prefetch_ahead(x, b * STREAM_BLOCK);
             for (dv, &v) in db.iter_mut().zip(xb) {
                 let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
                 let pdf = INV_SQRT_2PI * exp_nonpos(-0.5 * v * v);

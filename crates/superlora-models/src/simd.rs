@@ -149,3 +149,15 @@ pub(crate) fn prefetch(s: &[f32], i: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (s, i);
 }
+
+/// Elements per block of the streaming loops that prefetch ([`prefetch_ahead`]): four cache lines.
+pub(crate) const STREAM_BLOCK: usize = 64;
+
+/// Prefetches the block of [`STREAM_BLOCK`] values that starts 16 blocks (4 KiB) after `start`.
+#[inline(always)]
+pub(crate) fn prefetch_ahead(s: &[f32], start: usize) {
+    let ahead = start + 16 * STREAM_BLOCK;
+    for line in (0..STREAM_BLOCK).step_by(16) {
+        prefetch(s, ahead + line);
+    }
+}
