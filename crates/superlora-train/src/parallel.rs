@@ -31,6 +31,36 @@ fn pools(n: usize) -> Result<Vec<Arc<ThreadPool>>> {
     Ok(pools[..n].to_vec())
 }
 
+static SHARED: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+
+/// `job` on one pool of `n` threads (built on first use and kept), so that the serial parts of a
+/// data-parallel step (the adapter's tape forward and backward, the optimizer) use every core
+/// the workers use, not the one-thread global pool `--workers` asks for (`RAYON_NUM_THREADS=1`).
+/// With n ≤ 1 `job` runs on the calling thread. Results do not depend on n: every parallel loop
+/// of the tape and the optimizer sums in a fixed order.
+pub fn on_all<T: Send>(n: usize, job: impl FnOnce() -> T + Send) -> Result<T> {
+    if n <= 1 {
+        return Ok(job());
+    }
+    let pool = {
+        let mut shared = SHARED.lock().map_err(|_| Error::Optim("a data-parallel step panicked earlier".into()))?;
+        match shared.iter().find(|(k, _)| *k == n) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let pool = ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("superlora-step-{i}"))
+                    .build()
+                    .map_err(|e| Error::Optim(format!("starting the step's {n} threads: {e}")))?;
+                let pool = Arc::new(pool);
+                shared.push((n, pool.clone()));
+                pool
+            }
+        }
+    };
+    Ok(pool.install(job))
+}
+
 /// `job(i)` for i in 0..n, each on worker i at the same time; the results in order. With n = 1 the
 /// job runs on the calling thread (the plain, single-graph path).
 pub fn on_workers<T: Send>(n: usize, job: impl Fn(usize) -> T + Sync) -> Result<Vec<T>> {
@@ -64,6 +94,16 @@ mod tests {
         // Inside a worker, rayon sees one thread: the worker's own.
         let threads = on_workers(2, |_| rayon::current_num_threads()).unwrap();
         assert_eq!(threads, vec![1, 1]);
+    }
+
+    #[test]
+    fn on_all_runs_once_on_n_threads() {
+        assert_eq!(on_all(3, rayon::current_num_threads).unwrap(), 3);
+        assert_eq!(
+            on_all(3, || std::thread::current().name().map(str::to_string)).unwrap().unwrap(),
+            "superlora-step-0"
+        );
+        assert_eq!(on_all(1, || 7).unwrap(), 7);
     }
 
     #[test]

@@ -287,10 +287,14 @@ pub fn optimize(opt: &mut AdamW, r: &StepResult, lr_factor: f64) -> Result<f64> 
         return Err(Error::NonFinite(format!("training loss is {value}")));
     }
     let mut grads = if r.parts.len() > 1 { backward_parts(&r.parts)? } else { r.loss.backward()? };
-    if let Some(t) = &r.tape {
-        grads = t.backward(grads)?;
-    }
-    opt.step(&grads, lr_factor)?;
+    // The tape and AdamW on as many threads as there were workers (see `parallel::on_all`).
+    crate::parallel::on_all(r.parts.len(), || -> Result<()> {
+        if let Some(t) = &r.tape {
+            grads = t.backward(grads)?;
+        }
+        opt.step(&grads, lr_factor)?;
+        Ok(())
+    })??;
     Ok(value)
 }
 

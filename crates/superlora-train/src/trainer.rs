@@ -206,7 +206,7 @@ pub struct StepOutput {
 /// on its own thread; and the batch's correct predictions. With one share the loss is the batch
 /// mean; with several, `parts` holds each share's mean weighted by its size over the batch's.
 fn step_result(task: &dyn Task, model: &Trainable, idx: &[usize], workers: usize) -> Result<StepResult> {
-    let tape = model.adapter.map(SuperLora::training_tape).transpose()?;
+    let tape = crate::parallel::on_all(workers, || model.adapter.map(SuperLora::training_tape).transpose())??;
     let deltas = match &tape {
         Some(t) => Deltas::from_tape(model.targets, t)?,
         None => Deltas::none(),
