@@ -152,14 +152,33 @@ pub struct Linear {
     pub weight: Tensor,
     /// b.
     pub bias: Option<Tensor>,
+    /// Wᵀ [in, out] stored, made from `weight` on first use by the one-node blocks
+    /// ([`Linear::weight_t`]).
+    weight_t: std::sync::Arc<std::sync::OnceLock<Tensor>>,
 }
 
 impl Linear {
+    /// A linear named `name` with W = `weight` [out, in] and bias `bias` [out].
+    pub fn new(name: &str, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { name: name.to_string(), weight, bias, weight_t: Default::default() }
+    }
+
+    /// Wᵀ [in, out], stored (contiguous): x·Wᵀ then multiplies two row-major matrices, which gemm
+    /// runs a few percent faster than reading W transposed (docs/BENCHMARKS.md). Made from
+    /// `weight` on first use and kept (one more copy of W in memory).
+    pub(crate) fn weight_t(&self) -> Result<Tensor> {
+        if let Some(t) = self.weight_t.get() {
+            return Ok(t.clone());
+        }
+        let t = self.weight.detach().t()?.contiguous()?;
+        Ok(self.weight_t.get_or_init(|| t).clone())
+    }
+
     /// Loads `<name>.weight` [out, in] and `<name>.bias` [out].
     pub fn load(w: &crate::Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
         let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
         let bias = Some(w.get(&format!("{name}.bias"), &[out_dim])?);
-        Ok(Linear { name: name.to_string(), weight, bias })
+        Ok(Linear::new(name, weight, bias))
     }
 
     /// Loads `<name>.weight` `[out, in]` and, if `bias`, `<name>.bias` `[out]`.
@@ -168,7 +187,7 @@ impl Linear {
             return Self::load(w, name, out_dim, in_dim);
         }
         let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
-        Ok(Linear { name: name.to_string(), weight, bias: None })
+        Ok(Linear::new(name, weight, None))
     }
 
     /// y = x·(W [+ ΔW])ᵀ + b, with ΔW from `deltas` if this layer is targeted.

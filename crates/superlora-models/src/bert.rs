@@ -386,10 +386,9 @@ mod tests {
         };
         let layers = (0..2)
             .map(|i| {
-                let mut lin = |name: &str, o: usize, inp: usize| Linear {
-                    name: format!("encoder.layer.{i}.{name}"),
-                    weight: tensor(&[o, inp], next(), 0.4),
-                    bias: Some(tensor(&[o], next(), 0.1)),
+                let mut lin = |name: &str, o: usize, inp: usize| {
+                    let (w, b) = (tensor(&[o, inp], next(), 0.4), tensor(&[o], next(), 0.1));
+                    Linear::new(&format!("encoder.layer.{i}.{name}"), w, Some(b))
                 };
                 let (query, key, value) = (lin("q", h, h), lin("k", h, h), lin("v", h, h));
                 let (output, ffn1, ffn2) = (lin("o", h, h), lin("f1", f, h), lin("f2", h, f));
@@ -441,8 +440,8 @@ mod tests {
         num / y.iter().map(|b| b.abs()).fold(0f32, f32::max).max(1e-30)
     }
 
-    /// The one-node block against its oracle, the per-op block: the same output bit for bit, the
-    /// same gradient (to rounding) for every adapter tensor and for x, with padding in the batch,
+    /// The one-node block against its oracle, the per-op block: the same output and the same
+    /// gradient (to rounding) for every adapter tensor and for x, with padding in the batch,
     /// with x trained (a block above another) and not (the first block).
     #[test]
     fn one_node_block_equals_the_per_op_block() {
@@ -465,7 +464,9 @@ mod tests {
                 (flat(&y), g)
             };
             let ((y1, g1), (y0, g0)) = (run(false), run(true));
-            assert_eq!(y1, y0, "forward differs");
+            // The block multiplies by a stored Wᵀ, the per-op linears read W transposed: the same
+            // products, summed by gemm in another blocking (last bits).
+            assert!(rel(&y1, &y0) < 1e-6, "forward differs by {} (relative)", rel(&y1, &y0));
             for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
                 let is_x = i == vars.len();
                 match (a, b) {

@@ -34,9 +34,11 @@
 //! gradient per node and per input). The block built from our per-op nodes
 //! ([`crate::bert::BertStack::forward_composed`]) has nine nodes, ∂x alone arriving from four of
 //! them (DINOv2's per-op block: fourteen, its LayerScale products also computing a gradient for
-//! the frozen λ); this op is one node. The forward runs the same kernels in the same order, so its output
-//! is bit for bit the per-op one; the backward sums in another order (equal to rounding). The
-//! per-op stacks are the oracles (tests `one_node_block_*` in `bert.rs` and `vit.rs`).
+//! the frozen λ); this op is one node. The forward runs the same kernels in the same order, except that
+//! each product x·Wᵀ reads a stored Wᵀ (`Linear::weight_t`: gemm multiplies two row-major matrices
+//! a few percent faster than it reads W transposed), so its output equals the per-op one to the
+//! last bits; the backward sums in another order (equal to rounding). The per-op stacks are the
+//! oracles (tests `one_node_block_*` in `bert.rs` and `vit.rs`).
 
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +66,8 @@ enum Slot {
 /// The frozen values of one linear: W [N, K] and b [N] (zeros when the layer has none).
 struct Frozen {
     w: Tensor,
+    /// Wᵀ stored [K, N] (the forward's product reads it as rows).
+    wt: Tensor,
     b: Tensor,
 }
 
@@ -139,12 +143,13 @@ impl<G: std::ops::Deref<Target = Storage>> Reads<'_, G> {
 }
 
 impl BlockOp {
-    /// The frozen values in a fixed order: (W, b) of the six linears, then (γ, β) of both norms.
+    /// The frozen values in a fixed order: (W, b, Wᵀ) of the six linears, then (γ, β) of both
+    /// norms, then λ₁, λ₂ when present.
     fn reads(&self) -> Reads<'_, impl std::ops::Deref<Target = Storage> + '_> {
         reads_of(
             self.linears
                 .iter()
-                .flat_map(|l| [&l.w, &l.b])
+                .flat_map(|l| [&l.w, &l.b, &l.wt])
                 .chain(self.norms.iter().flat_map(|(g, b)| [g, b]))
                 .chain(self.scales.iter().flatten()),
         )
@@ -154,7 +159,7 @@ impl BlockOp {
     fn scales<'a, G: std::ops::Deref<Target = Storage>>(
         r: &'a Reads<'_, G>,
     ) -> candle_core::Result<(&'a [f32], &'a [f32])> {
-        Ok((r.get(16, "encoder block")?, r.get(17, "encoder block")?))
+        Ok((r.get(22, "encoder block")?, r.get(23, "encoder block")?))
     }
 
     /// Where linear `i`'s adapter gradient goes in a packed gradient of `len` values.
@@ -193,7 +198,8 @@ impl BlockOp {
             },
             Slot::Dense { offset } => AdapterValues::Dense(&packed[offset..offset + n * k]),
         };
-        Ok(LinearValues { w: r.get(2 * i, what)?, b: r.get(2 * i + 1, what)?, n, k, adapter })
+        let (w, b, wt) = (r.get(3 * i, what)?, r.get(3 * i + 1, what)?, r.get(3 * i + 2, what)?);
+        Ok(LinearValues { wt: Some(wt), w, b, n, k, adapter })
     }
 
     /// γ and β of norm `j` (0 after attention, 1 after the FFN).
@@ -201,7 +207,7 @@ impl BlockOp {
         r: &'a Reads<'_, G>,
         j: usize,
     ) -> candle_core::Result<(&'a [f32], &'a [f32])> {
-        Ok((r.get(12 + 2 * j, "encoder block")?, r.get(13 + 2 * j, "encoder block")?))
+        Ok((r.get(18 + 2 * j, "encoder block")?, r.get(19 + 2 * j, "encoder block")?))
     }
 
     /// Rows M and the attention's sizes for x of `shape` ([B, T, H]).
@@ -586,7 +592,7 @@ impl Block<'_> {
                 Some(b) => b.detach().contiguous()?,
                 None => Tensor::zeros(l.weight.dim(0)?, DType::F32, l.weight.device())?,
             };
-            Ok(Frozen { w: l.weight.detach().contiguous()?, b })
+            Ok(Frozen { w: l.weight.detach().contiguous()?, wt: l.weight_t()?, b })
         };
         let [q, k, v, o, f1, f2] = self.linears;
         let norm = |n: &Norm| -> Result<(Tensor, Tensor)> {

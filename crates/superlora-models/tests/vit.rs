@@ -131,7 +131,7 @@ fn adapter_gradients_reach_every_tensor_and_frozen_weights_get_none() {
 }
 
 /// The one-node blocks against their oracle, the per-op blocks, through the real DINOv2: the same
-/// features bit for bit and the same gradient (to rounding) for every adapter tensor, with ΔW
+/// features and the same gradient (to rounding) for every adapter tensor, with ΔW
 /// factored (LoRA on q, v) and formed (on k, o, fc1, fc2).
 #[test]
 fn one_node_blocks_equal_the_per_op_blocks() {
@@ -163,10 +163,14 @@ fn one_node_blocks_equal_the_per_op_blocks() {
             (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
         };
         let ((x1, g1), (x0, g0)) = (run(false), run(true));
-        assert_eq!(x1, x0, "{names}: the forward differs");
-        for ((n, _), (a, b)) in a.named_vars().iter().zip(g1.iter().zip(&g0)) {
+        let rel = |a: &[f32], b: &[f32]| {
             let num = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            let rel = num / b.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1e-30);
+            num / b.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1e-30)
+        };
+        // The blocks multiply by a stored Wᵀ, the per-op linears read W transposed: last bits.
+        assert!(rel(&x1, &x0) < 1e-5, "{names}: the forward differs by {}", rel(&x1, &x0));
+        for ((n, _), (a, b)) in a.named_vars().iter().zip(g1.iter().zip(&g0)) {
+            let rel = rel(a, b);
             assert!(a.iter().any(|v| *v != 0.0), "{names}: zero gradient for {n}");
             assert!(rel < 1e-4, "{names}: gradient of {n} differs by {rel} (relative)");
         }
