@@ -6,7 +6,9 @@
 //!
 //!   S = s·Q·Kᵀ + 1·m_bᵀ,   P = softmax over each row of S,   C = P·V   (block h of the output).
 //!
-//! Backward, P recomputed from Q and K (nothing is kept between forward and backward):
+//! Backward, P recomputed from Q and K by this op (nothing is kept between its forward and
+//! backward), read from the forward by the one-node encoder blocks ([`crate::block`], B·H·T² more
+//! floats kept per block for one product and one softmax fewer):
 //!
 //!   ∂V = Pᵀ·∂C,   ∂P = ∂C·Vᵀ,   ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P)),   ∂Q = s·∂S·K,   ∂K = s·∂Sᵀ·Q.
 //!
@@ -185,41 +187,58 @@ fn scale(dims: Dims) -> f32 {
 }
 
 /// C [B, T, H·d] from q, k, v (each [B, T, H·d], lengths checked by the caller) and the key mask
-/// ([B·T]), one (example, head) per parallel task.
-pub(crate) fn forward_values(dims: Dims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
+/// ([B·T]), one (example, head) per parallel task; with `keep`, also every P (B·H blocks of T x T,
+/// block b·H + h), which [`backward_values`] then reads instead of forming it again.
+pub(crate) fn forward_values(
+    dims: Dims,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    mask: Option<&[f32]>,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, hd, scale) = (dims.t, dims.hd(), scale(dims));
     let mut out = vec![0f32; q.len()];
     let dst = SharedOut(out.as_mut_ptr());
-    (0..dims.b * dims.heads).into_par_iter().for_each_init(
-        || vec![0f32; t * t],
-        |p, item| {
-            probs(q, k, mask, dims, scale, item, p);
-            let base = dims.base(item);
-            // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out`
-            // (length B·T·H·d) and belongs to this item alone; V's block likewise inside v.
-            unsafe {
-                product((t, dims.d, t), dst.at(base), (hd, 1), p.as_ptr(), (t, 1), v[base..].as_ptr(), (hd, 1), 1.0);
-            }
-        },
-    );
-    out
+    let item_out = |p: &mut [f32], item: usize| {
+        probs(q, k, mask, dims, scale, item, p);
+        let base = dims.base(item);
+        // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out`
+        // (length B·T·H·d) and belongs to this item alone; V's block likewise inside v.
+        unsafe {
+            product((t, dims.d, t), dst.at(base), (hd, 1), p.as_ptr(), (t, 1), v[base..].as_ptr(), (hd, 1), 1.0);
+        }
+    };
+    if keep {
+        let mut all = vec![0f32; dims.b * dims.heads * t * t];
+        all.par_chunks_mut((t * t).max(1)).enumerate().for_each(|(item, p)| item_out(p, item));
+        return (out, Some(all));
+    }
+    (0..dims.b * dims.heads).into_par_iter().for_each_init(|| vec![0f32; t * t], |p, item| item_out(p, item));
+    (out, None)
 }
 
 /// [∂Q, ∂K, ∂V] (one [B, T, H·d] after the other) for the upstream ∂C `g` (shapes as
-/// [`forward_values`]), P recomputed per (example, head).
+/// [`forward_values`]), P read from `kept` (the forward's, bit for bit what it would be formed
+/// again) or formed again per (example, head).
 pub(crate) fn backward_values(
     dims: Dims,
     (q, k, v): (&[f32], &[f32], &[f32]),
     g: &[f32],
     mask: Option<&[f32]>,
+    kept: Option<&[f32]>,
 ) -> Vec<f32> {
     let (t, d, hd, scale, n) = (dims.t, dims.d, dims.hd(), scale(dims), q.len());
     let mut out = vec![0f32; 3 * n];
     let dst = SharedOut(out.as_mut_ptr());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || (vec![0f32; t * t], vec![0f32; t * t]),
-        |(p, ds), item| {
-            probs(q, k, mask, dims, scale, item, p);
+        |(scratch, ds), item| {
+            let p: &[f32] = match kept {
+                Some(all) => &all[item * t * t..(item + 1) * t * t],
+                None => {
+                    probs(q, k, mask, dims, scale, item, scratch);
+                    scratch
+                }
+            };
             let base = dims.base(item);
             // SAFETY: every block is T rows of d at stride H·d from `base` inside its
             // B·T·H·d buffer (q, k, v, g, and the three parts of `out` at 0, n, 2n), and this
@@ -240,7 +259,7 @@ pub(crate) fn backward_values(
                     1.0,
                 );
                 // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
-                softmax_grad_rows(ds.as_mut_slice(), p.as_slice(), t);
+                softmax_grad_rows(ds.as_mut_slice(), p, t);
                 // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
                 product((t, d, t), dq, (hd, 1), ds.as_ptr(), (t, 1), k[base..].as_ptr(), (hd, 1), scale);
                 product((t, d, t), dk, (hd, 1), ds.as_ptr(), (1, t), q[base..].as_ptr(), (hd, 1), scale);
@@ -281,7 +300,7 @@ impl CustomOp3 for AttentionOp {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (dims, q, k, v) = inputs(self, (qs, ql), (ks, kl), (vs, vl))?;
-        let out = forward_values(dims, q, k, v, self.mask.as_deref().map(Vec::as_slice));
+        let (out, _) = forward_values(dims, (q, k, v), self.mask.as_deref().map(Vec::as_slice), false);
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
@@ -329,7 +348,7 @@ impl CustomOp3 for AttentionGradOp {
             candle_core::bail!("attention: gradient {:?} for output {:?}", gl.shape(), ql.shape());
         }
         let g = values(gs, gl)?;
-        let out = backward_values(dims, (q, k, v), g, self.mask.as_deref().map(Vec::as_slice));
+        let out = backward_values(dims, (q, k, v), g, self.mask.as_deref().map(Vec::as_slice), None);
         let (b, t2, hd2) = ql.shape().dims3()?;
         Ok((CpuStorage::F32(out), Shape::from((3, b, t2, hd2))))
     }

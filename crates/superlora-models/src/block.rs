@@ -76,6 +76,8 @@ struct PostSaved {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// The attention probabilities (B·H blocks of T x T), read by the backward.
+    probs: Option<Vec<f32>>,
     ctx: Vec<f32>,
     a: Vec<f32>,
     x1: Vec<f32>,
@@ -91,6 +93,7 @@ struct PreSaved {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    probs: Option<Vec<f32>>,
     ctx: Option<Vec<f32>>,
     x1: Vec<f32>,
     y2: Option<Vec<f32>>,
@@ -277,7 +280,8 @@ impl BlockOp {
         let q = lin(0)?.forward(x, m, what)?;
         let k = lin(1)?.forward(x, m, what)?;
         let v = lin(2)?.forward(x, m, what)?;
-        let ctx = attention::forward_values(dims, &q, &k, &v, self.mask.as_deref().map(Vec::as_slice));
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let (ctx, probs) = attention::forward_values(dims, (&q, &k, &v), mask, self.keep);
         let a = lin(3)?.forward(&ctx, m, what)?;
         let (g1, b1) = Self::norm(r, 0)?;
         let x1 = layer_norm_sum_values(&a, x, g1, b1, self.eps);
@@ -287,7 +291,7 @@ impl BlockOp {
         let (g2, b2) = Self::norm(r, 1)?;
         let y = layer_norm_sum_values(&f, &x1, g2, b2, self.eps);
         let gh = self.adapted(5).then_some(gh);
-        Ok((y, Saved::Post(PostSaved { q, k, v, ctx, a, x1, h, f, gh })))
+        Ok((y, Saved::Post(PostSaved { q, k, v, probs, ctx, a, x1, h, f, gh })))
     }
 
     /// The pre-LN forward with LayerScale.
@@ -306,7 +310,8 @@ impl BlockOp {
         let q = lin(0)?.forward(&y1, m, what)?;
         let k = lin(1)?.forward(&y1, m, what)?;
         let v = lin(2)?.forward(&y1, m, what)?;
-        let ctx = attention::forward_values(dims, &q, &k, &v, self.mask.as_deref().map(Vec::as_slice));
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let (ctx, probs) = attention::forward_values(dims, (&q, &k, &v), mask, self.keep);
         let x1 = add_scaled(x, l1, &lin(3)?.forward(&ctx, m, what)?);
         let (g2, b2) = Self::norm(r, 1)?;
         let y2 = layer_norm_values(&x1, g2, b2, self.eps);
@@ -318,6 +323,7 @@ impl BlockOp {
             q,
             k,
             v,
+            probs,
             ctx: self.adapted(3).then_some(ctx),
             x1,
             y2: self.adapted(4).then_some(y2),
@@ -363,7 +369,7 @@ impl BlockOp {
             .backward(&s.ctx, &ds1, m, Dx::New, &mut dpacked[self.slot_range(&l3, 3, len)?], what)?
             .ok_or_else(|| none_error(what, "∂c"))?;
         let mask = self.mask.as_deref().map(Vec::as_slice);
-        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask);
+        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask, s.probs.as_deref());
         drop(dctx);
         let n = x.len();
         for i in 0..3 {
@@ -431,7 +437,7 @@ impl BlockOp {
             )?
             .ok_or_else(|| none_error(what, "∂c"))?;
         let mask = self.mask.as_deref().map(Vec::as_slice);
-        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask);
+        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask, s.probs.as_deref());
         drop(dctx);
         let (n, y1) = (x.len(), s.y1.as_deref().unwrap_or(&[]));
         let mut dy1: Option<Vec<f32>> = None;
