@@ -266,6 +266,17 @@ fn none_error(what: &str, of: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("{what}: no {of}"))
 }
 
+/// What both backwards read: x, the packed adapters and ∂y (values), the rows M and attention
+/// sizes, and whether x is trained (∂x wanted).
+struct BackIn<'a> {
+    x: &'a [f32],
+    packed: &'a [f32],
+    dy: &'a [f32],
+    m: usize,
+    dims: Dims,
+    x_tracked: bool,
+}
+
 impl BlockOp {
     /// The post-LN forward: y and what its backward needs.
     fn post_forward<G: std::ops::Deref<Target = Storage>>(
@@ -335,17 +346,15 @@ impl BlockOp {
 
     /// The post-LN backward: ∂x (when `x_tracked`), with the adapter gradients written into
     /// `dpacked`.
-    #[allow(clippy::too_many_arguments)]
     fn post_backward<G: std::ops::Deref<Target = Storage>>(
         &self,
         r: &Reads<'_, G>,
         s: &PostSaved,
-        (x, packed, dy): (&[f32], &[f32], &[f32]),
-        (m, dims): (usize, Dims),
-        x_tracked: bool,
+        inp: &BackIn<'_>,
         dpacked: &mut [f32],
     ) -> candle_core::Result<Option<Vec<f32>>> {
         let what = "encoder block grad";
+        let (x, packed, dy, m, dims, x_tracked) = (inp.x, inp.packed, inp.dy, inp.m, inp.dims, inp.x_tracked);
         let lin = |i| self.linear(r, packed, i);
         let len = dpacked.len();
         // FFN: ∂s₂, then ∂h = (∂s₂·W₂ₑ) ⊙ GELU'(h), then ∂x₁ = ∂s₂ + ∂h·W₁ₑ in ∂s₂'s buffer.
@@ -382,17 +391,15 @@ impl BlockOp {
     }
 
     /// The pre-LN backward (as [`BlockOp::post_backward`]).
-    #[allow(clippy::too_many_arguments)]
     fn pre_backward<G: std::ops::Deref<Target = Storage>>(
         &self,
         r: &Reads<'_, G>,
         s: &PreSaved,
-        (x, packed, dy): (&[f32], &[f32], &[f32]),
-        (m, dims): (usize, Dims),
-        x_tracked: bool,
+        inp: &BackIn<'_>,
         dpacked: &mut [f32],
     ) -> candle_core::Result<Option<Vec<f32>>> {
         let what = "encoder block grad";
+        let (x, packed, dy, m, dims, x_tracked) = (inp.x, inp.packed, inp.dy, inp.m, inp.dims, inp.x_tracked);
         let lin = |i| self.linear(r, packed, i);
         let len = dpacked.len();
         let (l1, l2) = Self::scales(r)?;
@@ -515,15 +522,16 @@ impl CustomOp2 for BlockOp {
             candle_core::bail!("{what}: not on the CPU")
         };
         let (xv, pv, dy) = (values(xs, xl, what)?, values(ps, pl, what)?, values(gs, gl, what)?);
-        let sizes = self.dims(xl.shape())?;
+        let (m, dims) = self.dims(xl.shape())?;
         if dy.len() != xv.len() {
             candle_core::bail!("{what}: {} gradients for {} outputs", dy.len(), xv.len());
         }
         let r = self.reads();
         let mut dpacked = vec![0f32; pv.len()];
+        let inputs = BackIn { x: xv, packed: pv, dy, m, dims, x_tracked };
         let dx = match saved {
-            Saved::Post(s) => self.post_backward(&r, s, (xv, pv, dy), sizes, x_tracked, &mut dpacked)?,
-            Saved::Pre(s) => self.pre_backward(&r, s, (xv, pv, dy), sizes, x_tracked, &mut dpacked)?,
+            Saved::Post(s) => self.post_backward(&r, s, &inputs, &mut dpacked)?,
+            Saved::Pre(s) => self.pre_backward(&r, s, &inputs, &mut dpacked)?,
         };
         let dev = x.device();
         let dx = match dx {
