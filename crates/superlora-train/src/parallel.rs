@@ -99,10 +99,9 @@ mod tests {
     #[test]
     fn on_all_runs_once_on_n_threads() {
         assert_eq!(on_all(3, rayon::current_num_threads).unwrap(), 3);
-        assert_eq!(
-            on_all(3, || std::thread::current().name().map(str::to_string)).unwrap().unwrap(),
-            "superlora-step-0"
-        );
+        // `install` runs the job on whichever of the pool's threads is free.
+        let name = on_all(3, || std::thread::current().name().map(str::to_string)).unwrap().unwrap();
+        assert!(name.starts_with("superlora-step-"), "ran on {name}");
         assert_eq!(on_all(1, || 7).unwrap(), 7);
     }
 
