@@ -266,6 +266,16 @@ fn none_error(what: &str, of: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("{what}: no {of}"))
 }
 
+/// The attention activations both backwards read: q, k, v, the kept probabilities, and the
+/// attention output linear's input c (empty when that linear is frozen in the pre-LN kind).
+struct Attn<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    probs: Option<&'a [f32]>,
+    ctx: &'a [f32],
+}
+
 /// What both backwards read: x, the packed adapters and ∂y (values), the rows M and attention
 /// sizes, and whether x is trained (∂x wanted).
 struct BackIn<'a> {
@@ -344,6 +354,70 @@ impl BlockOp {
         Ok((out, Saved::Pre(saved)))
     }
 
+    /// Linear `i`'s backward at its input `input` for the upstream `g`: ∂input as `dx` says, its
+    /// adapter's gradient into its slot of `dpacked`.
+    fn linear_backward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        packed: &[f32],
+        i: usize,
+        (input, g, m): (&[f32], &[f32], usize),
+        dx: Dx<'_>,
+        dpacked: &mut [f32],
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let li = self.linear(r, packed, i)?;
+        let rg = self.slot_range(&li, i, dpacked.len())?;
+        li.backward(input, g, m, dx, &mut dpacked[rg], "encoder block grad")
+    }
+
+    /// [`BlockOp::linear_backward`] for a ∂input that must come back.
+    fn linear_backward_new<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        packed: &[f32],
+        i: usize,
+        args: (&[f32], &[f32], usize),
+        dpacked: &mut [f32],
+    ) -> candle_core::Result<Vec<f32>> {
+        self.linear_backward(r, packed, i, args, Dx::New, dpacked)?
+            .ok_or_else(|| none_error("encoder block grad", "∂ of a linear's input"))
+    }
+
+    /// The attention half shared by both kinds, from the attention output linear's upstream `g`:
+    /// ∂c = g·W_oₑ, (∂q, ∂k, ∂v) = attention'(∂c), then Σ ∂·W_{q,k,v}ₑ at the q/k/v input `y`,
+    /// added onto `g` itself when `onto_g` (post-LN: ∂x = ∂s₁ + Σ) or into a new buffer; `None`
+    /// when x is not trained.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        a: Attn<'_>,
+        y: &[f32],
+        g: Vec<f32>,
+        onto_g: bool,
+        inp: &BackIn<'_>,
+        dpacked: &mut [f32],
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let (packed, m) = (inp.packed, inp.m);
+        let dctx = self.linear_backward_new(r, packed, 3, (a.ctx, &g, m), dpacked)?;
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let dqkv = attention::backward_values(inp.dims, (a.q, a.k, a.v), &dctx, mask, a.probs);
+        drop(dctx);
+        let n = inp.x.len();
+        let mut acc = onto_g.then_some(g);
+        for i in 0..3 {
+            let dx = match (&mut acc, inp.x_tracked) {
+                (_, false) => Dx::Skip,
+                (None, true) => Dx::New,
+                (Some(d), true) => Dx::AddTo(d),
+            };
+            if let Some(d) = self.linear_backward(r, packed, i, (y, &dqkv[i * n..(i + 1) * n], m), dx, dpacked)? {
+                acc = Some(d);
+            }
+        }
+        Ok(acc.filter(|_| inp.x_tracked))
+    }
+
     /// The post-LN backward: ∂x (when `x_tracked`), with the adapter gradients written into
     /// `dpacked`.
     fn post_backward<G: std::ops::Deref<Target = Storage>>(
@@ -353,41 +427,22 @@ impl BlockOp {
         inp: &BackIn<'_>,
         dpacked: &mut [f32],
     ) -> candle_core::Result<Option<Vec<f32>>> {
-        let what = "encoder block grad";
-        let (x, packed, dy, m, dims, x_tracked) = (inp.x, inp.packed, inp.dy, inp.m, inp.dims, inp.x_tracked);
-        let lin = |i| self.linear(r, packed, i);
-        let len = dpacked.len();
+        let (x, packed, m) = (inp.x, inp.packed, inp.m);
         // FFN: ∂s₂, then ∂h = (∂s₂·W₂ₑ) ⊙ GELU'(h), then ∂x₁ = ∂s₂ + ∂h·W₁ₑ in ∂s₂'s buffer.
         let (g2, _) = Self::norm(r, 1)?;
-        let mut ds2 = layer_norm_sum_grad_values(&s.f, &s.x1, g2, dy, self.eps);
-        let (l5, l4) = (lin(5)?, lin(4)?);
+        let mut ds2 = layer_norm_sum_grad_values(&s.f, &s.x1, g2, inp.dy, self.eps);
         let gh = s.gh.as_deref().unwrap_or(&[]);
-        let mut dgh = l5
-            .backward(gh, &ds2, m, Dx::New, &mut dpacked[self.slot_range(&l5, 5, len)?], what)?
-            .ok_or_else(|| none_error(what, "∂GELU(h)"))?;
+        let mut dgh = self.linear_backward_new(r, packed, 5, (gh, &ds2, m), dpacked)?;
         gelu_grad_values_in_place(&s.h, &mut dgh);
-        l4.backward(&s.x1, &dgh, m, Dx::AddTo(&mut ds2), &mut dpacked[self.slot_range(&l4, 4, len)?], what)?;
+        self.linear_backward(r, packed, 4, (&s.x1, &dgh, m), Dx::AddTo(&mut ds2), dpacked)?;
         drop(dgh);
         let dx1 = ds2;
-        // Attention: ∂s₁, ∂c, (∂q, ∂k, ∂v), then ∂x = ∂s₁ + Σ ∂·Wₑ in ∂s₁'s buffer.
+        // Attention: ∂s₁, then ∂x = ∂s₁ + Σ ∂·Wₑ in ∂s₁'s buffer.
         let (g1, _) = Self::norm(r, 0)?;
-        let mut ds1 = layer_norm_sum_grad_values(&s.a, x, g1, &dx1, self.eps);
+        let ds1 = layer_norm_sum_grad_values(&s.a, x, g1, &dx1, self.eps);
         drop(dx1);
-        let l3 = lin(3)?;
-        let dctx = l3
-            .backward(&s.ctx, &ds1, m, Dx::New, &mut dpacked[self.slot_range(&l3, 3, len)?], what)?
-            .ok_or_else(|| none_error(what, "∂c"))?;
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask, s.probs.as_deref());
-        drop(dctx);
-        let n = x.len();
-        for i in 0..3 {
-            let li = lin(i)?;
-            let dx = if x_tracked { Dx::AddTo(&mut ds1) } else { Dx::Skip };
-            let rg = self.slot_range(&li, i, len)?;
-            li.backward(x, &dqkv[i * n..(i + 1) * n], m, dx, &mut dpacked[rg], what)?;
-        }
-        Ok(x_tracked.then_some(ds1))
+        let saved = Attn { q: &s.q, k: &s.k, v: &s.v, probs: s.probs.as_deref(), ctx: &s.ctx };
+        self.attention_backward(r, saved, x, ds1, true, inp, dpacked)
     }
 
     /// The pre-LN backward (as [`BlockOp::post_backward`]).
@@ -398,70 +453,25 @@ impl BlockOp {
         inp: &BackIn<'_>,
         dpacked: &mut [f32],
     ) -> candle_core::Result<Option<Vec<f32>>> {
-        let what = "encoder block grad";
-        let (x, packed, dy, m, dims, x_tracked) = (inp.x, inp.packed, inp.dy, inp.m, inp.dims, inp.x_tracked);
-        let lin = |i| self.linear(r, packed, i);
-        let len = dpacked.len();
+        let (x, packed, dy, m) = (inp.x, inp.packed, inp.dy, inp.m);
         let (l1, l2) = Self::scales(r)?;
         // MLP: ∂h = ((λ₂ ⊙ ∂out)·W₂ₑ) ⊙ GELU'(h), ∂y₂ = ∂h·W₁ₑ, ∂x₁ = ∂out + LN₂'(∂y₂).
-        let (l5, l4) = (lin(5)?, lin(4)?);
-        let mut dgh = l5
-            .backward(
-                s.gh.as_deref().unwrap_or(&[]),
-                &scaled(dy, l2),
-                m,
-                Dx::New,
-                &mut dpacked[self.slot_range(&l5, 5, len)?],
-                what,
-            )?
-            .ok_or_else(|| none_error(what, "∂GELU(h)"))?;
+        let gh = s.gh.as_deref().unwrap_or(&[]);
+        let mut dgh = self.linear_backward_new(r, packed, 5, (gh, &scaled(dy, l2), m), dpacked)?;
         gelu_grad_values_in_place(&s.h, &mut dgh);
-        let dy2 = l4
-            .backward(
-                s.y2.as_deref().unwrap_or(&[]),
-                &dgh,
-                m,
-                Dx::New,
-                &mut dpacked[self.slot_range(&l4, 4, len)?],
-                what,
-            )?
-            .ok_or_else(|| none_error(what, "∂y₂"))?;
+        let dy2 = self.linear_backward_new(r, packed, 4, (s.y2.as_deref().unwrap_or(&[]), &dgh, m), dpacked)?;
         drop(dgh);
         let (g2, _) = Self::norm(r, 1)?;
         let mut dx1 = layer_norm_grad_values(&s.x1, g2, &dy2, self.eps);
         drop(dy2);
         add_onto(&mut dx1, dy);
-        // Attention: ∂c = (λ₁ ⊙ ∂x₁)·W_oₑ, (∂q, ∂k, ∂v), ∂y₁ in one buffer, ∂x = ∂x₁ + LN₁'(∂y₁).
-        let l3 = lin(3)?;
-        let dctx = l3
-            .backward(
-                s.ctx.as_deref().unwrap_or(&[]),
-                &scaled(&dx1, l1),
-                m,
-                Dx::New,
-                &mut dpacked[self.slot_range(&l3, 3, len)?],
-                what,
-            )?
-            .ok_or_else(|| none_error(what, "∂c"))?;
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        let dqkv = attention::backward_values(dims, (&s.q, &s.k, &s.v), &dctx, mask, s.probs.as_deref());
-        drop(dctx);
-        let (n, y1) = (x.len(), s.y1.as_deref().unwrap_or(&[]));
-        let mut dy1: Option<Vec<f32>> = None;
-        for i in 0..3 {
-            let li = lin(i)?;
-            let rg = self.slot_range(&li, i, len)?;
-            let g = &dqkv[i * n..(i + 1) * n];
-            let dx = match (&mut dy1, x_tracked) {
-                (_, false) => Dx::Skip,
-                (None, true) => Dx::New,
-                (Some(d), true) => Dx::AddTo(d),
-            };
-            if let Some(d) = li.backward(y1, g, m, dx, &mut dpacked[rg], what)? {
-                dy1 = Some(d);
-            }
-        }
-        let Some(dy1) = dy1 else { return Ok(None) };
+        // Attention from (λ₁ ⊙ ∂x₁): ∂y₁ in one buffer, then ∂x = ∂x₁ + LN₁'(∂y₁).
+        let ctx = s.ctx.as_deref().unwrap_or(&[]);
+        let saved = Attn { q: &s.q, k: &s.k, v: &s.v, probs: s.probs.as_deref(), ctx };
+        let y1 = s.y1.as_deref().unwrap_or(&[]);
+        let Some(dy1) = self.attention_backward(r, saved, y1, scaled(&dx1, l1), false, inp, dpacked)? else {
+            return Ok(None);
+        };
         let (g1, _) = Self::norm(r, 0)?;
         let mut dx = layer_norm_grad_values(x, g1, &dy1, self.eps);
         add_onto(&mut dx, &dx1);
