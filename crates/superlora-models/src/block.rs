@@ -288,6 +288,24 @@ struct BackIn<'a> {
 }
 
 impl BlockOp {
+    /// q, k, v = y·W_{q,k,v}ₑᵀ + b, then c = attention(q, k, v) (with its probabilities when the
+    /// backward will want them): the attention half both forwards share, y the q/k/v input.
+    #[allow(clippy::type_complexity)]
+    fn attention_forward<G: std::ops::Deref<Target = Storage>>(
+        &self,
+        r: &Reads<'_, G>,
+        packed: &[f32],
+        y: &[f32],
+        (m, dims): (usize, Dims),
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+        let what = "encoder block";
+        let lin = |i| self.linear(r, packed, i);
+        let (q, k, v) = (lin(0)?.forward(y, m, what)?, lin(1)?.forward(y, m, what)?, lin(2)?.forward(y, m, what)?);
+        let mask = self.mask.as_deref().map(Vec::as_slice);
+        let (ctx, probs) = attention::forward_values(dims, (&q, &k, &v), mask, self.keep);
+        Ok((q, k, v, ctx, probs))
+    }
+
     /// The post-LN forward: y and what its backward needs.
     fn post_forward<G: std::ops::Deref<Target = Storage>>(
         &self,
@@ -298,11 +316,7 @@ impl BlockOp {
     ) -> candle_core::Result<(Vec<f32>, Saved)> {
         let what = "encoder block";
         let lin = |i| self.linear(r, packed, i);
-        let q = lin(0)?.forward(x, m, what)?;
-        let k = lin(1)?.forward(x, m, what)?;
-        let v = lin(2)?.forward(x, m, what)?;
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        let (ctx, probs) = attention::forward_values(dims, (&q, &k, &v), mask, self.keep);
+        let (q, k, v, ctx, probs) = self.attention_forward(r, packed, x, (m, dims))?;
         let a = lin(3)?.forward(&ctx, m, what)?;
         let (g1, b1) = Self::norm(r, 0)?;
         let x1 = layer_norm_sum_values(&a, x, g1, b1, self.eps);
@@ -328,11 +342,7 @@ impl BlockOp {
         let (l1, l2) = Self::scales(r)?;
         let (g1, b1) = Self::norm(r, 0)?;
         let y1 = layer_norm_values(x, g1, b1, self.eps);
-        let q = lin(0)?.forward(&y1, m, what)?;
-        let k = lin(1)?.forward(&y1, m, what)?;
-        let v = lin(2)?.forward(&y1, m, what)?;
-        let mask = self.mask.as_deref().map(Vec::as_slice);
-        let (ctx, probs) = attention::forward_values(dims, (&q, &k, &v), mask, self.keep);
+        let (q, k, v, ctx, probs) = self.attention_forward(r, packed, &y1, (m, dims))?;
         let x1 = add_scaled(x, l1, &lin(3)?.forward(&ctx, m, what)?);
         let (g2, b2) = Self::norm(r, 1)?;
         let y2 = layer_norm_values(&x1, g2, b2, self.eps);
