@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use crate::Result;
 use crate::ops::exp_nonpos;
 use crate::simd::multiversion;
+use crate::small::{small_product, small_product_into, transpose_into};
 
 /// The sizes of one call.
 #[derive(Clone, Copy)]
@@ -73,56 +74,22 @@ impl SharedOut {
     }
 }
 
-/// dst (m x n, strides rs/cs) = beta · lhs (m x k) · rhs (k x n), one thread.
-///
-/// # Safety
-/// Every pointer with its strides must address valid memory for the shapes given, and `dst`
-/// must not be written by anyone else meanwhile.
+/// P = softmax(s·Q·Kᵀ + mask) of one (example, head) into `p` (T x T, row-major); `kt` is scratch
+/// for Kᵀ (d x T).
 #[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (usize, usize),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
+fn probs(
+    q: &[f32],
+    k: &[f32],
+    mask: Option<&[f32]>,
+    dims: Dims,
+    scale: f32,
+    item: usize,
+    kt: &mut [f32],
+    p: &mut [f32],
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// P = softmax(s·Q·Kᵀ + mask) of one (example, head) into `p` (T x T, row-major).
-fn probs(q: &[f32], k: &[f32], mask: Option<&[f32]>, dims: Dims, scale: f32, item: usize, p: &mut [f32]) {
     let (t, d, hd, base) = (dims.t, dims.d, dims.hd(), dims.base(item));
-    // SAFETY: Q and K blocks are T rows of d at stride H·d from `base`, inside q and k (their
-    // lengths are B·T·H·d, checked by the caller); Kᵀ reads K with swapped strides; p is T x T.
-    unsafe {
-        product((t, t, d), p.as_mut_ptr(), (t, 1), q[base..].as_ptr(), (hd, 1), k[base..].as_ptr(), (1, hd), scale);
-    }
+    transpose_into(&k[base..], (t, d), hd, kt);
+    small_product((t, t, d), &q[base..], (hd, 1), kt, t, scale, p);
     let bi = item / dims.heads;
     softmax_rows(p, t, mask.map(|m| &m[bi * t..(bi + 1) * t]));
 }
@@ -198,21 +165,23 @@ pub(crate) fn forward_values(
     let (t, hd, scale) = (dims.t, dims.hd(), scale(dims));
     let mut out = vec![0f32; q.len()];
     let dst = SharedOut(out.as_mut_ptr());
-    let item_out = |p: &mut [f32], item: usize| {
-        probs(q, k, mask, dims, scale, item, p);
+    let item_out = |kt: &mut [f32], p: &mut [f32], item: usize| {
+        probs(q, k, mask, dims, scale, item, kt, p);
         let base = dims.base(item);
-        // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out`
-        // (length B·T·H·d) and belongs to this item alone; V's block likewise inside v.
-        unsafe {
-            product((t, dims.d, t), dst.at(base), (hd, 1), p.as_ptr(), (t, 1), v[base..].as_ptr(), (hd, 1), 1.0);
-        }
+        // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out` (length
+        // B·T·H·d) and belongs to this item alone.
+        unsafe { small_product_into((t, dims.d, t), p, (t, 1), &v[base..], hd, 1.0, (dst.at(base), hd)) };
     };
     if keep {
         let mut all = vec![0f32; dims.b * dims.heads * t * t];
-        all.par_chunks_mut((t * t).max(1)).enumerate().for_each(|(item, p)| item_out(p, item));
+        all.par_chunks_mut((t * t).max(1))
+            .enumerate()
+            .for_each_init(|| vec![0f32; dims.d * t], |kt, (item, p)| item_out(kt, p, item));
         return (out, Some(all));
     }
-    (0..dims.b * dims.heads).into_par_iter().for_each_init(|| vec![0f32; t * t], |p, item| item_out(p, item));
+    (0..dims.b * dims.heads)
+        .into_par_iter()
+        .for_each_init(|| (vec![0f32; dims.d * t], vec![0f32; t * t]), |(kt, p), item| item_out(kt, p, item));
     (out, None)
 }
 
@@ -230,40 +199,29 @@ pub(crate) fn backward_values(
     let mut out = vec![0f32; 3 * n];
     let dst = SharedOut(out.as_mut_ptr());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
-        || (vec![0f32; t * t], vec![0f32; t * t]),
-        |(scratch, ds), item| {
+        || (vec![0f32; d * t], vec![0f32; t * t], vec![0f32; t * t]),
+        |(transposed, scratch, ds), item| {
             let p: &[f32] = match kept {
                 Some(all) => &all[item * t * t..(item + 1) * t * t],
                 None => {
-                    probs(q, k, mask, dims, scale, item, scratch);
+                    probs(q, k, mask, dims, scale, item, transposed, scratch);
                     scratch
                 }
             };
             let base = dims.base(item);
-            // SAFETY: every block is T rows of d at stride H·d from `base` inside its
-            // B·T·H·d buffer (q, k, v, g, and the three parts of `out` at 0, n, 2n), and this
-            // item alone writes its blocks of `out`; p and ds are this task's T x T buffers.
-            unsafe {
-                // ∂V = Pᵀ·∂C
-                let (dq, dk, dv) = (dst.at(base), dst.0.add(n + base), dst.0.add(2 * n + base));
-                product((t, d, t), dv, (hd, 1), p.as_ptr(), (1, t), g[base..].as_ptr(), (hd, 1), 1.0);
-                // ∂P = ∂C·Vᵀ
-                product(
-                    (t, t, d),
-                    ds.as_mut_ptr(),
-                    (t, 1),
-                    g[base..].as_ptr(),
-                    (hd, 1),
-                    v[base..].as_ptr(),
-                    (1, hd),
-                    1.0,
-                );
-                // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
-                softmax_grad_rows(ds.as_mut_slice(), p, t);
-                // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
-                product((t, d, t), dq, (hd, 1), ds.as_ptr(), (t, 1), k[base..].as_ptr(), (hd, 1), scale);
-                product((t, d, t), dk, (hd, 1), ds.as_ptr(), (1, t), q[base..].as_ptr(), (hd, 1), scale);
-            }
+            let (dq, dk, dv) = ((dst.at(base), hd), (dst.at(n + base), hd), (dst.at(2 * n + base), hd));
+            // SAFETY (each product into `out`): every block is T rows of d at stride H·d from
+            // `base` inside its B·T·H·d part of `out` (at 0, n, 2n), and this item alone writes it.
+            // ∂V = Pᵀ·∂C
+            unsafe { small_product_into((t, d, t), p, (1, t), &g[base..], hd, 1.0, dv) };
+            // ∂P = ∂C·Vᵀ
+            transpose_into(&v[base..], (t, d), hd, transposed);
+            small_product((t, t, d), &g[base..], (hd, 1), transposed, t, 1.0, ds);
+            // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
+            softmax_grad_rows(ds.as_mut_slice(), p, t);
+            // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
+            unsafe { small_product_into((t, d, t), ds, (t, 1), &k[base..], hd, scale, dq) };
+            unsafe { small_product_into((t, d, t), ds, (1, t), &q[base..], hd, scale, dk) };
         },
     );
     out

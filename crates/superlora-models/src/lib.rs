@@ -38,6 +38,7 @@ pub mod llm_tokenizer;
 pub mod ops;
 pub mod roberta;
 mod simd;
+mod small;
 pub mod vit;
 pub mod weights;
 
