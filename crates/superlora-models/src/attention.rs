@@ -163,8 +163,9 @@ pub(crate) fn forward_values(
     keep: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (t, hd, scale) = (dims.t, dims.hd(), scale(dims));
-    let mut out = vec![0f32; q.len()];
-    let dst = SharedOut(out.as_mut_ptr());
+    // Written without a zero fill: the (example, head) blocks cover every element once.
+    let mut out: Vec<f32> = Vec::with_capacity(q.len());
+    let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     let item_out = |kt: &mut [f32], p: &mut [f32], item: usize| {
         probs(q, k, mask, dims, scale, item, kt, p);
         let base = dims.base(item);
@@ -177,11 +178,15 @@ pub(crate) fn forward_values(
         all.par_chunks_mut((t * t).max(1))
             .enumerate()
             .for_each_init(|| vec![0f32; dims.d * t], |kt, (item, p)| item_out(kt, p, item));
+        // SAFETY: every (example, head) block of the B·T·H·d values was written above.
+        unsafe { out.set_len(q.len()) };
         return (out, Some(all));
     }
     (0..dims.b * dims.heads)
         .into_par_iter()
         .for_each_init(|| (vec![0f32; dims.d * t], vec![0f32; t * t]), |(kt, p), item| item_out(kt, p, item));
+    // SAFETY: as above.
+    unsafe { out.set_len(q.len()) };
     (out, None)
 }
 
@@ -196,8 +201,9 @@ pub(crate) fn backward_values(
     kept: Option<&[f32]>,
 ) -> Vec<f32> {
     let (t, d, hd, scale, n) = (dims.t, dims.d, dims.hd(), scale(dims), q.len());
-    let mut out = vec![0f32; 3 * n];
-    let dst = SharedOut(out.as_mut_ptr());
+    // Written without a zero fill: the (example, head) blocks of ∂Q, ∂K and ∂V cover every element.
+    let mut out: Vec<f32> = Vec::with_capacity(3 * n);
+    let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     (0..dims.b * dims.heads).into_par_iter().for_each_init(
         || (vec![0f32; d * t], vec![0f32; t * t], vec![0f32; t * t]),
         |(transposed, scratch, ds), item| {
@@ -224,6 +230,8 @@ pub(crate) fn backward_values(
             unsafe { small_product_into((t, d, t), ds, (1, t), &q[base..], hd, scale, dk) };
         },
     );
+    // SAFETY: every block of the three parts was written above.
+    unsafe { out.set_len(3 * n) };
     out
 }
 

@@ -11,7 +11,8 @@
 //!   bias rows (one write pass, which replaces both the zero fill and the bias add) and gemm
 //!   accumulates onto it; without a bias gemm writes every element of memory it never reads;
 //! - [`product_add`]: C += A·B in place;
-//! - [`par_filled`]: a new vector written by parallel chunks, each zeroed while it is in cache.
+//! - [`par_filled`]: a new vector written by parallel chunks, each zeroed while it is in cache;
+//!   [`par_written`] without the zeroing, for fills that write every element.
 //!
 //! Equation: C[i, j] = b[j] + Σ_l A[i, l]·B[l, j], A [m, k], B [k, n], C [m, n] row-major.
 //! A [`View`] reads a stored row-major matrix as itself or as its transpose (strides only).
@@ -167,6 +168,26 @@ pub(crate) fn par_filled(n: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]
         fill(c * chunk.max(1), part);
     });
     // SAFETY: the chunks of spare_capacity_mut()[..n] cover all n elements, each initialised.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// A new vector of `n` written by parallel chunks that `fill` writes without a zero fill first
+/// (for fills that overwrite every element anyway, as GELU's does).
+///
+/// # Safety
+/// `fill(start, part)` must write every element of `part`.
+pub(crate) unsafe fn par_written(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(c, part)| fill(c * chunk.max(1), part));
+    // SAFETY: the chunks cover all n elements and `fill` wrote each (the caller's contract).
     unsafe { v.set_len(n) };
     v
 }

@@ -11,11 +11,13 @@
 //! - [`attention`]: one op with its own backward ([`crate::attention`]), [`attention_reference`]
 //!   composed.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
 
 use crate::Result;
-use crate::dense::{View, par_filled, product, product_add};
+use crate::dense::{View, par_filled, par_written, product, product_add};
 use crate::simd::{STREAM_BLOCK, multiversion, prefetch_ahead};
 use superlora_core::lanes::lane_sum;
 
@@ -681,12 +683,13 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 const GELU_CHUNK: usize = 1 << 14;
 
 multiversion! {
-    /// GELU of each value of `x` into `o`.
-    fn gelu_slice(x: &[f32], o: &mut [f32]) {
+    /// GELU of each value of `x` into `o` (every element of `o` written: `o` and `x` have one
+    /// length).
+    fn gelu_slice(x: &[f32], o: &mut [MaybeUninit<f32>]) {
         for (b, (ob, xb)) in o.chunks_mut(STREAM_BLOCK).zip(x.chunks(STREAM_BLOCK)).enumerate() {
             prefetch_ahead(x, b * STREAM_BLOCK);
             for (o, &v) in ob.iter_mut().zip(xb) {
-                *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+                o.write(0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
             }
         }
     }
@@ -705,7 +708,8 @@ multiversion! {
 
 /// GELU of every value of `x`, a new vector (parallel chunks).
 pub(crate) fn gelu_values(x: &[f32]) -> Vec<f32> {
-    par_filled(x.len(), GELU_CHUNK, |start, o| gelu_slice(&x[start..start + o.len()], o))
+    // SAFETY: gelu_slice writes every element of its part, whose length its slice of x has.
+    unsafe { par_written(x.len(), GELU_CHUNK, |start, o| gelu_slice(&x[start..start + o.len()], o)) }
 }
 
 /// d ← d ⊙ GELU'(x) elementwise (parallel chunks); `d` and `x` have one length.

@@ -114,6 +114,48 @@ mod avx512 {
         }
     }
 
+    /// Column j of the [rows, cols] block at stride `rs` of `s` into row j of `out` ([cols, rows]),
+    /// 16 rows of the block per gather (masked at the last rows).
+    ///
+    /// # Safety
+    /// AVX-512F must be present; the block must lie inside `s`, `out` hold rows·cols values, and
+    /// 15·rs fit an i32.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose(s: &[f32], (rows, cols): (usize, usize), rs: usize, out: &mut [f32]) {
+        let step = rs as i32;
+        let offsets = _mm512_setr_epi32(
+            0,
+            step,
+            2 * step,
+            3 * step,
+            4 * step,
+            5 * step,
+            6 * step,
+            7 * step,
+            8 * step,
+            9 * step,
+            10 * step,
+            11 * step,
+            12 * step,
+            13 * step,
+            14 * step,
+            15 * step,
+        );
+        for i0 in (0..rows).step_by(16) {
+            let left = rows - i0;
+            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+            for j in 0..cols {
+                // SAFETY: the unmasked lanes read s[(i0 + ii)·rs + j] with i0 + ii < rows and
+                // j < cols, inside the block; they write out[j·rows + i0 + ii], inside out.
+                unsafe {
+                    let v =
+                        _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, s.as_ptr().add(i0 * rs + j));
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(j * rows + i0), mask, v);
+                }
+            }
+        }
+    }
+
     /// Every tile of C: blocks of R rows, then the last rows in blocks of 4, 2 and 1.
     ///
     /// # Safety
@@ -253,8 +295,26 @@ pub(crate) fn small_product(
 }
 
 /// The transpose of the [rows, cols] block at stride `rs` of `s` into `out` ([cols, rows]
-/// contiguous), so that a product by a transposed operand reads contiguous rows.
+/// contiguous), so that a product by a transposed operand reads contiguous rows. Panics (a bug of
+/// the caller) when `s` or `out` is too short.
 pub(crate) fn transpose_into(s: &[f32], (rows, cols): (usize, usize), rs: usize, out: &mut [f32]) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!((rows - 1) * rs + cols <= s.len() && rs >= cols, "transpose_into: the block is not inside s");
+    assert!(out.len() >= rows * cols, "transpose_into: out holds {} of {cols} x {rows}", out.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::level() >= 2 && i32::try_from(15 * rs).is_ok() {
+        // SAFETY: AVX-512F present (level 2); the block and `out` were checked above; 15·rs fits
+        // the gather's i32 offsets.
+        unsafe { avx512::transpose(s, (rows, cols), rs, out) };
+        return;
+    }
+    transpose_scalar(s, (rows, cols), rs, out);
+}
+
+/// [`transpose_into`] one element at a time: the path without AVX-512, and the tests' reference.
+fn transpose_scalar(s: &[f32], (rows, cols): (usize, usize), rs: usize, out: &mut [f32]) {
     // Row j of the result gathers column j of the block: contiguous writes, reads from the few
     // cache lines of the block's rows.
     for (j, o) in out.chunks_exact_mut(rows).take(cols).enumerate() {
@@ -364,6 +424,17 @@ mod tests {
         for (row, want) in wide.chunks_exact(ors).zip(dense.chunks_exact(n)) {
             assert_eq!(&row[..n], want);
             assert!(row[n..].iter().all(|&v| v == -7.0));
+        }
+    }
+
+    #[test]
+    fn the_gathering_transpose_equals_the_scalar_one() {
+        for (rows, cols, rs) in [(32, 32, 384), (65, 64, 384), (65, 65, 65), (1, 1, 1), (17, 3, 5), (16, 16, 16)] {
+            let s = values((rows - 1) * rs + cols, rows);
+            let (mut fast, mut slow) = (vec![f32::NAN; rows * cols], vec![f32::NAN; rows * cols]);
+            transpose_into(&s, (rows, cols), rs, &mut fast);
+            transpose_scalar(&s, (rows, cols), rs, &mut slow);
+            assert_eq!(fast, slow, "{rows} x {cols} at {rs}");
         }
     }
 
