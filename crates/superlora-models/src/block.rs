@@ -48,8 +48,8 @@ use crate::Result;
 use crate::adapt::{Deltas, LayerDelta, Linear};
 use crate::attention::{self, Dims};
 use crate::ops::{
-    AdapterValues, Dx, LinearValues, Norm, gelu_grad_values_in_place, gelu_values, layer_norm_grad_values,
-    layer_norm_sum_grad_values, layer_norm_sum_values, layer_norm_values,
+    AdapterValues, Dx, LinearValues, Norm, gelu_and_slope_values, gelu_slope_grad_in_place, gelu_values,
+    layer_norm_grad_values, layer_norm_sum_grad_values, layer_norm_sum_values, layer_norm_values,
 };
 
 /// How one linear's adapter sits in the packed input.
@@ -81,7 +81,8 @@ struct PostSaved {
     ctx: Vec<f32>,
     a: Vec<f32>,
     x1: Vec<f32>,
-    h: Vec<f32>,
+    /// GELU'(h), which the forward made in h's place (the backward's only use of h).
+    slope: Vec<f32>,
     f: Vec<f32>,
     /// GELU(h), kept only when the second FFN linear is adapted (its adapter gradient reads it).
     gh: Option<Vec<f32>>,
@@ -97,7 +98,8 @@ struct PreSaved {
     ctx: Option<Vec<f32>>,
     x1: Vec<f32>,
     y2: Option<Vec<f32>>,
-    h: Vec<f32>,
+    /// GELU'(h), as [`PostSaved::slope`].
+    slope: Vec<f32>,
     gh: Option<Vec<f32>>,
 }
 
@@ -306,6 +308,11 @@ impl BlockOp {
         Ok((q, k, v, ctx, probs))
     }
 
+    /// GELU(h); when the backward will run (`keep`), h is replaced by GELU'(h) in the same pass.
+    fn gelu(&self, h: &mut [f32]) -> Vec<f32> {
+        if self.keep { gelu_and_slope_values(h) } else { gelu_values(h) }
+    }
+
     /// The post-LN forward: y and what its backward needs.
     fn post_forward<G: std::ops::Deref<Target = Storage>>(
         &self,
@@ -320,13 +327,13 @@ impl BlockOp {
         let a = lin(3)?.forward(&ctx, m, what)?;
         let (g1, b1) = Self::norm(r, 0)?;
         let x1 = layer_norm_sum_values(&a, x, g1, b1, self.eps);
-        let h = lin(4)?.forward(&x1, m, what)?;
-        let gh = gelu_values(&h);
+        let mut slope = lin(4)?.forward(&x1, m, what)?;
+        let gh = self.gelu(&mut slope);
         let f = lin(5)?.forward(&gh, m, what)?;
         let (g2, b2) = Self::norm(r, 1)?;
         let y = layer_norm_sum_values(&f, &x1, g2, b2, self.eps);
         let gh = self.adapted(5).then_some(gh);
-        Ok((y, Saved::Post(PostSaved { q, k, v, probs, ctx, a, x1, h, f, gh })))
+        Ok((y, Saved::Post(PostSaved { q, k, v, probs, ctx, a, x1, slope, f, gh })))
     }
 
     /// The pre-LN forward with LayerScale.
@@ -346,8 +353,8 @@ impl BlockOp {
         let x1 = add_scaled(x, l1, &lin(3)?.forward(&ctx, m, what)?);
         let (g2, b2) = Self::norm(r, 1)?;
         let y2 = layer_norm_values(&x1, g2, b2, self.eps);
-        let h = lin(4)?.forward(&y2, m, what)?;
-        let gh = gelu_values(&h);
+        let mut slope = lin(4)?.forward(&y2, m, what)?;
+        let gh = self.gelu(&mut slope);
         let out = add_scaled(&x1, l2, &lin(5)?.forward(&gh, m, what)?);
         let saved = PreSaved {
             y1: (0..3).any(|i| self.adapted(i)).then_some(y1),
@@ -358,7 +365,7 @@ impl BlockOp {
             ctx: self.adapted(3).then_some(ctx),
             x1,
             y2: self.adapted(4).then_some(y2),
-            h,
+            slope,
             gh: self.adapted(5).then_some(gh),
         };
         Ok((out, Saved::Pre(saved)))
@@ -443,7 +450,7 @@ impl BlockOp {
         let mut ds2 = layer_norm_sum_grad_values(&s.f, &s.x1, g2, inp.dy, self.eps);
         let gh = s.gh.as_deref().unwrap_or(&[]);
         let mut dgh = self.linear_backward_new(r, packed, 5, (gh, &ds2, m), dpacked)?;
-        gelu_grad_values_in_place(&s.h, &mut dgh);
+        gelu_slope_grad_in_place(&s.slope, &mut dgh);
         self.linear_backward(r, packed, 4, (&s.x1, &dgh, m), Dx::AddTo(&mut ds2), dpacked)?;
         drop(dgh);
         let dx1 = ds2;
@@ -468,7 +475,7 @@ impl BlockOp {
         // MLP: ∂h = ((λ₂ ⊙ ∂out)·W₂ₑ) ⊙ GELU'(h), ∂y₂ = ∂h·W₁ₑ, ∂x₁ = ∂out + LN₂'(∂y₂).
         let gh = s.gh.as_deref().unwrap_or(&[]);
         let mut dgh = self.linear_backward_new(r, packed, 5, (gh, &scaled(dy, l2), m), dpacked)?;
-        gelu_grad_values_in_place(&s.h, &mut dgh);
+        gelu_slope_grad_in_place(&s.slope, &mut dgh);
         let dy2 = self.linear_backward_new(r, packed, 4, (s.y2.as_deref().unwrap_or(&[]), &dgh, m), dpacked)?;
         drop(dgh);
         let (g2, _) = Self::norm(r, 1)?;
