@@ -20,7 +20,9 @@
 //! ([`crate::ops::attention_reference`]: per-head split, two batched products, scale, mask,
 //! softmax, merge) is about 24 nodes per layer, each passing a B·T·H·d or B·H·T·T gradient; this op
 //! is one node. The products run on the strided blocks in place (no split or merge copies), one
-//! (example, head) per task. The composed function is the oracle (`tests/ops.rs`).
+//! (example, head) per task, through [`crate::small`] (an AVX-512 register-tile kernel that
+//! allocates nothing; Kᵀ and Vᵀ of the head gathered into scratch first), with gemm's bits. The
+//! composed function is the oracle (`tests/ops.rs`).
 
 use std::sync::Arc;
 

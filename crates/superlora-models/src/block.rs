@@ -17,7 +17,8 @@
 //! and upstream g) written into one packed gradient. The sums ∂x₁ and ∂x are built by adding each
 //! product onto the same buffer (gemm accumulating onto its output).
 //!
-//! Symbols → variables: x `x`, q k v `q` `k` `v`, c `ctx`, a `a`, x₁ `x1`, h `h`, GELU(h) `gh`,
+//! Symbols → variables: x `x`, q k v `q` `k` `v`, c `ctx`, a `a`, x₁ `x1`, h `slope` (made in
+//! one pass with GELU(h) and then holding GELU'(h), all the backward needs of h), GELU(h) `gh`,
 //! f `f`, ∂s₂ `ds2`, ∂h `dgh` (in place), ∂x₁ `dx1` (= `ds2`'s buffer), ∂s₁ `ds1`, ∂x `dx`
 //! (= `ds1`'s buffer); linears in module order q, k, v, o, ffn1, ffn2 (`Block::linears`).
 //!
