@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use crate::Result;
 use crate::ops::exp_nonpos;
 use crate::simd::multiversion;
-use crate::small::{small_product, small_product_into, transpose_into};
+use crate::small::{Product, small_product, small_product_into, transpose_into};
 
 /// The sizes of one call.
 #[derive(Clone, Copy)]
@@ -91,7 +91,7 @@ fn probs(
 ) {
     let (t, d, hd, base) = (dims.t, dims.d, dims.hd(), dims.base(item));
     transpose_into(&k[base..], (t, d), hd, kt);
-    small_product((t, t, d), &q[base..], (hd, 1), kt, t, scale, p);
+    small_product(Product { dims: (t, t, d), a: &q[base..], a_strides: (hd, 1), b: kt, brs: t, scale }, p);
     let bi = item / dims.heads;
     softmax_rows(p, t, mask.map(|m| &m[bi * t..(bi + 1) * t]));
 }
@@ -171,9 +171,10 @@ pub(crate) fn forward_values(
     let item_out = |kt: &mut [f32], p: &mut [f32], item: usize| {
         probs(q, k, mask, dims, scale, item, kt, p);
         let base = dims.base(item);
+        let c = Product { dims: (t, dims.d, t), a: p, a_strides: (t, 1), b: &v[base..], brs: hd, scale: 1.0 };
         // SAFETY: C's block (T rows of d at stride H·d from `base`) lies inside `out` (length
         // B·T·H·d) and belongs to this item alone.
-        unsafe { small_product_into((t, dims.d, t), p, (t, 1), &v[base..], hd, 1.0, (dst.at(base), hd)) };
+        unsafe { small_product_into(c, (dst.at(base), hd)) };
     };
     if keep {
         let mut all = vec![0f32; dims.b * dims.heads * t * t];
@@ -221,15 +222,33 @@ pub(crate) fn backward_values(
             // SAFETY (each product into `out`): every block is T rows of d at stride H·d from
             // `base` inside its B·T·H·d part of `out` (at 0, n, 2n), and this item alone writes it.
             // ∂V = Pᵀ·∂C
-            unsafe { small_product_into((t, d, t), p, (1, t), &g[base..], hd, 1.0, dv) };
+            unsafe {
+                small_product_into(
+                    Product { dims: (t, d, t), a: p, a_strides: (1, t), b: &g[base..], brs: hd, scale: 1.0 },
+                    dv,
+                )
+            };
             // ∂P = ∂C·Vᵀ
             transpose_into(&v[base..], (t, d), hd, transposed);
-            small_product((t, t, d), &g[base..], (hd, 1), transposed, t, 1.0, ds);
+            small_product(
+                Product { dims: (t, t, d), a: &g[base..], a_strides: (hd, 1), b: transposed, brs: t, scale: 1.0 },
+                ds,
+            );
             // ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))
             softmax_grad_rows(ds.as_mut_slice(), p, t);
             // ∂Q = s·∂S·K, ∂K = s·∂Sᵀ·Q
-            unsafe { small_product_into((t, d, t), ds, (t, 1), &k[base..], hd, scale, dq) };
-            unsafe { small_product_into((t, d, t), ds, (1, t), &q[base..], hd, scale, dk) };
+            unsafe {
+                small_product_into(
+                    Product { dims: (t, d, t), a: ds, a_strides: (t, 1), b: &k[base..], brs: hd, scale },
+                    dq,
+                )
+            };
+            unsafe {
+                small_product_into(
+                    Product { dims: (t, d, t), a: ds, a_strides: (1, t), b: &q[base..], brs: hd, scale },
+                    dk,
+                )
+            };
         },
     );
     // SAFETY: every block of the three parts was written above.

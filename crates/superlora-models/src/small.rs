@@ -20,11 +20,26 @@
 /// Rows of C per register tile (fewer at the last rows: 4, 2, 1).
 const R: usize = 8;
 
+/// One product C = s·A·B, C [m, n]: A's element (i, l) is `a[i·ars + l·acs]`, B's row l is
+/// `b[l·brs..l·brs + n]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    /// (m, n, k).
+    pub(crate) dims: (usize, usize, usize),
+    pub(crate) a: &'a [f32],
+    /// A's strides (ars, acs).
+    pub(crate) a_strides: (usize, usize),
+    pub(crate) b: &'a [f32],
+    /// B's row stride.
+    pub(crate) brs: usize,
+    pub(crate) scale: f32,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::R;
+    use super::{Product, R};
 
     /// One tile of C: RR rows from i0, columns j0..j0 + w (w ≤ 32; NV = 2 vectors when w > 16,
     /// else 1), from A (element (i, l) at `a + i·ars + l·acs`) and B.
@@ -162,16 +177,8 @@ mod avx512 {
     /// AVX-512F must be present, the sizes checked as [`super::small_product_into`] does, and
     /// `out` writable for m rows of n at stride `ors`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tiles(
-        (m, n, k): (usize, usize, usize),
-        a: &[f32],
-        (ars, acs): (usize, usize),
-        b: &[f32],
-        brs: usize,
-        scale: f32,
-        out: (*mut f32, usize),
-    ) {
+    pub(super) unsafe fn tiles(p: Product<'_>, out: (*mut f32, usize)) {
+        let Product { dims: (m, n, k), a, a_strides: (ars, acs), b, brs, scale } = p;
         let a = (a.as_ptr(), ars, acs);
         let mut i0 = 0;
         // SAFETY (each block): its rows i0..i0 + RR are < m, inside A and C by the caller's checks.
@@ -199,16 +206,8 @@ mod avx512 {
 ///
 /// # Safety
 /// As [`small_product_into`], whose checks must have passed.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_product(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    brs: usize,
-    scale: f32,
-    (out, ors): (*mut f32, usize),
-) {
+unsafe fn gemm_product(p: Product<'_>, (out, ors): (*mut f32, usize)) {
+    let Product { dims: (m, n, k), a, a_strides: (ars, acs), b, brs, scale } = p;
     // SAFETY: A covers [m, k] with its strides and B [k, n] with rows at brs (checked), out is
     // writable for m rows of n at ors (the caller's contract); gemm with read_dst = false never
     // reads out.
@@ -237,23 +236,14 @@ unsafe fn gemm_product(
     }
 }
 
-/// C = s·A·B into m rows of n values at stride `ors` from `out`; A element (i, l) is
-/// `a[i·ars + l·acs]`, B row l is `b[l·brs..l·brs + n]`. Panics (a bug of the caller) when A or B
-/// is too short.
+/// C = s·A·B into m rows of n values at stride `ors` from `out`. Panics (a bug of the caller)
+/// when A or B is too short.
 ///
 /// # Safety
 /// `out + i·ors + j` must be valid for writes for i < m, j < n, and no one else may read or write
 /// those elements meanwhile.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn small_product_into(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    brs: usize,
-    scale: f32,
-    (out, ors): (*mut f32, usize),
-) {
+pub(crate) unsafe fn small_product_into(p: Product<'_>, (out, ors): (*mut f32, usize)) {
+    let Product { dims: (m, n, k), a, a_strides: (ars, acs), b, brs, .. } = p;
     if m == 0 || n == 0 {
         return;
     }
@@ -270,28 +260,20 @@ pub(crate) unsafe fn small_product_into(
     if crate::simd::level() >= 2 {
         // SAFETY: level 2 means the CPU has AVX-512F (and more); the sizes were checked above and
         // `out` is the caller's contract.
-        unsafe { avx512::tiles((m, n, k), a, (ars, acs), b, brs, scale, (out, ors)) };
+        unsafe { avx512::tiles(p, (out, ors)) };
         return;
     }
     // SAFETY: checked above; `out` is the caller's contract.
-    unsafe { gemm_product((m, n, k), a, (ars, acs), b, brs, scale, (out, ors)) };
+    unsafe { gemm_product(p, (out, ors)) };
 }
 
 /// [`small_product_into`] a contiguous [m, n] `out`. Panics (a bug of the caller) when a slice is
 /// too short.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn small_product(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    brs: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
+pub(crate) fn small_product(p: Product<'_>, out: &mut [f32]) {
+    let (m, n, _) = p.dims;
     assert!(out.len() >= m * n, "small_product: out holds {} of {m} x {n}", out.len());
     // SAFETY: `out` is borrowed mutably and holds m·n values.
-    unsafe { small_product_into((m, n, k), a, (ars, acs), b, brs, scale, (out.as_mut_ptr(), n)) };
+    unsafe { small_product_into(p, (out.as_mut_ptr(), n)) };
 }
 
 /// The transpose of the [rows, cols] block at stride `rs` of `s` into `out` ([cols, rows]
@@ -351,6 +333,17 @@ mod tests {
         c
     }
 
+    fn product<'a>(
+        dims: (usize, usize, usize),
+        a: &'a [f32],
+        a_strides: (usize, usize),
+        b: &'a [f32],
+        brs: usize,
+        scale: f32,
+    ) -> Product<'a> {
+        Product { dims, a, a_strides, b, brs, scale }
+    }
+
     fn values(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| (((i * 7919 + seed * 104729) % 2001) as f32 - 1000.0) * 1e-3).collect()
     }
@@ -390,7 +383,7 @@ mod tests {
     fn tiles_and_edges_equal_the_triple_loop() {
         for ((m, n, k), a, (ars, acs), b, brs) in cases() {
             let mut out = vec![f32::NAN; m * n];
-            small_product((m, n, k), &a, (ars, acs), &b, brs, 0.5, &mut out);
+            small_product(product((m, n, k), &a, (ars, acs), &b, brs, 0.5), &mut out);
             let want = naive(m, n, k, &a, ars, acs, &b, brs, 0.5);
             for (g, w) in out.iter().zip(&want) {
                 assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{m}x{n}x{k}: {g} vs {w}");
@@ -404,10 +397,10 @@ mod tests {
     fn the_kernel_gives_gemms_bits() {
         for ((m, n, k), a, (ars, acs), b, brs) in cases() {
             let mut fast = vec![f32::NAN; m * n];
-            small_product((m, n, k), &a, (ars, acs), &b, brs, 0.125, &mut fast);
+            small_product(product((m, n, k), &a, (ars, acs), &b, brs, 0.125), &mut fast);
             let mut reference = vec![f32::NAN; m * n];
             // SAFETY: `reference` holds m x n; small_product checked A and B for the same sizes.
-            unsafe { gemm_product((m, n, k), &a, (ars, acs), &b, brs, 0.125, (reference.as_mut_ptr(), n)) };
+            unsafe { gemm_product(product((m, n, k), &a, (ars, acs), &b, brs, 0.125), (reference.as_mut_ptr(), n)) };
             assert_eq!(fast, reference, "{m}x{n}x{k}, A strides ({ars}, {acs})");
         }
     }
@@ -418,9 +411,9 @@ mod tests {
         let ors = n + 5;
         let mut wide = vec![-7f32; m * ors];
         // SAFETY: `wide` holds m rows of ors ≥ n values.
-        unsafe { small_product_into((m, n, k), &a, (ars, acs), &b, brs, 0.5, (wide.as_mut_ptr(), ors)) };
+        unsafe { small_product_into(product((m, n, k), &a, (ars, acs), &b, brs, 0.5), (wide.as_mut_ptr(), ors)) };
         let mut dense = vec![0f32; m * n];
-        small_product((m, n, k), &a, (ars, acs), &b, brs, 0.5, &mut dense);
+        small_product(product((m, n, k), &a, (ars, acs), &b, brs, 0.5), &mut dense);
         for (row, want) in wide.chunks_exact(ors).zip(dense.chunks_exact(n)) {
             assert_eq!(&row[..n], want);
             assert!(row[n..].iter().all(|&v| v == -7.0));
