@@ -72,13 +72,18 @@ struct Frozen {
     b: Tensor,
 }
 
-/// What a post-LN forward keeps for the backward (x itself is the op's input).
-struct PostSaved {
+/// What attention's half of a forward keeps: q, k, v and, when the backward will run, the
+/// attention probabilities (B·H blocks of T x T).
+struct Heads {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// The attention probabilities (B·H blocks of T x T), read by the backward.
     probs: Option<Vec<f32>>,
+}
+
+/// What a post-LN forward keeps for the backward (x itself is the op's input).
+struct PostSaved {
+    heads: Heads,
     ctx: Vec<f32>,
     a: Vec<f32>,
     x1: Vec<f32>,
@@ -92,10 +97,7 @@ struct PostSaved {
 /// What a pre-LN forward keeps; a linear's input only when that linear is adapted.
 struct PreSaved {
     y1: Option<Vec<f32>>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    probs: Option<Vec<f32>>,
+    heads: Heads,
     ctx: Option<Vec<f32>>,
     x1: Vec<f32>,
     y2: Option<Vec<f32>>,
@@ -272,10 +274,7 @@ fn none_error(what: &str, of: &str) -> candle_core::Error {
 /// The attention activations both backwards read: q, k, v, the kept probabilities, and the
 /// attention output linear's input c (empty when that linear is frozen in the pre-LN kind).
 struct Attn<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    probs: Option<&'a [f32]>,
+    heads: &'a Heads,
     ctx: &'a [f32],
 }
 
@@ -293,20 +292,19 @@ struct BackIn<'a> {
 impl BlockOp {
     /// q, k, v = y·W_{q,k,v}ₑᵀ + b, then c = attention(q, k, v) (with its probabilities when the
     /// backward will want them): the attention half both forwards share, y the q/k/v input.
-    #[allow(clippy::type_complexity)]
     fn attention_forward<G: std::ops::Deref<Target = Storage>>(
         &self,
         r: &Reads<'_, G>,
         packed: &[f32],
         y: &[f32],
         (m, dims): (usize, Dims),
-    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+    ) -> candle_core::Result<(Heads, Vec<f32>)> {
         let what = "encoder block";
         let lin = |i| self.linear(r, packed, i);
         let (q, k, v) = (lin(0)?.forward(y, m, what)?, lin(1)?.forward(y, m, what)?, lin(2)?.forward(y, m, what)?);
         let mask = self.mask.as_deref().map(Vec::as_slice);
         let (ctx, probs) = attention::forward_values(dims, (&q, &k, &v), mask, self.keep);
-        Ok((q, k, v, ctx, probs))
+        Ok((Heads { q, k, v, probs }, ctx))
     }
 
     /// GELU(h); when the backward will run (`keep`), h is replaced by GELU'(h) in the same pass.
@@ -324,7 +322,7 @@ impl BlockOp {
     ) -> candle_core::Result<(Vec<f32>, Saved)> {
         let what = "encoder block";
         let lin = |i| self.linear(r, packed, i);
-        let (q, k, v, ctx, probs) = self.attention_forward(r, packed, x, (m, dims))?;
+        let (heads, ctx) = self.attention_forward(r, packed, x, (m, dims))?;
         let a = lin(3)?.forward(&ctx, m, what)?;
         let (g1, b1) = Self::norm(r, 0)?;
         let x1 = layer_norm_sum_values(&a, x, g1, b1, self.eps);
@@ -334,7 +332,7 @@ impl BlockOp {
         let (g2, b2) = Self::norm(r, 1)?;
         let y = layer_norm_sum_values(&f, &x1, g2, b2, self.eps);
         let gh = self.adapted(5).then_some(gh);
-        Ok((y, Saved::Post(PostSaved { q, k, v, probs, ctx, a, x1, slope, f, gh })))
+        Ok((y, Saved::Post(PostSaved { heads, ctx, a, x1, slope, f, gh })))
     }
 
     /// The pre-LN forward with LayerScale.
@@ -350,7 +348,7 @@ impl BlockOp {
         let (l1, l2) = Self::scales(r)?;
         let (g1, b1) = Self::norm(r, 0)?;
         let y1 = layer_norm_values(x, g1, b1, self.eps);
-        let (q, k, v, ctx, probs) = self.attention_forward(r, packed, &y1, (m, dims))?;
+        let (heads, ctx) = self.attention_forward(r, packed, &y1, (m, dims))?;
         let x1 = add_scaled(x, l1, &lin(3)?.forward(&ctx, m, what)?);
         let (g2, b2) = Self::norm(r, 1)?;
         let y2 = layer_norm_values(&x1, g2, b2, self.eps);
@@ -359,10 +357,7 @@ impl BlockOp {
         let out = add_scaled(&x1, l2, &lin(5)?.forward(&gh, m, what)?);
         let saved = PreSaved {
             y1: (0..3).any(|i| self.adapted(i)).then_some(y1),
-            q,
-            k,
-            v,
-            probs,
+            heads,
             ctx: self.adapted(3).then_some(ctx),
             x1,
             y2: self.adapted(4).then_some(y2),
@@ -419,7 +414,13 @@ impl BlockOp {
         let (packed, m) = (inp.packed, inp.m);
         let dctx = self.linear_backward_new(r, packed, 3, (a.ctx, &g, m), dpacked)?;
         let mask = self.mask.as_deref().map(Vec::as_slice);
-        let dqkv = attention::backward_values(inp.dims, (a.q, a.k, a.v), &dctx, mask, a.probs);
+        let dqkv = attention::backward_values(
+            inp.dims,
+            (&a.heads.q, &a.heads.k, &a.heads.v),
+            &dctx,
+            mask,
+            a.heads.probs.as_deref(),
+        );
         drop(dctx);
         let n = inp.x.len();
         let mut acc = onto_g.then_some(g);
@@ -459,7 +460,7 @@ impl BlockOp {
         let (g1, _) = Self::norm(r, 0)?;
         let ds1 = layer_norm_sum_grad_values(&s.a, x, g1, &dx1, self.eps);
         drop(dx1);
-        let saved = Attn { q: &s.q, k: &s.k, v: &s.v, probs: s.probs.as_deref(), ctx: &s.ctx };
+        let saved = Attn { heads: &s.heads, ctx: &s.ctx };
         self.attention_backward(r, saved, x, ds1, true, inp, dpacked)
     }
 
@@ -485,7 +486,7 @@ impl BlockOp {
         add_onto(&mut dx1, dy);
         // Attention from (λ₁ ⊙ ∂x₁): ∂y₁ in one buffer, then ∂x = ∂x₁ + LN₁'(∂y₁).
         let ctx = s.ctx.as_deref().unwrap_or(&[]);
-        let saved = Attn { q: &s.q, k: &s.k, v: &s.v, probs: s.probs.as_deref(), ctx };
+        let saved = Attn { heads: &s.heads, ctx };
         let y1 = s.y1.as_deref().unwrap_or(&[]);
         let Some(dy1) = self.attention_backward(r, saved, y1, scaled(&dx1, l1), false, inp, dpacked)? else {
             return Ok(None);

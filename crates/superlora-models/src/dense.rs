@@ -157,19 +157,17 @@ pub(crate) fn product_add(
 /// elements (the last may be shorter; `start` is its first index). Each chunk is zeroed while in
 /// cache just before `fill`, so no separate zeroing pass goes through memory.
 pub(crate) fn par_filled(n: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(c, part)| {
+    let zeroed_then_filled = |start: usize, part: &mut [MaybeUninit<f32>]| {
         part.iter_mut().for_each(|e| {
             e.write(0.0);
         });
         // SAFETY: every element of `part` was initialised just above, and MaybeUninit<f32> has the
         // layout of f32.
         let part = unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        fill(c * chunk.max(1), part);
-    });
-    // SAFETY: the chunks of spare_capacity_mut()[..n] cover all n elements, each initialised.
-    unsafe { v.set_len(n) };
-    v
+        fill(start, part);
+    };
+    // SAFETY: the closure writes (zeroes) every element of its part before `fill` sees it.
+    unsafe { par_written(n, chunk, zeroed_then_filled) }
 }
 
 /// A new vector of `n` written by parallel chunks that `fill` writes without a zero fill first
