@@ -80,18 +80,21 @@ fn gelu() -> String {
     "gelu".into()
 }
 
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    norm1: Norm,
-    ffn1: Linear,
-    ffn2: Linear,
-    norm2: Norm,
+/// One post-LN block's frozen parts: x₁ = norm1(x + output(attention(query x, key x, value x))),
+/// y = norm2(x₁ + ffn2(GELU(ffn1 x₁))) (BERT, RoBERTa and DistilBERT under their own names).
+pub(crate) struct Layer {
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) output: Linear,
+    pub(crate) norm1: Norm,
+    pub(crate) ffn1: Linear,
+    pub(crate) ffn2: Linear,
+    pub(crate) norm2: Norm,
 }
 
-/// The post-LN block stack of BERT and RoBERTa (`encoder.layer.<i>.*`), frozen.
+/// The post-LN block stack of BERT and RoBERTa (`encoder.layer.<i>.*`) and DistilBERT
+/// ([`BertStack::from_layers`]), frozen.
 pub struct BertStack {
     layers: Vec<Layer>,
     heads: usize,
@@ -123,6 +126,11 @@ impl BertStack {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BertStack { layers, heads: config.num_attention_heads, eps: config.layer_norm_eps })
+    }
+
+    /// A stack of these layers (DistilBERT's, loaded under its own names).
+    pub(crate) fn from_layers(layers: Vec<Layer>, heads: usize, eps: f64) -> Self {
+        BertStack { layers, heads, eps }
     }
 
     /// The blocks over embeddings `x` [B, T, H] with padding `mask` [B, T]: each block one node

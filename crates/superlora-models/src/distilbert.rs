@@ -11,6 +11,9 @@
 //!
 //! Differs from transformers' `DistilBertModel` only in where weights come from and in using ops
 //! that have a backward (sinusoidal position embeddings are read from the file like learned ones).
+//! The blocks are BERT's post-LN stack ([`BertStack`], the same math under other names), so on the
+//! CPU in f32 each runs as one node ([`crate::block`]); [`DistilBert::forward_composed`] keeps the
+//! per-op blocks as the oracle.
 
 use std::path::{Path, PathBuf};
 
@@ -18,9 +21,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
-use crate::bert::{dir_and_weights, read_config};
+use crate::bert::{BertStack, Layer, dir_and_weights, read_config};
 use crate::encoder::{TextEncoder, check_text_inputs};
-use crate::ops::{Norm, attention, mask_bias};
+use crate::ops::Norm;
 use crate::{Error, Result, Weights};
 
 /// LayerNorm ε of DistilBERT (fixed in transformers).
@@ -50,17 +53,6 @@ fn gelu() -> String {
     "gelu".into()
 }
 
-struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    sa_norm: Norm,
-    lin1: Linear,
-    lin2: Linear,
-    out_norm: Norm,
-}
-
 /// A DistilBERT encoder with frozen weights.
 pub struct DistilBert {
     /// Its configuration.
@@ -68,7 +60,8 @@ pub struct DistilBert {
     word: Tensor,
     position: Tensor,
     embed_norm: Norm,
-    layers: Vec<Layer>,
+    /// The blocks: the post-LN stack BERT uses, one node per block on the CPU in f32.
+    stack: BertStack,
     /// The weights file.
     pub weights_path: PathBuf,
 }
@@ -100,42 +93,36 @@ impl DistilBert {
                 let l = format!("transformer.layer.{i}");
                 let lin = |n: &str, o, inp| Linear::load(w, &format!("{l}.{n}"), o, inp);
                 Ok(Layer {
-                    q: lin("attention.q_lin", h, h)?,
-                    k: lin("attention.k_lin", h, h)?,
-                    v: lin("attention.v_lin", h, h)?,
-                    out: lin("attention.out_lin", h, h)?,
-                    sa_norm: Norm::load(w, &format!("{l}.sa_layer_norm"), h)?,
-                    lin1: lin("ffn.lin1", f, h)?,
-                    lin2: lin("ffn.lin2", h, f)?,
-                    out_norm: Norm::load(w, &format!("{l}.output_layer_norm"), h)?,
+                    query: lin("attention.q_lin", h, h)?,
+                    key: lin("attention.k_lin", h, h)?,
+                    value: lin("attention.v_lin", h, h)?,
+                    output: lin("attention.out_lin", h, h)?,
+                    norm1: Norm::load(w, &format!("{l}.sa_layer_norm"), h)?,
+                    ffn1: lin("ffn.lin1", f, h)?,
+                    ffn2: lin("ffn.lin2", h, f)?,
+                    norm2: Norm::load(w, &format!("{l}.output_layer_norm"), h)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(DistilBert { config, word, position, embed_norm, layers, weights_path: w.path().to_path_buf() })
+        let stack = BertStack::from_layers(layers, config.n_heads, LN_EPS);
+        Ok(DistilBert { config, word, position, embed_norm, stack, weights_path: w.path().to_path_buf() })
     }
 
     /// Every linear layer, in module order.
     pub fn linears(&self) -> Vec<LinearInfo> {
-        self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.out, &l.lin1, &l.lin2]).map(Linear::info).collect()
+        self.stack.linears()
     }
 
     /// Every base tensor (all frozen), for tests.
     pub fn frozen_tensors(&self) -> Vec<Tensor> {
         let mut v =
             vec![self.word.clone(), self.position.clone(), self.embed_norm.gamma.clone(), self.embed_norm.beta.clone()];
-        for l in &self.layers {
-            for lin in [&l.q, &l.k, &l.v, &l.out, &l.lin1, &l.lin2] {
-                v.push(lin.weight.clone());
-                v.extend(lin.bias.iter().cloned());
-            }
-            for n in [&l.sa_norm, &l.out_norm] {
-                v.extend([n.gamma.clone(), n.beta.clone()]);
-            }
-        }
+        v.extend(self.stack.frozen_tensors());
         v
     }
 
     /// Last hidden states [B, L, H]. `token_types`, if given, must be all 0 (DistilBERT has none).
+    /// Each block is one node ([`crate::block`]) on the CPU in f32, the per-op block otherwise.
     pub fn forward(
         &self,
         ids: &Tensor,
@@ -143,21 +130,24 @@ impl DistilBert {
         token_types: Option<&Tensor>,
         deltas: &Deltas,
     ) -> Result<Tensor> {
+        let x = self.embed(ids, mask, token_types)?;
+        self.stack.forward(x, mask, deltas)
+    }
+
+    /// [`DistilBert::forward`] with every block built from per-op nodes (its oracle in the tests).
+    pub fn forward_composed(&self, ids: &Tensor, mask: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        let x = self.embed(ids, mask, None)?;
+        self.stack.forward_composed(x, mask, deltas)
+    }
+
+    /// The embedding: LayerNorm(word + position), after checking the inputs.
+    fn embed(&self, ids: &Tensor, mask: &Tensor, token_types: Option<&Tensor>) -> Result<Tensor> {
         let c = &self.config;
         check_text_inputs(ids, mask, token_types, c.vocab_size, 1, c.max_position_embeddings)?;
         let (b, l) = ids.dims2()?;
         let words = self.word.index_select(&ids.to_dtype(DType::U32)?.flatten_all()?, 0)?.reshape((b, l, c.dim))?;
         let x = words.broadcast_add(&self.position.narrow(0, 0, l)?)?;
-        let mut x = self.embed_norm.forward(&x, LN_EPS)?;
-        let bias = mask_bias(mask, x.dtype())?;
-        for layer in &self.layers {
-            let (q, k, v) = (layer.q.forward(&x, deltas)?, layer.k.forward(&x, deltas)?, layer.v.forward(&x, deltas)?);
-            let ctx = attention(&q, &k, &v, c.n_heads, Some(&bias))?;
-            x = layer.sa_norm.forward_sum(&layer.out.forward(&ctx, deltas)?, &x, LN_EPS)?;
-            let h = layer.lin1.forward(&x, deltas)?;
-            x = layer.out_norm.forward_sum(&layer.lin2.forward_gelu(&h, deltas)?, &x, LN_EPS)?;
-        }
-        Ok(x)
+        self.embed_norm.forward(&x, LN_EPS)
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
@@ -92,6 +92,9 @@ pub struct GoogleVit {
     cls: Tensor,
     pos: PosEmbed,
     blocks: Vec<Block>,
+    /// Ones [hidden]: this ViT has no LayerScale, so the one-node pre-LN block ([`crate::block`])
+    /// runs with λ₁ = λ₂ = 1 (x + 1·y and 1·g are exact: the same values as without).
+    unit: Tensor,
     norm: Norm,
     normalization: ([f32; 3], [f32; 3]),
     /// The weights file.
@@ -159,6 +162,7 @@ impl GoogleVit {
             cls: w.get("embeddings.cls_token", &[1, 1, h])?,
             pos: PosEmbed::load(w, "embeddings.position_embeddings", h)?,
             blocks,
+            unit: Tensor::ones(h, DType::F32, proj.device())?,
             norm: Norm::load(w, "layernorm", h)?,
             config,
             normalization: HALF,
@@ -192,26 +196,47 @@ impl GoogleVit {
     }
 
     /// Token states after the final LayerNorm, [B, 1 + P, D] (transformers' `last_hidden_state`),
-    /// for normalised `images` [B, 3, H, W] with H, W multiples of the patch size.
+    /// for normalised `images` [B, 3, H, W] with H, W multiples of the patch size. Each block is one
+    /// node ([`crate::block`]) on the CPU in f32, the per-op block otherwise.
     pub fn forward(&self, images: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        self.forward_blocks(images, deltas, false)
+    }
+
+    /// [`GoogleVit::forward`] with every block built from per-op nodes (its oracle in the tests).
+    pub fn forward_composed(&self, images: &Tensor, deltas: &Deltas) -> Result<Tensor> {
+        self.forward_blocks(images, deltas, true)
+    }
+
+    fn forward_blocks(&self, images: &Tensor, deltas: &Deltas, composed: bool) -> Result<Tensor> {
         let (x, gh, gw) = embed_patches(images, &self.patch_w, &self.patch_b, self.config.patch_size)?;
         let b = x.dim(0)?;
         let cls = self.cls.broadcast_as((b, 1, self.config.hidden_size))?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos.get(gh, gw)?)?;
         let eps = self.config.layer_norm_eps;
+        let heads = self.config.num_attention_heads;
         for blk in &self.blocks {
-            let y = blk.norm1.forward(&x, eps)?;
-            let (q, k, v) =
-                (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
-            let a = attention(&q, &k, &v, self.config.num_attention_heads, None)?;
-            x = (x + blk.output.forward(&a, deltas)?)?;
-            let y = blk.norm2.forward(&x, eps)?;
-            x = (x + blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?)?;
+            let one = crate::block::Block {
+                linears: [&blk.query, &blk.key, &blk.value, &blk.output, &blk.fc1, &blk.fc2],
+                norms: [&blk.norm1, &blk.norm2],
+                scales: Some([&self.unit, &self.unit]),
+            };
+            let fused = if composed { None } else { one.forward(&x, None, heads, eps, deltas)? };
+            x = match fused {
+                Some(y) => y,
+                None => {
+                    let y = blk.norm1.forward(&x, eps)?;
+                    let (q, k, v) =
+                        (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
+                    let a = attention(&q, &k, &v, heads, None)?;
+                    let x = (x + blk.output.forward(&a, deltas)?)?;
+                    let y = blk.norm2.forward(&x, eps)?;
+                    (&x + blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?)?
+                }
+            };
         }
         self.norm.forward(&x, eps)
     }
 
-    /// Image features [B, D]: the class token after the final LayerNorm.
     pub fn features(&self, images: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         Ok(self.forward(images, deltas)?.narrow(1, 0, 1)?.squeeze(1)?)
     }

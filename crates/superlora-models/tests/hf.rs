@@ -223,6 +223,24 @@ fn adapter_gradients_reach_every_tensor_of_every_model() {
     check_gradients(&m.linears(), "query,value,fc1", 6, &m.frozen_tensors(), &|d| m.features(&x, d).unwrap());
 }
 
+/// DistilBERT and the Hugging Face ViT run each block as one node (BERT's post-LN block, and the
+/// pre-LN block with λ = 1); against their per-op blocks: the same output and adapter gradients.
+#[test]
+fn one_node_blocks_equal_the_per_op_blocks_in_distilbert_and_vit() {
+    let dev = Device::Cpu;
+    let g = golden("distilbert");
+    let (ids, mask) = (u32s(&g["input_ids"]), u32s(&g["attention_mask"]));
+    let m = DistilBert::load(&fixture("distilbert"), &dev).unwrap();
+    common::one_node_equals_per_op(&m.linears(), ["q_lin,v_lin", "k_lin,out_lin,lin1,lin2"], &|d, composed| {
+        if composed { m.forward_composed(&ids, &mask, d) } else { m.forward(&ids, &mask, None, d) }.unwrap()
+    });
+    let x = golden("vit")["pixel_values_24"].clone();
+    let m = GoogleVit::load(&fixture("vit"), &dev).unwrap();
+    common::one_node_equals_per_op(&m.linears(), ["query,value", "key,dense"], &|d, composed| {
+        if composed { m.forward_composed(&x, d) } else { m.forward(&x, d) }.unwrap()
+    });
+}
+
 fn copy_fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(fixture(name)).unwrap() {
