@@ -32,6 +32,8 @@ use crate::settings::InputError;
   superlora bench --configs lora-r8,head --json out.json
   # 3 rounds, ratios taken within each round (steadier when noisy)
   superlora bench --rounds 3
+  # your own text model (a Hugging Face folder) with its own linear names
+  superlora bench --model path/to/distilbert --targets q_lin,v_lin --configs lora-r8,head
 
 Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker,
 kronecker, fastfood, full-qv.
@@ -42,10 +44,14 @@ pub struct BenchArgs {
     /// ViT-S/14 on Fashion-MNIST images at --image-size).
     #[arg(long, value_enum, default_value = "minilm-rt")]
     pub preset: Preset,
-    /// The model: a BERT folder (minilm-rt) or the DINOv2 .onnx / folder (vit-fmnist) [default:
-    /// the preset's asset].
+    /// The model: a text-encoder folder (minilm-rt: BERT, RoBERTa, DistilBERT) or an image encoder
+    /// (vit-fmnist: the DINOv2 .onnx, a DINOv2 or ViT folder) [default: the preset's asset].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// Adapted weights: names or dotted suffixes, comma-separated, as `train --targets` (a --model
+    /// whose linears have other names needs its own, e.g. q_lin,v_lin for DistilBERT).
+    #[arg(long, value_name = "NAMES", default_value = "query,value")]
+    pub targets: String,
     /// Examples per step.
     #[arg(long, default_value_t = 32, value_parser = batch_count)]
     pub batch_size: usize,
@@ -153,7 +159,7 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     let spec = RunSpec {
         preset: None,
         task: preset_task(args)?,
-        targets: "query,value".into(),
+        targets: args.targets.clone(),
         adapter: adapter.map(|a| a.resolve()).transpose()?,
         train: TrainSettings {
             steps: (args.steps + args.warmup) as u64,
@@ -264,14 +270,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         )));
     }
     let exe = std::env::current_exe()?;
+    let name = |default: &str| args.model.as_ref().map_or(default.to_string(), |m| m.display().to_string());
     let what = match args.preset {
-        Preset::MinilmRt => {
-            format!("MiniLM-L6 on Rotten Tomatoes texts, batch {}, sequence {}", args.batch_size, args.seq_len)
-        }
+        Preset::MinilmRt => format!(
+            "{} on Rotten Tomatoes texts, batch {}, sequence {}",
+            name("MiniLM-L6"),
+            args.batch_size,
+            args.seq_len
+        ),
         Preset::VitFmnist => {
-            format!("DINOv2 ViT-S/14 on Fashion-MNIST, batch {}, {} px", args.batch_size, args.image_size)
+            format!("{} on Fashion-MNIST, batch {}, {} px", name("DINOv2 ViT-S/14"), args.batch_size, args.image_size)
         }
     };
+    let what = format!("{what}, adapters on {}", args.targets);
     let threads = if args.workers > 1 {
         format!("{} single-threaded data-parallel workers", args.workers)
     } else {
@@ -361,7 +372,7 @@ fn run_child(args: &BenchArgs, exe: &std::path::Path, preset: &str, i: usize) ->
         .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
         .args(["--image-size", &args.image_size.to_string()])
         .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
-        .args(["--workers", &args.workers.to_string()])
+        .args(["--workers", &args.workers.to_string(), "--targets", &args.targets])
         .args(["--device", &args.device.device.to_string()]);
     if let Some(m) = &args.model {
         cmd.arg("--model").arg(m);
