@@ -582,6 +582,27 @@ pub(crate) struct Block<'a> {
 }
 
 impl Block<'_> {
+    /// A pre-LN block (`scales` present) over x [B, T, H]: as one node when [`Block::forward`]
+    /// applies and `composed` is false, from per-op nodes otherwise (the one node's test oracle,
+    /// and the path off the CPU or outside f32):
+    /// x₁ = x + λ₁ ⊙ O(attention(LN₁ x)), out = x₁ + λ₂ ⊙ W₂ₑ·GELU(W₁ₑ·LN₂ x₁).
+    pub(crate) fn pre_ln(&self, x: &Tensor, heads: usize, eps: f64, deltas: &Deltas, composed: bool) -> Result<Tensor> {
+        let Some([l1, l2]) = self.scales else {
+            return Err(crate::Error::Weights("a pre-LN block needs its two scales".into()));
+        };
+        if !composed && let Some(y) = self.forward(x, None, heads, eps, deltas)? {
+            return Ok(y);
+        }
+        let [q, k, v, o, f1, f2] = self.linears;
+        let y = self.norms[0].forward(x, eps)?;
+        let (q, k, v) = (q.forward(&y, deltas)?, k.forward(&y, deltas)?, v.forward(&y, deltas)?);
+        let a = o.forward(&crate::ops::attention(&q, &k, &v, heads, None)?, deltas)?;
+        let x = (x + a.broadcast_mul(l1)?)?;
+        let y = self.norms[1].forward(&x, eps)?;
+        let m = f2.forward_gelu(&f1.forward(&y, deltas)?, deltas)?;
+        Ok((x + m.broadcast_mul(l2)?)?)
+    }
+
     /// The block over x [B, T, H] as one node, or `None` when it does not apply (not f32 on the
     /// CPU, or an adapter that is not f32 on the CPU): the caller then runs the per-op block.
     /// `mask` is the additive key mask, [B·T] (0 keep, large negative drop).

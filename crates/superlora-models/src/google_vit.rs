@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
 use crate::encoder::{ImageEncoder, check_patch_multiple, read_normalization};
-use crate::ops::{Norm, attention};
+use crate::ops::Norm;
 use crate::vit::{PosEmbed, embed_patches};
 use crate::{Error, Result, Weights};
 
@@ -220,19 +220,7 @@ impl GoogleVit {
                 norms: [&blk.norm1, &blk.norm2],
                 scales: Some([&self.unit, &self.unit]),
             };
-            let fused = if composed { None } else { one.forward(&x, None, heads, eps, deltas)? };
-            x = match fused {
-                Some(y) => y,
-                None => {
-                    let y = blk.norm1.forward(&x, eps)?;
-                    let (q, k, v) =
-                        (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
-                    let a = attention(&q, &k, &v, heads, None)?;
-                    let x = (x + blk.output.forward(&a, deltas)?)?;
-                    let y = blk.norm2.forward(&x, eps)?;
-                    (&x + blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?)?
-                }
-            };
+            x = one.pre_ln(&x, heads, eps, deltas, composed)?;
         }
         self.norm.forward(&x, eps)
     }

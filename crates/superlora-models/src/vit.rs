@@ -29,7 +29,7 @@ use candle_core::{D, Device, Tensor};
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
 use crate::encoder::{ImageEncoder, check_patch_multiple, read_normalization};
-use crate::ops::{Norm, attention, frozen_linear};
+use crate::ops::{Norm, frozen_linear};
 use crate::{Error, Result, Weights};
 
 /// Sizes of a DINOv2 ViT, read from the weights' shapes.
@@ -370,20 +370,7 @@ impl Vit {
                 norms: [&blk.norm1, &blk.norm2],
                 scales: Some([&blk.scale1, &blk.scale2]),
             };
-            let fused = if composed { None } else { one.forward(&x, None, self.config.heads, eps, deltas)? };
-            x = match fused {
-                Some(y) => y,
-                None => {
-                    let y = blk.norm1.forward(&x, eps)?;
-                    let (q, k, v) =
-                        (blk.query.forward(&y, deltas)?, blk.key.forward(&y, deltas)?, blk.value.forward(&y, deltas)?);
-                    let a = blk.output.forward(&attention(&q, &k, &v, self.config.heads, None)?, deltas)?;
-                    let x = (x + a.broadcast_mul(&blk.scale1)?)?;
-                    let y = blk.norm2.forward(&x, eps)?;
-                    let m = blk.fc2.forward_gelu(&blk.fc1.forward(&y, deltas)?, deltas)?;
-                    (x + m.broadcast_mul(&blk.scale2)?)?
-                }
-            };
+            x = one.pre_ln(&x, self.config.heads, eps, deltas, composed)?;
         }
         self.norm.forward(&x, eps)
     }

@@ -121,15 +121,7 @@ fn factored_lora_matches_the_dense_delta_path() {
     let run = |tape: &superlora_core::DeltaTape| {
         let e = m.embed(&ids, &mask, &Deltas::from_tape(&targets, tape).unwrap()).unwrap();
         let grads = tape.backward(e.mul(&c).unwrap().sum_all().unwrap().backward().unwrap()).unwrap();
-        let g: Vec<Vec<f32>> = a
-            .named_vars()
-            .iter()
-            .map(|(n, v)| {
-                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
-                g.flatten_all().unwrap().to_vec1().unwrap()
-            })
-            .collect();
-        (e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+        (e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), common::adapter_grads(&a, &grads))
     };
     let factored = a.training_tape().unwrap();
     assert!(

@@ -53,15 +53,7 @@ pub fn one_node_equals_per_op(linears: &[LinearInfo], sets: [&str; 2], forward: 
             let x = forward(&deltas, composed);
             let c = seeded(x.dims(), 2, 1.0);
             let grads = tape.backward(x.mul(&c).unwrap().sum_all().unwrap().backward().unwrap()).unwrap();
-            let g: Vec<Vec<f32>> = a
-                .named_vars()
-                .iter()
-                .map(|(n, v)| {
-                    let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
-                    g.flatten_all().unwrap().to_vec1().unwrap()
-                })
-                .collect();
-            (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+            (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), adapter_grads(&a, &grads))
         };
         let ((x1, g1), (x0, g0)) = (run(false), run(true));
         let rel = |a: &[f32], b: &[f32]| {
@@ -76,4 +68,16 @@ pub fn one_node_equals_per_op(linears: &[LinearInfo], sets: [&str; 2], forward: 
             assert!(rel < 1e-4, "{names}: gradient of {n} differs by {rel} (relative)");
         }
     }
+}
+
+/// Each adapter tensor's gradient in `grads`, flattened, in `named_vars` order (a panic naming
+/// the tensor that has none).
+pub fn adapter_grads(a: &SuperLora, grads: &candle_core::backprop::GradStore) -> Vec<Vec<f32>> {
+    a.named_vars()
+        .iter()
+        .map(|(n, v)| {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
+            g.flatten_all().unwrap().to_vec1().unwrap()
+        })
+        .collect()
 }
