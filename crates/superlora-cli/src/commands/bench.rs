@@ -33,7 +33,7 @@ use crate::settings::InputError;
   # 3 rounds, ratios taken within each round (steadier when noisy)
   superlora bench --rounds 3
   # your own text model (a Hugging Face folder) with its own linear names
-  superlora bench --model path/to/distilbert --targets q_lin,v_lin --configs lora-r8,head
+  superlora bench --model my-distilbert/ --targets q_lin,v_lin --configs lora-r8
 
 Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker,
 kronecker, fastfood, full-qv.
