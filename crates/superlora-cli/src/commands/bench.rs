@@ -33,7 +33,7 @@ use crate::settings::InputError;
   # 3 rounds, ratios taken within each round (steadier when noisy)
   superlora bench --rounds 3
   # your own text model (a Hugging Face folder) with its own linear names
-  superlora bench --model my-distilbert/ --targets q_lin,v_lin --configs lora-r8
+  superlora bench --model my-distilbert/ --configs lora-r8,head
 
 Configs: lora-r8 (the reference), head, lora-r1, square2d, tucker,
 kronecker, fastfood, full-qv.
@@ -48,10 +48,11 @@ pub struct BenchArgs {
     /// (vit-fmnist: the DINOv2 .onnx, a DINOv2 or ViT folder) [default: the preset's asset].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Adapted weights: names or dotted suffixes, comma-separated, as `train --targets` (a --model
-    /// whose linears have other names needs its own, e.g. q_lin,v_lin for DistilBERT).
-    #[arg(long, value_name = "NAMES", default_value = "query,value")]
-    pub targets: String,
+    /// Adapted weights: names or dotted suffixes, comma-separated, as `train --targets` [default:
+    /// the attention's query and value by the model's names, as `train`: q_lin,v_lin for
+    /// DistilBERT, query,value otherwise].
+    #[arg(long, value_name = "NAMES")]
+    pub targets: Option<String>,
     /// Examples per step.
     #[arg(long, default_value_t = 32, value_parser = batch_count)]
     pub batch_size: usize,
@@ -154,12 +155,20 @@ fn preset_task(args: &BenchArgs) -> Result<TaskSpec> {
     })
 }
 
+/// The adapted weights: --targets, or the model's query and value (`train`'s default).
+fn targets(args: &BenchArgs) -> Result<String> {
+    Ok(match &args.targets {
+        Some(t) => t.clone(),
+        None => super::train::default_targets(&preset_task(args)?.model).into(),
+    })
+}
+
 fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     let (name, label, adapter) = configs().into_iter().nth(i).context("no such bench config")?;
     let spec = RunSpec {
         preset: None,
         task: preset_task(args)?,
-        targets: args.targets.clone(),
+        targets: targets(args)?,
         adapter: adapter.map(|a| a.resolve()).transpose()?,
         train: TrainSettings {
             steps: (args.steps + args.warmup) as u64,
@@ -282,7 +291,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             format!("{} on Fashion-MNIST, batch {}, {} px", name("DINOv2 ViT-S/14"), args.batch_size, args.image_size)
         }
     };
-    let what = format!("{what}, adapters on {}", args.targets);
+    let what = format!("{what}, adapters on {}", targets(args)?);
     let threads = if args.workers > 1 {
         format!("{} single-threaded data-parallel workers", args.workers)
     } else {
@@ -372,7 +381,7 @@ fn run_child(args: &BenchArgs, exe: &std::path::Path, preset: &str, i: usize) ->
         .args(["--batch-size", &args.batch_size.to_string(), "--seq-len", &args.seq_len.to_string()])
         .args(["--image-size", &args.image_size.to_string()])
         .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
-        .args(["--workers", &args.workers.to_string(), "--targets", &args.targets])
+        .args(["--workers", &args.workers.to_string(), "--targets", &targets(args)?])
         .args(["--device", &args.device.device.to_string()]);
     if let Some(m) = &args.model {
         cmd.arg("--model").arg(m);

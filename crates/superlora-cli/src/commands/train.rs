@@ -328,7 +328,7 @@ fn is_weight_wise_lora(cfg: Option<&AdapterConfig>) -> bool {
 
 /// The adapted weights when neither --targets nor --targets-regex is given: the attention query
 /// and value projections, by the model's own names.
-fn default_targets(model: &std::path::Path) -> &'static str {
+pub(crate) fn default_targets(model: &std::path::Path) -> &'static str {
     match superlora_models::hf::model_type(model).ok().as_deref() {
         Some("distilbert") => "q_lin,v_lin",
         _ => "query,value",
