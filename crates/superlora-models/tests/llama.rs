@@ -257,7 +257,7 @@ fn adapter_gradients_reach_every_tensor_on_q_and_v() {
     for spec in specs {
         let a = SuperLora::from_shapes(&targets, &spec.resolve().unwrap(), DType::F32, &dev).unwrap();
         for (name, v) in a.named_vars() {
-            a.set(&name, &Tensor::randn(0f32, 0.05, v.dims(), &dev).unwrap()).unwrap();
+            a.set(&name, &common::normal(0f32, 0.05, v.dims(), 2001 ^ common::seed_of(&name))).unwrap();
         }
         let tape = a.forward_tape().unwrap();
         let deltas = Deltas::new(&targets, tape.deltas()).unwrap();
@@ -518,9 +518,9 @@ fn wrong_architecture_and_unsupported_tensor_type_are_errors() {
 #[test]
 fn fused_ops_match_composed_ops_and_their_gradients() {
     let dev = Device::Cpu;
-    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap()).unwrap();
-    let g = (Tensor::randn(0f32, 0.1, 8, &dev).unwrap() + 1.0).unwrap();
-    let c = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+    let x = candle_core::Var::from_tensor(&common::normal(0f32, 1.0, (2, 3, 5, 8), 2002)).unwrap();
+    let g = (common::normal(0f32, 0.1, 8, 2003) + 1.0).unwrap();
+    let c = common::normal(0f32, 1.0, (2, 3, 5, 8), 2004);
     let check = |a: Tensor, b: Tensor, what: &str| {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-5, "{what}: {d}");
@@ -534,9 +534,9 @@ fn fused_ops_match_composed_ops_and_their_gradients() {
         check(gf.get(x.as_tensor()).unwrap().clone(), gs.get(x.as_tensor()).unwrap().clone(), &format!("grad {i}"));
     }
     // Masked, scaled softmax and SwiGLU against composed ops.
-    let s = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 5, 7), &dev).unwrap()).unwrap();
-    let bias = Tensor::randn(0f32, 3.0, (2, 5, 7), &dev).unwrap();
-    let cs = Tensor::randn(0f32, 1.0, (2, 6, 5, 7), &dev).unwrap();
+    let s = candle_core::Var::from_tensor(&common::normal(0f32, 1.0, (2, 6, 5, 7), 2005)).unwrap();
+    let bias = common::normal(0f32, 3.0, (2, 5, 7), 2006);
+    let cs = common::normal(0f32, 1.0, (2, 6, 5, 7), 2007);
     let fused = llama::masked_softmax(&s, 0.125, &bias, 6).unwrap();
     let z = (s.as_tensor() * 0.125).unwrap().broadcast_add(&bias.unsqueeze(1).unwrap()).unwrap();
     let z = (z.broadcast_sub(&z.max_keepdim(3).unwrap()).unwrap()).exp().unwrap();
@@ -545,9 +545,9 @@ fn fused_ops_match_composed_ops_and_their_gradients() {
     let gf = fused.mul(&cs).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = slow.mul(&cs).unwrap().sum_all().unwrap().backward().unwrap();
     check(gf.get(s.as_tensor()).unwrap().clone(), gs.get(s.as_tensor()).unwrap().clone(), "masked softmax grad");
-    let a = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 9), &dev).unwrap()).unwrap();
-    let b = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 9), &dev).unwrap()).unwrap();
-    let cw = Tensor::randn(0f32, 1.0, (3, 9), &dev).unwrap();
+    let a = candle_core::Var::from_tensor(&common::normal(0f32, 2.0, (3, 9), 2008)).unwrap();
+    let b = candle_core::Var::from_tensor(&common::normal(0f32, 1.0, (3, 9), 2009)).unwrap();
+    let cw = common::normal(0f32, 1.0, (3, 9), 2010);
     let fused = llama::swiglu(&a, &b).unwrap();
     let slow = (a.silu().unwrap() * b.as_tensor()).unwrap();
     check(fused.clone(), slow.clone(), "swiglu");
@@ -557,14 +557,14 @@ fn fused_ops_match_composed_ops_and_their_gradients() {
         check(gf.get(v.as_tensor()).unwrap().clone(), gs.get(v.as_tensor()).unwrap().clone(), "swiglu grad");
     }
     // Cross-entropy against log-softmax.
-    let l = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (6, 11), &dev).unwrap()).unwrap();
+    let l = candle_core::Var::from_tensor(&common::normal(0f32, 2.0, (6, 11), 2011)).unwrap();
     let tg = Tensor::from_vec(vec![0u32, 3, 10, 5, 5, 1], 6, &dev).unwrap();
     let ce = llama::cross_entropy(&l, &tg).unwrap();
     let m = l.max_keepdim(1).unwrap();
     let lse = (l.broadcast_sub(&m).unwrap().exp().unwrap().sum_keepdim(1).unwrap().log().unwrap() + &m).unwrap();
     let slow = (lse - l.gather(&tg.unsqueeze(1).unwrap(), 1).unwrap()).unwrap().squeeze(1).unwrap();
     check(ce.clone(), slow.clone(), "cross entropy");
-    let w = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
+    let w = common::normal(0f32, 1.0, 6, 2012);
     let gf = ce.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = slow.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
     check(gf.get(l.as_tensor()).unwrap().clone(), gs.get(l.as_tensor()).unwrap().clone(), "cross entropy grad");

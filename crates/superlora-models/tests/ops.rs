@@ -1,5 +1,7 @@
 //! The custom ops against plain candle ops.
 
+mod common;
+
 use candle_core::{Device, Tensor, Var};
 use superlora_models::ops::{
     adapted_linear, attention, attention_reference, frozen_linear, layer_norm, mask_bias, softmax_last,
@@ -11,10 +13,9 @@ fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn frozen_linear_equals_matmul_and_gives_only_dx() {
-    let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 7), &dev).unwrap()).unwrap();
-    let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+    let x = Var::from_tensor(&common::normal(0f32, 1.0, (2, 5, 7), 1001)).unwrap();
+    let w = common::normal(0f32, 1.0, (3, 7), 1002);
+    let b = common::normal(0f32, 1.0, 3, 1003);
     let got = frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap();
     let want = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
     assert!(maxdiff(&got, &want) < 1e-5, "{}", maxdiff(&got, &want));
@@ -26,11 +27,10 @@ fn frozen_linear_equals_matmul_and_gives_only_dx() {
 
 #[test]
 fn adapted_linear_gives_dx_and_ddelta_only() {
-    let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 7), &dev).unwrap()).unwrap();
-    let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
-    let d = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+    let x = Var::from_tensor(&common::normal(0f32, 1.0, (4, 7), 1004)).unwrap();
+    let w = common::normal(0f32, 1.0, (3, 7), 1005);
+    let b = common::normal(0f32, 1.0, 3, 1006);
+    let d = Var::from_tensor(&common::normal(0f32, 1.0, (3, 7), 1007)).unwrap();
     let got = adapted_linear(x.as_tensor(), &w, d.as_tensor(), Some(&b)).unwrap();
     let want = x.as_tensor().matmul(&(&w + d.as_tensor()).unwrap().t().unwrap()).unwrap().broadcast_add(&b).unwrap();
     assert!(maxdiff(&got, &want) < 1e-5);
@@ -44,7 +44,7 @@ fn adapted_linear_gives_dx_and_ddelta_only() {
 #[test]
 fn layer_norm_and_softmax_match_definitions() {
     let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 3.0, (4, 9), &dev).unwrap();
+    let x = common::normal(0f32, 3.0, (4, 9), 1008);
     let s = softmax_last(&x).unwrap();
     let e = x.exp().unwrap();
     let want = e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap();
@@ -59,12 +59,11 @@ fn layer_norm_and_softmax_match_definitions() {
 
 #[test]
 fn gelu_matches_candle_and_its_gradient() {
-    let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (70_000,), &dev).unwrap()).unwrap();
+    let x = Var::from_tensor(&common::normal(0f32, 3.0, (70_000,), 1009)).unwrap();
     let ours = superlora_models::ops::gelu(x.as_tensor()).unwrap();
     let theirs = x.as_tensor().gelu_erf().unwrap();
     assert!(maxdiff(&ours, &theirs) < 2e-6, "{}", maxdiff(&ours, &theirs));
-    let c = Tensor::randn(0f32, 1.0, (70_000,), &dev).unwrap();
+    let c = common::normal(0f32, 1.0, (70_000,), 1010);
     let g1 = ours.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = theirs.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
     let d = maxdiff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
@@ -74,11 +73,10 @@ fn gelu_matches_candle_and_its_gradient() {
 #[test]
 fn fused_layer_norm_and_softmax_equal_their_composed_twins_with_gradients() {
     use superlora_models::ops::{layer_norm_reference, softmax_reference};
-    let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 70, 384), &dev).unwrap()).unwrap();
-    let g = Tensor::randn(1f32, 0.2, 384, &dev).unwrap();
-    let b = Tensor::randn(0f32, 0.2, 384, &dev).unwrap();
-    let c = Tensor::randn(0f32, 1.0, (3, 70, 384), &dev).unwrap();
+    let x = Var::from_tensor(&common::normal(0f32, 2.0, (3, 70, 384), 1011)).unwrap();
+    let g = common::normal(1f32, 0.2, 384, 1012);
+    let b = common::normal(0f32, 0.2, 384, 1013);
+    let c = common::normal(0f32, 1.0, (3, 70, 384), 1014);
     let fast = layer_norm(x.as_tensor(), &g, &b, 1e-6).unwrap();
     let slow = layer_norm_reference(x.as_tensor(), &g, &b, 1e-6).unwrap();
     assert!(maxdiff(&fast, &slow) < 1e-5, "layer norm {}", maxdiff(&fast, &slow));
@@ -100,19 +98,16 @@ fn fused_layer_norm_and_softmax_equal_their_composed_twins_with_gradients() {
 #[test]
 fn batched_matmul_equals_matmul_for_every_transpose_with_gradients() {
     use superlora_models::bmm::bmm;
-    let dev = Device::Cpu;
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let (n, m, k, p) = (5, 7, 3, 4);
-        let a =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, if ta { (n, k, m) } else { (n, m, k) }, &dev).unwrap()).unwrap();
-        let b =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, if tb { (n, p, k) } else { (n, k, p) }, &dev).unwrap()).unwrap();
+        let a = Var::from_tensor(&common::normal(0f32, 1.0, if ta { (n, k, m) } else { (n, m, k) }, 1015)).unwrap();
+        let b = Var::from_tensor(&common::normal(0f32, 1.0, if tb { (n, p, k) } else { (n, k, p) }, 1016)).unwrap();
         let fast = bmm(a.as_tensor(), b.as_tensor(), ta, tb).unwrap();
         let oa = if ta { a.as_tensor().transpose(1, 2).unwrap() } else { a.as_tensor().clone() };
         let ob = if tb { b.as_tensor().transpose(1, 2).unwrap() } else { b.as_tensor().clone() };
         let slow = oa.matmul(&ob).unwrap();
         assert!(maxdiff(&fast, &slow) < 1e-5, "ta={ta} tb={tb}");
-        let c = Tensor::randn(0f32, 1.0, (n, m, p), &dev).unwrap();
+        let c = common::normal(0f32, 1.0, (n, m, p), 1017);
         let gf = fast.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
         let gs = slow.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&a, &b] {
@@ -129,14 +124,13 @@ fn composed_linears_equal_the_cpu_ops_with_gradients() {
     use superlora_models::ops::{
         adapted_linear_composed, frozen_linear_composed, low_rank_linear, low_rank_linear_composed,
     };
-    let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap()).unwrap();
-    let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap()).unwrap();
-    let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
-    let delta = Var::from_tensor(&Tensor::randn(0f32, 0.1, (6, 8), &dev).unwrap()).unwrap();
-    let c = Tensor::randn(0f32, 1.0, (2, 5, 6), &dev).unwrap();
-    let p = Var::from_tensor(&Tensor::randn(0f32, 0.3, (6, 2), &dev).unwrap()).unwrap();
-    let q = Var::from_tensor(&Tensor::randn(0f32, 0.3, (8, 2), &dev).unwrap()).unwrap();
+    let x = Var::from_tensor(&common::normal(0f32, 1.0, (2, 5, 8), 1018)).unwrap();
+    let w = Var::from_tensor(&common::normal(0f32, 1.0, (6, 8), 1019)).unwrap();
+    let b = Var::from_tensor(&common::normal(0f32, 1.0, 6, 1020)).unwrap();
+    let delta = Var::from_tensor(&common::normal(0f32, 0.1, (6, 8), 1021)).unwrap();
+    let c = common::normal(0f32, 1.0, (2, 5, 6), 1022);
+    let p = Var::from_tensor(&common::normal(0f32, 0.3, (6, 2), 1023)).unwrap();
+    let q = Var::from_tensor(&common::normal(0f32, 0.3, (8, 2), 1024)).unwrap();
     for bias in [Some(b.as_tensor()), None] {
         let pairs = [
             (

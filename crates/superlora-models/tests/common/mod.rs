@@ -81,3 +81,27 @@ pub fn adapter_grads(a: &SuperLora, grads: &candle_core::backprop::GradStore) ->
         })
         .collect()
 }
+
+/// A tensor of seeded normal values N(mean, std²) (Box–Muller on hashed uniforms: no RNG state,
+/// the same every run; candle's CPU `randn` cannot be seeded). `seed` picks the draw.
+pub fn normal(mean: f32, std: f32, shape: impl Into<candle_core::Shape>, seed: u64) -> Tensor {
+    let shape = shape.into();
+    let unit = |i: u64, salt: u64| {
+        let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (seed ^ salt).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let h = (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let v: Vec<f32> = (0..shape.elem_count() as u64)
+        .map(|i| {
+            let (u1, u2) = (unit(i, 0x5EED), unit(i, 0xC0FFEE));
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (mean as f64 + std as f64 * z) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// A seed from a name (FNV-1a), to give each named tensor its own draw.
+pub fn seed_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
