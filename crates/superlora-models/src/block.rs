@@ -586,21 +586,32 @@ impl Block<'_> {
     /// applies and `composed` is false, from per-op nodes otherwise (the one node's test oracle,
     /// and the path off the CPU or outside f32):
     /// x₁ = x + λ₁ ⊙ O(attention(LN₁ x)), out = x₁ + λ₂ ⊙ W₂ₑ·GELU(W₁ₑ·LN₂ x₁).
-    pub(crate) fn pre_ln(&self, x: &Tensor, heads: usize, eps: f64, deltas: &Deltas, composed: bool) -> Result<Tensor> {
+    /// `layer_scale` false: the model has no LayerScale (its `scales` are ones, which the one node
+    /// multiplies by exactly) and the per-op path leaves the products out.
+    pub(crate) fn pre_ln(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        eps: f64,
+        deltas: &Deltas,
+        composed: bool,
+        layer_scale: bool,
+    ) -> Result<Tensor> {
         let Some([l1, l2]) = self.scales else {
-            return Err(crate::Error::Weights("a pre-LN block needs its two scales".into()));
+            return Err(candle_core::Error::Msg("internal: pre_ln on a block without scales (post-LN)".into()).into());
         };
         if !composed && let Some(y) = self.forward(x, None, heads, eps, deltas)? {
             return Ok(y);
         }
+        let scaled = |t: Tensor, l: &Tensor| if layer_scale { t.broadcast_mul(l) } else { Ok(t) };
         let [q, k, v, o, f1, f2] = self.linears;
         let y = self.norms[0].forward(x, eps)?;
         let (q, k, v) = (q.forward(&y, deltas)?, k.forward(&y, deltas)?, v.forward(&y, deltas)?);
         let a = o.forward(&crate::ops::attention(&q, &k, &v, heads, None)?, deltas)?;
-        let x = (x + a.broadcast_mul(l1)?)?;
+        let x = (x + scaled(a, l1)?)?;
         let y = self.norms[1].forward(&x, eps)?;
         let m = f2.forward_gelu(&f1.forward(&y, deltas)?, deltas)?;
-        Ok((x + m.broadcast_mul(l2)?)?)
+        Ok((x + scaled(m, l2)?)?)
     }
 
     /// The block over x [B, T, H] as one node, or `None` when it does not apply (not f32 on the

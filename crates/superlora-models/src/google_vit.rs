@@ -93,7 +93,8 @@ pub struct GoogleVit {
     pos: PosEmbed,
     blocks: Vec<Block>,
     /// Ones [hidden]: this ViT has no LayerScale, so the one-node pre-LN block ([`crate::block`])
-    /// runs with λ₁ = λ₂ = 1 (x + 1·y and 1·g are exact: the same values as without).
+    /// runs with λ₁ = λ₂ = 1 (x + 1·y and 1·g are exact: the same values as without); the per-op
+    /// path skips them.
     unit: Tensor,
     norm: Norm,
     normalization: ([f32; 3], [f32; 3]),
@@ -220,11 +221,12 @@ impl GoogleVit {
                 norms: [&blk.norm1, &blk.norm2],
                 scales: Some([&self.unit, &self.unit]),
             };
-            x = one.pre_ln(&x, heads, eps, deltas, composed)?;
+            x = one.pre_ln(&x, heads, eps, deltas, composed, false)?;
         }
         self.norm.forward(&x, eps)
     }
 
+    /// Image features [B, D]: the class token after the final LayerNorm.
     pub fn features(&self, images: &Tensor, deltas: &Deltas) -> Result<Tensor> {
         Ok(self.forward(images, deltas)?.narrow(1, 0, 1)?.squeeze(1)?)
     }

@@ -370,7 +370,7 @@ impl Vit {
                 norms: [&blk.norm1, &blk.norm2],
                 scales: Some([&blk.scale1, &blk.scale2]),
             };
-            x = one.pre_ln(&x, self.config.heads, eps, deltas, composed)?;
+            x = one.pre_ln(&x, self.config.heads, eps, deltas, composed, true)?;
         }
         self.norm.forward(&x, eps)
     }
