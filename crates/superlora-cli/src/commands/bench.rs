@@ -124,7 +124,7 @@ fn configs() -> Vec<(&'static str, &'static str, Option<AdapterSpec>)> {
             "dense M=1 fastfood ρ=0.01",
             Some(AdapterSpec { ratio: Some(0.01), ..sq(1, 1, FactorKind::Dense, None) }),
         ),
-        ("full-qv", "full FT of q,v (dense M=1)", Some(sq(1, 1, FactorKind::Dense, None))),
+        ("full-qv", "full FT of the targets", Some(sq(1, 1, FactorKind::Dense, None))),
     ]
 }
 
@@ -132,6 +132,10 @@ fn configs() -> Vec<(&'static str, &'static str, Option<AdapterSpec>)> {
 struct Measured {
     name: String,
     label: String,
+    /// The model folder or file measured.
+    model: String,
+    /// The adapted weights (`--targets` or the model's default).
+    targets: String,
     adapter_params: usize,
     median_step_ms: f64,
     samples_per_s: f64,
@@ -214,6 +218,8 @@ fn measure(args: &BenchArgs, i: usize) -> Result<Measured> {
     Ok(Measured {
         name: name.to_string(),
         label: label.to_string(),
+        model: spec.task.model.display().to_string(),
+        targets: spec.targets.clone(),
         adapter_params: adapter.as_ref().map_or(0, |a| a.num_trainable()),
         median_step_ms: median * 1e3,
         samples_per_s: args.batch_size as f64 / median,
@@ -326,6 +332,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         rows.push(Measured {
             name: first.name.clone(),
             label: first.label.clone(),
+            model: first.model.clone(),
+            targets: first.targets.clone(),
             adapter_params: first.adapter_params,
             median_step_ms: step,
             samples_per_s: args.batch_size as f64 / (step / 1e3),
