@@ -93,6 +93,45 @@ pub(crate) struct Layer {
     pub(crate) norm2: Norm,
 }
 
+/// The names of a [`Layer`]'s parts under its block's prefix, in the order query, key, value,
+/// attention output, first norm, FFN in, FFN out, second norm.
+pub(crate) type LayerNames = [&'static str; 8];
+
+/// BERT's and RoBERTa's names.
+const BERT_NAMES: LayerNames = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+];
+
+impl Layer {
+    /// Loads one layer of width h and FFN width f: `lin(name, out, in)` and `norm(name)` load a
+    /// part by its name in `names`.
+    pub(crate) fn load(
+        names: &LayerNames,
+        (h, f): (usize, usize),
+        lin: impl Fn(&str, usize, usize) -> Result<Linear>,
+        norm: impl Fn(&str) -> Result<Norm>,
+    ) -> Result<Self> {
+        let [q, k, v, o, n1, f1, f2, n2] = names;
+        Ok(Layer {
+            query: lin(q, h, h)?,
+            key: lin(k, h, h)?,
+            value: lin(v, h, h)?,
+            output: lin(o, h, h)?,
+            norm1: norm(n1)?,
+            ffn1: lin(f1, f, h)?,
+            ffn2: lin(f2, h, f)?,
+            norm2: norm(n2)?,
+        })
+    }
+}
+
 /// The post-LN block stack of BERT and RoBERTa (`encoder.layer.<i>.*`) and DistilBERT
 /// ([`BertStack::from_layers`]), frozen.
 pub struct BertStack {
@@ -113,16 +152,7 @@ impl BertStack {
                     lin.name = format!("encoder.layer.{i}.{n}");
                     Ok(lin)
                 };
-                Ok(Layer {
-                    query: lin("attention.self.query", h, h)?,
-                    key: lin("attention.self.key", h, h)?,
-                    value: lin("attention.self.value", h, h)?,
-                    output: lin("attention.output.dense", h, h)?,
-                    norm1: Norm::load(w, &format!("{l}.attention.output.LayerNorm"), h)?,
-                    ffn1: lin("intermediate.dense", f, h)?,
-                    ffn2: lin("output.dense", h, f)?,
-                    norm2: Norm::load(w, &format!("{l}.output.LayerNorm"), h)?,
-                })
+                Layer::load(&BERT_NAMES, (h, f), lin, |n| Norm::load(w, &format!("{l}.{n}"), h))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BertStack { layers, heads: config.num_attention_heads, eps: config.layer_norm_eps })

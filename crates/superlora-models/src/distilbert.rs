@@ -21,13 +21,25 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::adapt::{Deltas, Linear, LinearInfo};
-use crate::bert::{BertStack, Layer, dir_and_weights, read_config};
+use crate::bert::{BertStack, Layer, LayerNames, dir_and_weights, read_config};
 use crate::encoder::{TextEncoder, check_text_inputs};
 use crate::ops::Norm;
 use crate::{Error, Result, Weights};
 
 /// LayerNorm ε of DistilBERT (fixed in transformers).
 pub const LN_EPS: f64 = 1e-12;
+
+/// A layer's parts under `transformer.layer.<i>.`, in [`LayerNames`] order.
+const NAMES: LayerNames = [
+    "attention.q_lin",
+    "attention.k_lin",
+    "attention.v_lin",
+    "attention.out_lin",
+    "sa_layer_norm",
+    "ffn.lin1",
+    "ffn.lin2",
+    "output_layer_norm",
+];
 
 /// The subset of a Hugging Face `DistilBertConfig` the encoder needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -92,16 +104,7 @@ impl DistilBert {
             .map(|i| {
                 let l = format!("transformer.layer.{i}");
                 let lin = |n: &str, o, inp| Linear::load(w, &format!("{l}.{n}"), o, inp);
-                Ok(Layer {
-                    query: lin("attention.q_lin", h, h)?,
-                    key: lin("attention.k_lin", h, h)?,
-                    value: lin("attention.v_lin", h, h)?,
-                    output: lin("attention.out_lin", h, h)?,
-                    norm1: Norm::load(w, &format!("{l}.sa_layer_norm"), h)?,
-                    ffn1: lin("ffn.lin1", f, h)?,
-                    ffn2: lin("ffn.lin2", h, f)?,
-                    norm2: Norm::load(w, &format!("{l}.output_layer_norm"), h)?,
-                })
+                Layer::load(&NAMES, (h, f), lin, |n| Norm::load(w, &format!("{l}.{n}"), h))
             })
             .collect::<Result<Vec<_>>>()?;
         let stack = BertStack::from_layers(layers, config.n_heads, LN_EPS);
