@@ -214,7 +214,7 @@ impl Fastfood {
     /// G_i·scale in the kernel's precision: the f64 product, rounded once for f32.
     #[inline(always)]
     fn diag_at<T: Real>(&self, i: usize) -> T {
-        T::from_f64(f64::from(self.gauss[i]) * self.scale)
+        diag_of(self.gauss[i], self.scale)
     }
 
     /// G_i·scale in the kernel's precision, for staged value k landing at destination i (f32
@@ -249,11 +249,16 @@ impl Fastfood {
             let mut head = vec![T::zero(); h];
             fill(0, &mut head);
             wht(&mut head);
-            let perm = &self.perm;
+            // h is a power of two: j mod h is j & (h − 1) (a division per entry cost more than
+            // the rest of this pass).
+            let (perm, mask) = (&self.perm, h - 1);
+            let (head, scale) = (&head[..=mask], self.scale);
             let out = wht_fill_new(self.padded, |off, chunk: &mut [T]| {
-                for (k, o) in chunk.iter_mut().enumerate() {
-                    let i = off + k;
-                    *o = head[perm[i] as usize % h] * self.diag_at::<T>(i);
+                let range = off..off + chunk.len();
+                // Slices zipped rather than indexed: no bounds checks and no reloads of the
+                // tables' pointers per entry (the output could alias them for all LLVM knows).
+                for ((o, &j), &g) in chunk.iter_mut().zip(&perm[range.clone()]).zip(&self.gauss[range]) {
+                    *o = head[j as usize & mask] * diag_of::<T>(g, scale);
                 }
             });
             return self.truncated(out);
@@ -323,7 +328,7 @@ impl Fastfood {
             // u folded onto h entries, where u = Πᵀ·diag(G)·a. So scatter-add G_i·a_i onto
             // perm[i] mod h of one cache-resident vector (in f64, over fixed chunks summed in
             // order: the same result on any number of threads), then transform those h entries.
-            let perm = &self.perm;
+            let (perm, mask) = (&self.perm, h - 1);
             // At most FOLD_TASKS partial vectors (h f64 each), however long Lh is; the chunking
             // depends on Lh only, never on the thread count.
             let len = (self.padded / FOLD_TASKS).max(SUM_CHUNK);
@@ -332,9 +337,11 @@ impl Fastfood {
                 .enumerate()
                 .map(|(c, chunk)| {
                     let mut acc = vec![0f64; h];
-                    for (k, &v) in chunk.iter().enumerate() {
-                        let i = c * len + k;
-                        acc[perm[i] as usize % h] += (v * self.diag_at::<T>(i)).to_f64();
+                    let acc_h = &mut acc[..=mask];
+                    let range = c * len..c * len + chunk.len();
+                    let scale = self.scale;
+                    for ((&v, &j), &g) in chunk.iter().zip(&perm[range.clone()]).zip(&self.gauss[range]) {
+                        acc_h[j as usize & mask] += (v * diag_of::<T>(g, scale)).to_f64();
                     }
                     acc
                 })
@@ -383,6 +390,12 @@ impl Fastfood {
     fn staged_len(&self) -> usize {
         self.padded / self.block * self.stride
     }
+}
+
+/// G_i·scale in precision T from G_i and the scale: the f64 product, rounded once for f32.
+#[inline(always)]
+fn diag_of<T: Real>(g: f32, scale: f64) -> T {
+    T::from_f64(f64::from(g) * scale)
 }
 
 /// Pass 1 of Π fused into the column stages of the forward's first transform: each finished panel
