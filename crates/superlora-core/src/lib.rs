@@ -18,6 +18,7 @@
 //! - [`math`]: exact integer roots and decimal ratios for the plan.
 //! - [`error`]: the crate's [`Error`]; every configuration error names the field, value and rule.
 //! - [`sys`]: process-level allocator tuning for CPU training.
+//! - [`simd`]: which vector unit (baseline, AVX2, AVX-512) the multiversioned loops use.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -45,6 +46,7 @@ pub mod oracle;
 pub mod plan;
 pub mod projection;
 pub mod rng;
+pub mod simd;
 pub mod sys;
 
 pub use adapter::{DeltaTape, LowRankDelta, SuperLora, TapeDeltas};

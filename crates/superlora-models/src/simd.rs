@@ -43,44 +43,18 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// A cap on [`level`] that tests set to run each version in turn.
-#[cfg(target_arch = "x86_64")]
-static CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
-
 /// Caps the version [`multiversion!`] functions pick (0 baseline, 1 AVX2 + FMA, 2 AVX-512) for the
-/// whole process; `u8::MAX` lifts the cap. Since every version gives the same bits, a cap set by
-/// one test cannot change another's results.
+/// whole process (see `superlora_core::simd::set_cap`).
 #[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) fn set_cap(level: u8) {
-    CAP.store(level, std::sync::atomic::Ordering::Relaxed);
+    superlora_core::simd::set_cap(level);
 }
 
-/// 2 with AVX-512 (F, VL, BW, DQ), 1 with AVX2 + FMA, 0 otherwise; the environment variable
-/// `SUPERLORA_SIMD=0|1|2` caps it (to measure the versions against each other).
+/// 2 with AVX-512 (F, VL, BW, DQ), 1 with AVX2 + FMA, 0 otherwise; `SUPERLORA_SIMD=0|1|2` caps it
+/// (`superlora_core::simd::level`, shared with the core crate's kernels).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn level() -> u8 {
-    use std::sync::OnceLock;
-    static LEVEL: OnceLock<u8> = OnceLock::new();
-    let detected = *LEVEL.get_or_init(|| {
-        let has = |f: &str| match f {
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
-            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
-            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-            _ => std::arch::is_x86_feature_detected!("fma"),
-        };
-        let level = if ["avx512f", "avx512vl", "avx512bw", "avx512dq", "avx2", "fma"].iter().all(|f| has(f)) {
-            2
-        } else if has("avx2") && has("fma") {
-            1
-        } else {
-            0
-        };
-        let cap = std::env::var("SUPERLORA_SIMD").ok().and_then(|v| v.trim().parse::<u8>().ok());
-        cap.map_or(level, |c| level.min(c))
-    });
-    detected.min(CAP.load(std::sync::atomic::Ordering::Relaxed))
+    superlora_core::simd::level()
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

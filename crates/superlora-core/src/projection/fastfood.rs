@@ -56,7 +56,10 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::wht::{PanelIo, Panels, ROW, XPanel, columns_with, fill_len, rows_fill, wht, wht_fill, wht_fill_new};
+use super::wht::{
+    PanelIo, Panels, ROW, XPanel, columns_with, fill_len, load_rows, rows_fill_upto, store_rows, wht, wht_fill,
+    wht_fill_new,
+};
 use super::{Real, SyncPtr, buffers, run_1d};
 use crate::rng::{Purpose, stream};
 
@@ -108,12 +111,39 @@ impl PartialEq for Fastfood {
 /// The tables of the two-pass permutation (see the module docs).
 #[derive(Clone, Debug)]
 pub(crate) struct Staging {
-    /// slot[t]: staging position of the t-th value in panel order; empty with a single block.
-    slot: Vec<u32>,
+    /// The runs of pass 1 (empty with a single block, where pass 1 is the identity).
+    runs: Runs,
     /// local[k]: offset inside its block where staged value k lands.
     local: Vec<u16>,
     /// G·scale (f32) in staging order: staged_gauss[k] belongs to destination block·b + local[k].
     staged_gauss_scaled: Vec<f32>,
+}
+
+/// Pass 1 as runs: each column panel p sends one run of values to every block b, stored at
+/// consecutive staging positions from `base[p·blocks + b]`; the run lists its values' scratch
+/// positions q (increasing) in `order[p·len + runs[p·(blocks+1) + b] ..][.. run length]`. So
+/// pass 1 writes (forward) or reads (transpose) the staging buffer run by run, sequentially, and
+/// only the L2-resident panel scratch is addressed at random.
+#[derive(Clone, Debug, Default)]
+struct Runs {
+    /// Blocks (destinations) per panel.
+    blocks: usize,
+    /// Scratch positions, panel by panel, run by run.
+    order: Vec<u32>,
+    /// Run starts into each panel's part of `order`: blocks + 1 per panel.
+    start: Vec<u32>,
+    /// Staging position of each run's first value: blocks per panel.
+    base: Vec<u32>,
+}
+
+impl Runs {
+    /// Panel p's run for block b: (its scratch positions, its first staging position).
+    #[inline(always)]
+    fn run(&self, len: usize, p: usize, b: usize) -> (&[u32], usize) {
+        let at = p * (self.blocks + 1) + b;
+        let (s, e) = (self.start[at] as usize, self.start[at + 1] as usize);
+        (&self.order[p * len + s..p * len + e], self.base[p * self.blocks + b] as usize)
+    }
 }
 
 impl Fastfood {
@@ -191,24 +221,51 @@ impl Fastfood {
         for (i, &p) in self.perm.iter().enumerate() {
             inv[p as usize] = i as u32;
         }
-        let geo = (blocks > 1).then(|| Panels::of(padded));
-        let mut cursor = vec![0usize; blocks];
-        let mut slot = vec![0u32; if blocks > 1 { padded } else { 0 }];
         let mut local = vec![0u16; staged_len];
         let mut staged_gauss_scaled = vec![0f32; staged_len];
-        for t in 0..padded {
-            let j = geo.map_or(t, |g| g.source(t / g.len(), t % g.len()));
-            let i = inv[j] as usize;
-            let b = i / block;
-            let k = b * stride + cursor[b];
-            cursor[b] += 1;
-            if let Some(s) = slot.get_mut(t) {
-                *s = k as u32;
+        if blocks == 1 {
+            for (k, &i) in inv.iter().enumerate() {
+                local[k] = i as u16;
+                staged_gauss_scaled[k] = self.diag_at::<f32>(i as usize);
             }
-            local[k] = (i % block) as u16;
-            staged_gauss_scaled[k] = self.diag_at::<f32>(i);
+            return Staging { runs: Runs::default(), local, staged_gauss_scaled };
         }
-        Staging { slot, local, staged_gauss_scaled }
+        let geo = Panels::of(padded);
+        let (len, panels) = (geo.len(), padded / geo.len());
+        let mut runs = Runs {
+            blocks,
+            order: vec![0u32; padded],
+            start: Vec::with_capacity(panels * (blocks + 1)),
+            base: Vec::with_capacity(panels * blocks),
+        };
+        // cursor[b]: the next free staging position of block b.
+        let mut cursor: Vec<usize> = (0..blocks).map(|b| b * stride).collect();
+        let (mut dest, mut count, mut next) = (vec![0u32; len], vec![0usize; blocks], vec![0usize; blocks]);
+        for p in 0..panels {
+            count.fill(0);
+            for (q, dst) in dest.iter_mut().enumerate() {
+                *dst = inv[geo.source(p, q)];
+                count[*dst as usize / block] += 1;
+            }
+            let mut at = 0;
+            for b in 0..blocks {
+                runs.start.push(at as u32);
+                runs.base.push(cursor[b] as u32);
+                next[b] = at;
+                at += count[b];
+            }
+            runs.start.push(at as u32);
+            for (q, &i) in dest.iter().enumerate() {
+                let (i, b) = (i as usize, i as usize / block);
+                runs.order[p * len + next[b]] = q as u32;
+                next[b] += 1;
+                let k = cursor[b];
+                cursor[b] += 1;
+                local[k] = (i % block) as u16;
+                staged_gauss_scaled[k] = self.diag_at::<f32>(i);
+            }
+        }
+        Staging { runs, local, staged_gauss_scaled }
     }
 
     /// G_i·scale in the kernel's precision: the f64 product, rounded once for f32.
@@ -270,9 +327,14 @@ impl Fastfood {
             wht_fill(&mut a, fill);
             a
         } else {
+            // pad(x) is zero past d: the rows past the chunks that hold x are zero before and
+            // after their row stages, so they are neither transformed nor read (the panels'
+            // loads fill them with zeros).
             let mut staged = buffers::take::<T>(self.staged_len());
-            rows_fill(&mut a, fill);
-            columns_with(&mut a, &Stage { slot: &st.slot, staged: SyncPtr(staged.as_mut_ptr()), len: staged.len() });
+            let rows = self.rows_holding(self.d);
+            rows_fill_upto(&mut a, rows * ROW, fill);
+            let stage = Stage { runs: &st.runs, staged: SyncPtr(staged.as_mut_ptr()), len: staged.len(), rows };
+            columns_with(&mut a, &stage);
             buffers::give(a);
             staged
         };
@@ -355,11 +417,15 @@ impl Fastfood {
         let st = self.staging();
         let mut staged = buffers::take::<T>(self.staged_len());
         let stride = self.stride;
-        staged.par_chunks_mut(stride).enumerate().for_each(|(b, chunk)| {
+        staged.par_chunks_mut(stride).enumerate().for_each_init(Vec::new, |copy: &mut Vec<T>, (b, chunk)| {
             let (off, s0) = (b * block, b * stride);
-            for (k, o) in chunk[..block].iter_mut().enumerate() {
-                let src = off + st.local[s0 + k] as usize;
-                *o = a[src] * self.diag::<T>(st, s0 + k, src);
+            // The gather reads its block of `a` in random order, which the hardware prefetchers
+            // cannot follow: copy the block first (one sequential read into L2), then gather.
+            copy.clear();
+            copy.extend_from_slice(&a[off..off + block]);
+            for (k, (o, &l)) in chunk[..block].iter_mut().zip(&st.local[s0..s0 + block]).enumerate() {
+                let l = l as usize;
+                *o = copy[l] * self.diag::<T>(st, s0 + k, off + l);
             }
         });
         buffers::give(a);
@@ -370,9 +436,12 @@ impl Fastfood {
         } else {
             // Column stages first, each panel loaded straight from the staging areas, then the
             // row stages (H_n = H_n1 ⊗ H_n2: the two sets of stages commute).
+            // Only z[..d] is kept: the panels store, and the row stages transform, only the
+            // rows that hold it.
             let mut z = buffers::take::<T>(self.padded);
-            columns_with(&mut z, &Unstage { slot: &st.slot, staged: &staged });
-            rows_fill(&mut z, |_, _| {});
+            let rows = self.rows_holding(self.d);
+            columns_with(&mut z, &Unstage { runs: &st.runs, staged: &staged, rows });
+            rows_fill_upto(&mut z, rows * ROW, |_, _| {});
             buffers::give(staged);
             z
         };
@@ -384,6 +453,12 @@ impl Fastfood {
             .collect_into_vec(&mut out);
         buffers::give(z);
         out
+    }
+
+    /// Rows of the Lh/2^14 x 2^14 view that the row stages process to cover entries 0..n: whole
+    /// chunks of [`fill_len`] (n > 2^14 only).
+    fn rows_holding(&self, n: usize) -> usize {
+        n.next_multiple_of(fill_len(self.padded)).min(self.padded) / ROW
     }
 
     /// Length of the staging buffer (blocks x stride).
@@ -399,62 +474,56 @@ fn diag_of<T: Real>(g: f32, scale: f64) -> T {
 }
 
 /// Pass 1 of Π fused into the column stages of the forward's first transform: each finished panel
-/// is scattered to the staging areas, staged[slot[t]] = value t in panel order.
+/// is written to the staging areas run by run (see [`Runs`]).
 struct Stage<'a, T> {
-    slot: &'a [u32],
+    runs: &'a Runs,
     staged: SyncPtr<T>,
     len: usize,
+    /// Rows of x that hold values (the others are zero).
+    rows: usize,
 }
 
 impl<T: Real> PanelIo<T> for Stage<'_, T> {
-    fn load(&self, x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]) {
-        super::wht::Plain.load(x, geo, p, scratch);
+    fn load(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &mut [T]) {
+        load_rows(x, geo, self.rows, scratch);
     }
     fn store(&self, _x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &[T]) {
-        self.scatter(geo, p, |q| scratch[q]);
-    }
-}
-
-impl<T: Real> Stage<'_, T> {
-    /// Stages panel p's values, value(q) for scratch position q.
-    fn scatter(&self, geo: Panels, p: usize, value: impl Fn(usize) -> T) {
-        let slots = &self.slot[p * geo.len()..(p + 1) * geo.len()];
-        for (q, &s) in slots.iter().enumerate() {
-            let (v, s) = (value(q), s as usize);
-            assert!(s < self.len, "staging slot out of range");
-            // SAFETY: s < len, the staging buffer's length (checked above). `slot` is injective
-            // (built in `assemble` from a checked permutation: one distinct staging position per
-            // value), and panel p writes only the positions of its own range of `slot`, so no two
-            // writes, in this task or another, touch the same element, and nothing reads the
-            // staging buffer during the pass.
-            unsafe { *self.staged.get().add(s) = v };
+        for b in 0..self.runs.blocks {
+            let (order, at) = self.runs.run(geo.len(), p, b);
+            assert!(at + order.len() <= self.len, "staging run out of range");
+            // SAFETY: the run lies inside the staging buffer (checked above). Runs never overlap:
+            // block b's runs take consecutive positions from its own area, panel after panel
+            // (`build_staging`), and panel p writes only its own runs, so no other task writes
+            // these elements during the pass, nothing reads the staging buffer, and this slice
+            // lives only inside this iteration.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.staged.get().add(at), order.len()) };
+            for (o, &q) in dst.iter_mut().zip(order) {
+                *o = scratch[q as usize];
+            }
         }
     }
 }
 
 /// Pass 1 of Π reversed, fused into the column stages of the transpose's second transform: panel
-/// p is loaded as value t = staged[slot[t]] for its range of t.
+/// p is loaded from its runs of the staging areas (see [`Runs`]).
 struct Unstage<'a, T> {
-    slot: &'a [u32],
+    runs: &'a Runs,
     staged: &'a [T],
+    /// Rows of the result that are wanted (the others are not stored).
+    rows: usize,
 }
 
 impl<T: Real> PanelIo<T> for Unstage<'_, T> {
     fn load(&self, _x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]) {
-        self.panel(geo, p, scratch);
-    }
-    fn store(&self, x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &[T]) {
-        super::wht::Plain.store(x, geo, p, scratch);
-    }
-}
-
-impl<T: Real> Unstage<'_, T> {
-    /// Panel p of the unstaged vector into `scratch`.
-    fn panel(&self, geo: Panels, p: usize, scratch: &mut [T]) {
-        let slots = &self.slot[p * geo.len()..(p + 1) * geo.len()];
-        for (o, &s) in scratch.iter_mut().zip(slots) {
-            *o = self.staged[s as usize];
+        for b in 0..self.runs.blocks {
+            let (order, at) = self.runs.run(geo.len(), p, b);
+            for (&v, &q) in self.staged[at..at + order.len()].iter().zip(order) {
+                scratch[q as usize] = v;
+            }
         }
+    }
+    fn store(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &[T]) {
+        store_rows(x, geo, self.rows, scratch);
     }
 }
 

@@ -90,6 +90,12 @@ pub fn wht_fill_new<T: Real>(n: usize, fill: impl Fn(usize, &mut [T]) + Sync) ->
 /// chunk (see [`wht_fill`]): I_n1 ⊗ H_n2 for n > ROW (every stage of span < ROW), and all of H_n
 /// for n ≤ ROW.
 pub(crate) fn rows_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + Sync) {
+    rows_fill_upto(x, x.len(), fill);
+}
+
+/// [`rows_fill`] on the chunks that hold x[..upto] only (the caller knows the other rows are zero
+/// or does not want them); `fill` sees only those chunks.
+pub(crate) fn rows_fill_upto<T: Real>(x: &mut [T], upto: usize, fill: impl Fn(usize, &mut [T]) + Sync) {
     let n = x.len();
     assert!(n.is_power_of_two(), "wht needs a power-of-two length, got {n}");
     if n <= ROW {
@@ -98,7 +104,8 @@ pub(crate) fn rows_fill<T: Real>(x: &mut [T], fill: impl Fn(usize, &mut [T]) + S
         return;
     }
     let len = fill_len(n);
-    x.par_chunks_mut(len).enumerate().for_each(|(c, chunk)| {
+    let upto = upto.next_multiple_of(len).min(n);
+    x[..upto].par_chunks_mut(len).enumerate().for_each(|(c, chunk)| {
         fill(c * len, chunk);
         for r in chunk.chunks_exact_mut(ROW) {
             row(r);
@@ -172,6 +179,23 @@ impl<T: Copy> XPanel<'_, T> {
         dst.copy_from_slice(src);
     }
 
+    /// Asks the CPU to start loading row r's w columns of this panel (nothing when r ≥ n1). The
+    /// rows of a panel are 64 KiB apart, a stride the hardware prefetchers do not follow, so
+    /// without this every row's read waits for memory on its own.
+    #[inline(always)]
+    pub fn prefetch_row(&self, geo: Panels, r: usize) {
+        if r >= geo.n1 {
+            return;
+        }
+        let at = self.offset(geo, r);
+        let bytes = geo.w * std::mem::size_of::<T>();
+        for line in (0..bytes).step_by(64) {
+            // Inside row r's columns of this panel, which lie inside x (see `read_row`).
+            let ptr = self.base.get().cast_const().cast::<u8>().wrapping_add(at * std::mem::size_of::<T>() + line);
+            prefetch(ptr);
+        }
+    }
+
     /// Writes row r's w columns of this panel from `src` (w entries).
     pub fn write_row(&self, geo: Panels, r: usize, src: &[T]) {
         assert_eq!(src.len(), geo.w, "panel row length");
@@ -183,19 +207,56 @@ impl<T: Copy> XPanel<'_, T> {
     }
 }
 
+/// Rows of a panel requested ahead of the one being read ([`XPanel::prefetch_row`]).
+pub(crate) const PREFETCH_ROWS: usize = 16;
+
+/// A hint to start loading the cache line at `ptr` into L1; never faults, changes no value.
+#[inline(always)]
+fn prefetch(ptr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address, and reads nothing
+    // into the program.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
 /// The plain column pass: load copies the panel out of x, store copies it back.
 pub(crate) struct Plain;
 
 impl<T: Real> PanelIo<T> for Plain {
     fn load(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &mut [T]) {
-        for (r, dst) in scratch.chunks_exact_mut(geo.w).enumerate() {
-            x.read_row(geo, r, dst);
-        }
+        load_rows(x, geo, geo.n1, scratch);
     }
     fn store(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &[T]) {
-        for (r, src) in scratch.chunks_exact(geo.w).enumerate() {
-            x.write_row(geo, r, src);
+        store_rows(x, geo, geo.n1, scratch);
+    }
+}
+
+/// Loads the panel's first `rows` rows from x into `scratch` and zeroes the rest (rows known to be
+/// zero, which x need not hold).
+pub(crate) fn load_rows<T: Real>(x: &XPanel<'_, T>, geo: Panels, rows: usize, scratch: &mut [T]) {
+    let rows = rows.min(geo.n1);
+    for r in 0..PREFETCH_ROWS.min(rows) {
+        x.prefetch_row(geo, r);
+    }
+    let (head, tail) = scratch.split_at_mut(rows * geo.w);
+    for (r, dst) in head.chunks_exact_mut(geo.w).enumerate() {
+        if r + PREFETCH_ROWS < rows {
+            x.prefetch_row(geo, r + PREFETCH_ROWS);
         }
+        x.read_row(geo, r, dst);
+    }
+    tail.fill(T::zero());
+}
+
+/// Stores the panel's first `rows` rows from `scratch` into x (the others are not wanted).
+pub(crate) fn store_rows<T: Real>(x: &XPanel<'_, T>, geo: Panels, rows: usize, scratch: &[T]) {
+    for (r, src) in scratch.chunks_exact(geo.w).take(rows).enumerate() {
+        x.write_row(geo, r, src);
     }
 }
 
@@ -224,8 +285,55 @@ pub fn wht_reference<T: Real>(x: &mut [T]) {
     }
 }
 
+/// `fn $name<T: Real>(x: &mut [T], h: usize)` running `$body(x, h)` compiled for AVX-512, for AVX2
+/// and for the baseline, the widest this CPU has ([`crate::simd::level`]). Only add and subtract
+/// run in the butterflies, so every version gives the same bits (test
+/// `every_vector_width_gives_the_same_bits`).
+macro_rules! widest {
+    ($(#[$meta:meta])* fn $name:ident = $body:ident) => {
+        $(#[$meta])*
+        fn $name<T: Real>(x: &mut [T], h: usize) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                fn v4<T: Real>(x: &mut [T], h: usize) {
+                    $body(x, h)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3<T: Real>(x: &mut [T], h: usize) {
+                    $body(x, h)
+                }
+                match crate::simd::level() {
+                    // SAFETY: the CPU has every feature v4 is compiled for (`level` checked them).
+                    2 => return unsafe { v4(x, h) },
+                    // SAFETY: the CPU has AVX2 and FMA (`level` checked them).
+                    1 => return unsafe { v3(x, h) },
+                    _ => {}
+                }
+            }
+            $body(x, h)
+        }
+    };
+}
+
+widest! {
+    /// All stages of a contiguous block of length ≤ ROW (`h` unused).
+    fn row_h = row_body
+}
+
+widest! {
+    /// Stages h, 2h, …, len/2 of a contiguous slice (a column panel).
+    fn panel_stages = stages
+}
+
 /// All stages of a contiguous block of length ≤ ROW.
 fn row<T: Real>(x: &mut [T]) {
+    row_h(x, 0);
+}
+
+/// [`row`]'s loops, inlined into each compiled version.
+#[inline(always)]
+fn row_body<T: Real>(x: &mut [T], _: usize) {
     let n = x.len();
     let b = n.min(L1_BLOCK);
     for blk in x.chunks_exact_mut(b) {
@@ -235,6 +343,7 @@ fn row<T: Real>(x: &mut [T]) {
 }
 
 /// Stages h = `h_from`, 2·h_from, …, len/2 on a contiguous slice.
+#[inline(always)]
 fn stages<T: Real>(x: &mut [T], h_from: usize) {
     let n = x.len();
     let mut h = h_from;
@@ -317,7 +426,7 @@ fn columns<T: Real>(x: &mut [T], io: &impl PanelIo<T>) {
         move |scratch, p| {
             let xp = XPanel { base, p, _x: std::marker::PhantomData };
             io.load(&xp, geo, p, scratch);
-            stages(scratch, geo.w);
+            panel_stages(scratch, geo.w);
             io.store(&xp, geo, p, scratch);
         },
     );
@@ -338,6 +447,31 @@ mod tests {
             wht_reference(&mut b);
             assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "n = {n}");
         }
+    }
+
+    /// The baseline, AVX2 and AVX-512 versions of the stages (those this CPU has) give the same
+    /// bits, in f32 and f64, rows and column panels both (n = 2^20 has 64 rows of 2^14).
+    #[test]
+    fn every_vector_width_gives_the_same_bits() {
+        let mut r = crate::rng::stream(8, 0, crate::rng::Purpose::Init);
+        let x: Vec<f64> = (0..1 << 20).map(|_| r.normal()).collect();
+        let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+        let run = |level: u8| {
+            crate::simd::set_cap(level);
+            let (mut a, mut b) = (x.clone(), x32.clone());
+            wht(&mut a);
+            wht(&mut b);
+            (a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let baseline = run(0);
+        for level in [1, 2] {
+            assert!(run(level) == baseline, "version {level} differs from the baseline");
+        }
+        crate::simd::set_cap(u8::MAX);
+        let mut reference = x32.clone();
+        wht_reference(&mut reference);
+        assert!(reference.iter().map(|v| v.to_bits()).eq(baseline.1), "the baseline differs from the reference");
+        println!("SIMD level of this CPU: {}", crate::simd::level());
     }
 
     #[test]
