@@ -23,6 +23,12 @@ fn median(mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
+/// A deterministic value in [−2, 2) with a full mantissa.
+fn value(i: usize, seed: u64) -> f32 {
+    let h = (i as u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ((h >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+}
+
 /// FNV-1a over the bits of `v`.
 fn bits_hash(v: &[f32]) -> u64 {
     v.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01b3))
@@ -48,7 +54,8 @@ fn main() {
         }
         return;
     }
-    let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    // Values that are not small integers, so that a change in the order of rounding shows in the hashes.
+    let a: Vec<f32> = (0..n).map(|i| value(i, 1)).collect();
     let b = a.clone();
     let mut x = a.clone();
     let mul = median(|| {
@@ -69,7 +76,7 @@ fn main() {
     println!("n = 2^{k}: multiply (one thread) {mul:.2} ms, copy {copy:.2} ms, wht {bare:.2} ms (bits {hw:016x})");
     for d in [n / 2, 93] {
         let f = Fastfood::generate(d, n, 0, 0);
-        let xs: Vec<f32> = (0..d).map(|i| (i % 11) as f32 - 5.0).collect();
+        let xs: Vec<f32> = (0..d).map(|i| value(i, 2)).collect();
         let fwd = median(|| {
             std::hint::black_box(f.forward(&xs));
         });

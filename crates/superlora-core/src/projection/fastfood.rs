@@ -29,15 +29,26 @@
 //! (an L2-resident window), fused with the fill of the second Hadamard transform.
 //!
 //! Pass 1 is fused into the last step of the first transform: the Hadamard column stages run on
-//! panels of columns copied to a scratch ([`super::wht`]), and each finished panel is scattered
-//! straight into the staging areas instead of being copied back. Values are staged in that
-//! "panel order" (panel by panel, row by row inside a panel), so each panel appends one run to
-//! every block. `slot[t]` is where the t-th value in panel order is staged, `local[k]` where
-//! staged value k lands inside its block. The transpose runs the two passes in reverse: pass 2 as
-//! a gather inside each block, pass 1 as the load of the column stages of its second transform
-//! (column stages first, then row stages: the same butterflies in another order, so the
-//! transpose equals the reference up to rounding, not bit for bit; the forward is bit for bit).
-//! With a single block (Lh ≤ 2^14) pass 1 is the identity.
+//! panels of columns copied to a scratch ([`super::wht`]), and each finished panel goes straight
+//! to the staging areas instead of being copied back. Values are staged in that "panel order"
+//! (panel by panel, row by row inside a panel), so each panel sends one run of values to every
+//! block. The tables list, per panel, each run's scratch positions and its first staging position
+//! ([`Runs`]), so pass 1 writes the staging buffer run after run, sequentially, and only the
+//! L2-resident scratch is addressed at random (a scatter by one staging slot per value stalled on
+//! its stores: 256 interleaved write streams). `local[k]` is where staged value k lands inside
+//! its block.
+//!
+//! The transpose runs the two passes in reverse: pass 2 as a gather inside each block, pass 1 as
+//! the load of the column stages of its second transform. Both of its transforms run column
+//! stages first, then row stages (H_n = H_n1 ⊗ H_n2: the two sets commute): the first loads its
+//! panels straight from g and does its row stages block by block in an L2 copy that the gather
+//! then reads, so that transform's result is never written back. The same butterflies in another
+//! order: the transpose equals the reference up to rounding, not bit for bit; the forward is bit
+//! for bit. With a single block (Lh ≤ 2^14) pass 1 is the identity.
+//!
+//! Rows of the Lh/2^14 x 2^14 view that are known zero (pad(x) past d in the forward) are neither
+//! transformed nor read, and rows of a result that are not kept (z past d in the transpose) are
+//! neither stored nor transformed.
 //!
 //! ## Small inputs (d ≤ 2^17, Lh > 2^14): no staging at all
 //!
@@ -57,8 +68,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::wht::{
-    PanelIo, Panels, ROW, XPanel, columns_with, fill_len, load_rows, rows_fill_upto, store_rows, wht, wht_fill,
-    wht_fill_new,
+    PaddedFrom, PanelIo, Panels, ROW, XPanel, columns_with, fill_len, load_rows, rows, rows_fill_upto, store_rows, wht,
+    wht_fill, wht_fill_new,
 };
 use super::{Real, SyncPtr, buffers, run_1d};
 use crate::rng::{Purpose, stream};
@@ -274,13 +285,6 @@ impl Fastfood {
         diag_of(self.gauss[i], self.scale)
     }
 
-    /// G_i·scale in the kernel's precision, for staged value k landing at destination i (f32
-    /// reads the staged table, f64 recomputes it).
-    #[inline(always)]
-    fn diag<T: Real>(&self, st: &Staging, k: usize, i: usize) -> T {
-        T::fastfood_diag(self, &st.staged_gauss_scaled, k, i)
-    }
-
     /// F(x): `x` has d entries, the result D.
     ///
     /// a ← H·diag(B)·pad(x) (fill fused with the transform); staging ← pass 1 of Π over a;
@@ -293,10 +297,12 @@ impl Fastfood {
     fn forward_with<T: Real>(&self, x: &[T], shortcut: bool) -> Vec<T> {
         let (d, signs, block) = (self.d, &self.signs, self.block);
         let fill = |off: usize, chunk: &mut [T]| {
-            for (k, o) in chunk.iter_mut().enumerate() {
-                let i = off + k;
-                *o = if i < d { x[i].signed(signs[i]) } else { T::zero() };
+            let n = chunk.len().min(d.saturating_sub(off));
+            let (head, tail) = chunk.split_at_mut(n);
+            for ((o, &v), &s) in head.iter_mut().zip(&x[off..off + n]).zip(&signs[off..off + n]) {
+                *o = v.signed(s);
             }
+            tail.fill(T::zero());
         };
         if let Some(h) = self.head_len().filter(|_| shortcut) {
             // pad(x) is zero outside its first h entries, and H_Lh = H_(Lh/h) ⊗ H_h, so
@@ -344,9 +350,10 @@ impl Fastfood {
             debug_assert_eq!(chunk.len(), block);
             let s0 = off / block * stride;
             let s1 = s0 + chunk.len();
-            for (k, (&v, &dst)) in staged_ref[s0..s1].iter().zip(&st.local[s0..s1]).enumerate() {
+            let gauss = &st.staged_gauss_scaled[s0..s1];
+            for ((&v, &dst), &g) in staged_ref[s0..s1].iter().zip(&st.local[s0..s1]).zip(gauss) {
                 let dst = dst as usize;
-                chunk[dst] = v * self.diag::<T>(st, s0 + k, off + dst);
+                chunk[dst] = v * T::fastfood_diag(self, g, off + dst);
             }
         });
         buffers::give(staged);
@@ -377,14 +384,26 @@ impl Fastfood {
 
     /// [`Self::transpose`], with the small-input shortcut allowed or not (tests compare the two).
     fn transpose_with<T: Real>(&self, g: &[T], shortcut: bool) -> Vec<T> {
-        let (big_d, block) = (self.big_d, self.block);
+        let block = self.block;
+        // a ← H·pad(g) in two halves (H_n = H_n1 ⊗ H_n2: the two sets of stages commute): the
+        // column stages here, loading g straight into the panels; the row stages later, block by
+        // block in an L2-resident copy, right before that block is read in random order (the
+        // result a is never written back).
         let mut a = buffers::take::<T>(self.padded);
-        wht_fill(&mut a, |off, chunk| {
-            for (k, o) in chunk.iter_mut().enumerate() {
-                let i = off + k;
-                *o = if i < big_d { g[i] } else { T::zero() };
-            }
-        });
+        if self.padded > ROW {
+            columns_with(&mut a, &PaddedFrom(g));
+        } else {
+            let (head, tail) = a.split_at_mut(g.len());
+            head.copy_from_slice(g);
+            tail.fill(T::zero());
+        }
+        let a = a;
+        // Block `off..off + block` of a, row stages done, in `copy`.
+        let block_of = |off: usize, copy: &mut Vec<T>| {
+            copy.clear();
+            copy.extend_from_slice(&a[off..off + block]);
+            rows(copy);
+        };
         if let Some(h) = self.head_len().filter(|_| shortcut) {
             // Only z[0..d] is kept, and for k < h, H[k, j] = H_h[k, j mod h]: z[0..h] is H_h of
             // u folded onto h entries, where u = Πᵀ·diag(G)·a. So scatter-add G_i·a_i onto
@@ -394,16 +413,19 @@ impl Fastfood {
             // At most FOLD_TASKS partial vectors (h f64 each), however long Lh is; the chunking
             // depends on Lh only, never on the thread count.
             let len = (self.padded / FOLD_TASKS).max(SUM_CHUNK);
-            let partials: Vec<Vec<f64>> = a
-                .par_chunks(len)
-                .enumerate()
-                .map(|(c, chunk)| {
+            let partials: Vec<Vec<f64>> = (0..self.padded.div_ceil(len))
+                .into_par_iter()
+                .map_init(Vec::new, |copy: &mut Vec<T>, c| {
                     let mut acc = vec![0f64; h];
                     let acc_h = &mut acc[..=mask];
-                    let range = c * len..c * len + chunk.len();
                     let scale = self.scale;
-                    for ((&v, &j), &g) in chunk.iter().zip(&perm[range.clone()]).zip(&self.gauss[range]) {
-                        acc_h[j as usize & mask] += (v * diag_of::<T>(g, scale)).to_f64();
+                    // len is a multiple of the block (both powers of two, len ≥ block).
+                    for off in (c * len..((c + 1) * len).min(self.padded)).step_by(block) {
+                        block_of(off, copy);
+                        let range = off..off + block;
+                        for ((&v, &j), &g) in copy.iter().zip(&perm[range.clone()]).zip(&self.gauss[range]) {
+                            acc_h[j as usize & mask] += (v * diag_of::<T>(g, scale)).to_f64();
+                        }
                     }
                     acc
                 })
@@ -419,13 +441,11 @@ impl Fastfood {
         let stride = self.stride;
         staged.par_chunks_mut(stride).enumerate().for_each_init(Vec::new, |copy: &mut Vec<T>, (b, chunk)| {
             let (off, s0) = (b * block, b * stride);
-            // The gather reads its block of `a` in random order, which the hardware prefetchers
-            // cannot follow: copy the block first (one sequential read into L2), then gather.
-            copy.clear();
-            copy.extend_from_slice(&a[off..off + block]);
-            for (k, (o, &l)) in chunk[..block].iter_mut().zip(&st.local[s0..s0 + block]).enumerate() {
+            block_of(off, copy);
+            let (local, gauss) = (&st.local[s0..s0 + block], &st.staged_gauss_scaled[s0..s0 + block]);
+            for ((o, &l), &g) in chunk[..block].iter_mut().zip(local).zip(gauss) {
                 let l = l as usize;
-                *o = copy[l] * self.diag::<T>(st, s0 + k, off + l);
+                *o = copy[l] * T::fastfood_diag(self, g, off + l);
             }
         });
         buffers::give(a);

@@ -49,10 +49,10 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     /// Exact widening.
     fn to_f64(self) -> f64;
-    /// Fastfood's diagonal entry G_i·scale for staged value `k` landing at destination `i`:
-    /// f32 reads `staged[k]` (the precomputed f32 table in staging order), f64 recomputes
-    /// G_i·scale in f64.
-    fn fastfood_diag(ff: &Fastfood, staged: &[f32], k: usize, i: usize) -> Self;
+    /// Fastfood's diagonal entry G_i·scale for a staged value landing at destination `i`, whose
+    /// entry of the precomputed f32 table (in staging order) is `staged`: f32 takes `staged`,
+    /// f64 recomputes G_i·scale in f64.
+    fn fastfood_diag(ff: &Fastfood, staged: f32, i: usize) -> Self;
     /// `self`, negated where `negative` (branch-free: flips the sign bit).
     fn signed(self, negative: bool) -> Self;
     /// The pool of reusable work buffers of this type.
@@ -73,8 +73,8 @@ impl Real for f32 {
         f64::from(self)
     }
     #[inline(always)]
-    fn fastfood_diag(_: &Fastfood, staged: &[f32], k: usize, _: usize) -> Self {
-        staged[k]
+    fn fastfood_diag(_: &Fastfood, staged: f32, _: usize) -> Self {
+        staged
     }
     #[inline(always)]
     fn signed(self, negative: bool) -> Self {
@@ -96,7 +96,7 @@ impl Real for f64 {
         self
     }
     #[inline(always)]
-    fn fastfood_diag(ff: &Fastfood, _: &[f32], _: usize, i: usize) -> Self {
+    fn fastfood_diag(ff: &Fastfood, _: f32, i: usize) -> Self {
         f64::from(ff.gauss[i]) * ff.scale
     }
     #[inline(always)]

@@ -236,6 +236,43 @@ impl<T: Real> PanelIo<T> for Plain {
     }
 }
 
+/// A column pass whose input is `src` zero-padded to x's length, loaded straight from `src` (x's
+/// contents are not read); the results are stored in x.
+pub(crate) struct PaddedFrom<'a, T>(pub &'a [T]);
+
+impl<T: Real> PanelIo<T> for PaddedFrom<'_, T> {
+    fn load(&self, _x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]) {
+        let src = self.0;
+        let bytes = geo.w * std::mem::size_of::<T>();
+        let start = |r: usize| r * geo.n2 + p * geo.w;
+        for (r, dst) in scratch.chunks_exact_mut(geo.w).enumerate() {
+            // Rows 64 KiB apart: ask for the row PREFETCH_ROWS ahead (see `XPanel::prefetch_row`).
+            let ahead = start(r + PREFETCH_ROWS);
+            if ahead < src.len() {
+                let ptr = src[ahead..].as_ptr().cast::<u8>();
+                for line in (0..bytes).step_by(64) {
+                    prefetch(ptr.wrapping_add(line));
+                }
+            }
+            let at = start(r).min(src.len());
+            let n = (src.len() - at).min(geo.w);
+            dst[..n].copy_from_slice(&src[at..at + n]);
+            dst[n..].fill(T::zero());
+        }
+    }
+    fn store(&self, x: &XPanel<'_, T>, geo: Panels, _p: usize, scratch: &[T]) {
+        store_rows(x, geo, geo.n1, scratch);
+    }
+}
+
+/// The row stages (every stage of span < [`ROW`]) of a contiguous stretch of whole rows (or of a
+/// vector no longer than one row), in place: the other half of [`columns_with`].
+pub(crate) fn rows<T: Real>(x: &mut [T]) {
+    for r in x.chunks_mut(ROW) {
+        row(r);
+    }
+}
+
 /// Loads the panel's first `rows` rows from x into `scratch` and zeroes the rest (rows known to be
 /// zero, which x need not hold).
 pub(crate) fn load_rows<T: Real>(x: &XPanel<'_, T>, geo: Panels, rows: usize, scratch: &mut [T]) {
