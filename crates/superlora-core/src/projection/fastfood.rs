@@ -289,12 +289,16 @@ impl Fastfood {
     ///
     /// a ← H·diag(B)·pad(x) (fill fused with the transform); staging ← pass 1 of Π over a;
     /// out ← H·(pass 2 of Π, times G·scale) (fill fused again); keep the first D.
+    ///
+    /// # Panics
+    /// If `x` does not have d entries (the candle op checks the length first).
     pub fn forward<T: Real>(&self, x: &[T]) -> Vec<T> {
         self.forward_with(x, true)
     }
 
     /// [`Self::forward`], with the small-input shortcut allowed or not (tests compare the two).
     fn forward_with<T: Real>(&self, x: &[T], shortcut: bool) -> Vec<T> {
+        assert_eq!(x.len(), self.d, "fastfood forward: x must have d entries");
         let (d, signs, block) = (self.d, &self.signs, self.block);
         let fill = |off: usize, chunk: &mut [T]| {
             let n = chunk.len().min(d.saturating_sub(off));
@@ -377,13 +381,17 @@ impl Fastfood {
     /// Fᵀ(g): `g` has D entries, the result d.
     ///
     /// a ← H·pad(g); staging ← G·scale times pass 2 of Π reversed (a gather inside each block);
-    /// z ← H·(pass 1 reversed: z[j] = staging[slot[j]]); the result is diag(B)·z[0..d].
+    /// z ← H·(pass 1 reversed: each panel loaded from its runs); the result is diag(B)·z[0..d].
+    ///
+    /// # Panics
+    /// If `g` does not have D entries (the candle op checks the length first).
     pub fn transpose<T: Real>(&self, g: &[T]) -> Vec<T> {
         self.transpose_with(g, true)
     }
 
     /// [`Self::transpose`], with the small-input shortcut allowed or not (tests compare the two).
     fn transpose_with<T: Real>(&self, g: &[T], shortcut: bool) -> Vec<T> {
+        assert_eq!(g.len(), self.big_d, "fastfood transpose: g must have D entries");
         let block = self.block;
         // a ← H·pad(g) in two halves (H_n = H_n1 ⊗ H_n2: the two sets of stages commute): the
         // column stages here, loading g straight into the panels; the row stages later, block by
