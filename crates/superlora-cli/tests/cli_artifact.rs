@@ -34,8 +34,11 @@ fn make(dir: &Path) {
     .resolve()
     .unwrap();
     let a = SuperLora::from_shapes(&shapes(), &cfg, DType::F32, &dev).unwrap();
-    for (n, v) in a.named_vars() {
-        a.set(&n, &Tensor::randn(0f32, 1.0, v.dims(), &dev).unwrap()).unwrap();
+    // Seeded values (candle's CPU randn cannot be seeded): each tensor its own stream.
+    for (i, (n, v)) in a.named_vars().into_iter().enumerate() {
+        let mut r = superlora_core::rng::stream(1, i, superlora_core::rng::Purpose::Init);
+        let values: Vec<f32> = (0..v.elem_count()).map(|_| (r.normal()) as f32).collect();
+        a.set(&n, &Tensor::from_vec(values, v.dims(), &dev).unwrap()).unwrap();
     }
     let head = Head::new(4, 2, 1, DType::F32, &dev).unwrap();
     let file = AdapterFile {

@@ -18,8 +18,11 @@ fn make(spec: &AdapterSpec, save_projection: bool, dir: &Path) -> (SuperLora, He
     let dev = Device::Cpu;
     let cfg = spec.resolve().unwrap();
     let a = SuperLora::from_shapes(&shapes(), &cfg, DType::F32, &dev).unwrap();
-    for (n, v) in a.named_vars() {
-        a.set(&n, &Tensor::randn(0f32, 1.0, v.dims(), &dev).unwrap()).unwrap();
+    // Seeded values (candle's CPU randn cannot be seeded): each tensor its own stream.
+    for (i, (n, v)) in a.named_vars().into_iter().enumerate() {
+        let mut r = superlora_core::rng::stream(1, i, superlora_core::rng::Purpose::Init);
+        let values: Vec<f32> = (0..v.elem_count()).map(|_| (r.normal()) as f32).collect();
+        a.set(&n, &Tensor::from_vec(values, v.dims(), &dev).unwrap()).unwrap();
     }
     let head = Head::new(16, 3, 5, DType::F32, &dev).unwrap();
     let file = AdapterFile {
