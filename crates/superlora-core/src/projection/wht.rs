@@ -187,13 +187,8 @@ impl<T: Copy> XPanel<'_, T> {
         if r >= geo.n1 {
             return;
         }
-        let at = self.offset(geo, r);
-        let bytes = geo.w * std::mem::size_of::<T>();
-        for line in (0..bytes).step_by(64) {
-            // Inside row r's columns of this panel, which lie inside x (see `read_row`).
-            let ptr = self.base.get().cast_const().cast::<u8>().wrapping_add(at * std::mem::size_of::<T>() + line);
-            prefetch(ptr);
-        }
+        // Row r's columns of this panel lie inside x (see `read_row`).
+        prefetch_lines(self.base.get().cast_const().wrapping_add(self.offset(geo, r)), geo.w);
     }
 
     /// Writes row r's w columns of this panel from `src` (w entries).
@@ -209,6 +204,15 @@ impl<T: Copy> XPanel<'_, T> {
 
 /// Rows of a panel requested ahead of the one being read ([`XPanel::prefetch_row`]).
 pub(crate) const PREFETCH_ROWS: usize = 16;
+
+/// Asks for the cache lines of the `n` values from `ptr` (a hint: never faults, changes no value).
+#[inline(always)]
+fn prefetch_lines<T>(ptr: *const T, n: usize) {
+    let ptr = ptr.cast::<u8>();
+    for line in (0..n * std::mem::size_of::<T>()).step_by(64) {
+        prefetch(ptr.wrapping_add(line));
+    }
+}
 
 /// A hint to start loading the cache line at `ptr` into L1; never faults, changes no value.
 #[inline(always)]
@@ -243,16 +247,12 @@ pub(crate) struct PaddedFrom<'a, T>(pub &'a [T]);
 impl<T: Real> PanelIo<T> for PaddedFrom<'_, T> {
     fn load(&self, _x: &XPanel<'_, T>, geo: Panels, p: usize, scratch: &mut [T]) {
         let src = self.0;
-        let bytes = geo.w * std::mem::size_of::<T>();
         let start = |r: usize| r * geo.n2 + p * geo.w;
         for (r, dst) in scratch.chunks_exact_mut(geo.w).enumerate() {
             // Rows 64 KiB apart: ask for the row PREFETCH_ROWS ahead (see `XPanel::prefetch_row`).
             let ahead = start(r + PREFETCH_ROWS);
             if ahead < src.len() {
-                let ptr = src[ahead..].as_ptr().cast::<u8>();
-                for line in (0..bytes).step_by(64) {
-                    prefetch(ptr.wrapping_add(line));
-                }
+                prefetch_lines(src[ahead..].as_ptr(), geo.w);
             }
             let at = start(r).min(src.len());
             let n = (src.len() - at).min(geo.w);
@@ -322,61 +322,40 @@ pub fn wht_reference<T: Real>(x: &mut [T]) {
     }
 }
 
-/// `fn $name<T: Real>(x: &mut [T], h: usize)` running `$body(x, h)` compiled for AVX-512, for AVX2
-/// and for the baseline, the widest this CPU has ([`crate::simd::level`]). Only add and subtract
-/// run in the butterflies, so every version gives the same bits (test
-/// `every_vector_width_gives_the_same_bits`).
-macro_rules! widest {
-    ($(#[$meta:meta])* fn $name:ident = $body:ident) => {
-        $(#[$meta])*
-        fn $name<T: Real>(x: &mut [T], h: usize) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-                fn v4<T: Real>(x: &mut [T], h: usize) {
-                    $body(x, h)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn v3<T: Real>(x: &mut [T], h: usize) {
-                    $body(x, h)
-                }
-                match crate::simd::level() {
-                    // SAFETY: the CPU has every feature v4 is compiled for (`level` checked them).
-                    2 => return unsafe { v4(x, h) },
-                    // SAFETY: the CPU has AVX2 and FMA (`level` checked them).
-                    1 => return unsafe { v3(x, h) },
-                    _ => {}
-                }
-            }
-            $body(x, h)
-        }
-    };
-}
-
-widest! {
-    /// All stages of a contiguous block of length ≤ ROW (`h` unused).
-    fn row_h = row_body
-}
-
-widest! {
-    /// Stages h, 2h, …, len/2 of a contiguous slice (a column panel).
-    fn panel_stages = stages
-}
-
-/// All stages of a contiguous block of length ≤ ROW.
+/// All stages of a contiguous block of length ≤ ROW: those inside each L1-sized block, then the
+/// rest.
 fn row<T: Real>(x: &mut [T]) {
-    row_h(x, 0);
-}
-
-/// [`row`]'s loops, inlined into each compiled version.
-#[inline(always)]
-fn row_body<T: Real>(x: &mut [T], _: usize) {
     let n = x.len();
     let b = n.min(L1_BLOCK);
     for blk in x.chunks_exact_mut(b) {
-        stages(blk, 1);
+        stages_widest(blk, 1);
     }
-    stages(x, b);
+    stages_widest(x, b);
+}
+
+/// [`stages`] compiled for AVX-512, for AVX2 and for the baseline, the widest this CPU has
+/// ([`crate::simd::level`]). Only add and subtract run in the butterflies, so every version gives
+/// the same bits (test `every_vector_width_gives_the_same_bits`).
+fn stages_widest<T: Real>(x: &mut [T], h_from: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        fn v4<T: Real>(x: &mut [T], h_from: usize) {
+            stages(x, h_from)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn v3<T: Real>(x: &mut [T], h_from: usize) {
+            stages(x, h_from)
+        }
+        match crate::simd::level() {
+            // SAFETY: the CPU has every feature v4 is compiled for (`level` checked them).
+            2 => return unsafe { v4(x, h_from) },
+            // SAFETY: the CPU has AVX2 and FMA (`level` checked them).
+            1 => return unsafe { v3(x, h_from) },
+            _ => {}
+        }
+    }
+    stages(x, h_from)
 }
 
 /// Stages h = `h_from`, 2·h_from, …, len/2 on a contiguous slice.
@@ -463,7 +442,7 @@ fn columns<T: Real>(x: &mut [T], io: &impl PanelIo<T>) {
         move |scratch, p| {
             let xp = XPanel { base, p, _x: std::marker::PhantomData };
             io.load(&xp, geo, p, scratch);
-            panel_stages(scratch, geo.w);
+            stages_widest(scratch, geo.w);
             io.store(&xp, geo, p, scratch);
         },
     );
